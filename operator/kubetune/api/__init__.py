@@ -1,0 +1,1 @@
+"""kubetune API types (pure: no kopf, kubernetes, ray or torch)."""

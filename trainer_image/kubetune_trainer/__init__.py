@@ -1,0 +1,1 @@
+"""The kubetune trainer: data, Ray Train + DeepSpeed loop, checkpoints, evaluation, reporting."""
