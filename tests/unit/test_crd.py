@@ -82,7 +82,7 @@ def test_conditions_are_a_map_list_keyed_by_type():
 
 def test_spec_defaults_match_the_models():
     training = schema()["properties"]["spec"]["properties"]["training"]
-    assert training["default"] == {}
+    assert training["default"] == api.TrainingSpec().to_wire()
     assert training["properties"]["epochs"]["default"] == api.TrainingSpec().epochs
     assert training["properties"]["learningRate"]["default"] == api.TrainingSpec().learning_rate
 

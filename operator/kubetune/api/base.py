@@ -56,8 +56,10 @@ class KubeModel(BaseModel):
 
 
 def nested(factory: type[KubeModel], description: str) -> Any:
-    """A sub-object that is always present, so the API server fills its defaults too."""
-    return Field(default_factory=factory, description=description, json_schema_extra={"default": {}})
+    """A sub-object that is always present. Its CRD default is the whole default object (not
+    `{}`): the API server checks CEL rules against defaults before filling nested ones."""
+    return Field(default_factory=factory, description=description,
+                 json_schema_extra={"default": factory().to_wire()})
 
 
 def immutable(field: str, optional: bool = False, prefix: str = "") -> Rule:
