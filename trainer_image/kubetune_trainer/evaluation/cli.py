@@ -1,0 +1,122 @@
+"""`kubetune eval`: score a predictions file against a references file.
+
+    kubetune eval --task viggo|sql|gsm8k --predictions P.jsonl --references R.jsonl
+                  [--output M.json] [--details D.jsonl] [--strict] [--workers N]
+
+Exit status: 0 when scored, 1 when an input file is unusable (the message names the file and
+line), 2 for bad arguments (argparse). Only argparse is imported at module level: the top-level
+CLI builds every subcommand's parser on each invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+_HEADLINES = {
+    "viggo": "exact_match",
+    "sql": "execution_accuracy",
+    "gsm8k": "accuracy",
+}
+_NOTES = {
+    "execution_accuracy": "over scorable rows",
+    "scorable": "fraction of all rows",
+    "sqlite_agreement": "sample re-run on sqlite3",
+    "precedence_violation_rate": "over parseable predictions",
+}
+
+
+def add_eval(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="score model outputs (ViGGO, SQL by execution, GSM8k)",
+        description="Score a JSONL file of predictions against the task's reference rows.",
+    )
+    parser.add_argument("--task", required=True, choices=["viggo", "sql", "gsm8k"])
+    parser.add_argument(
+        "--predictions", required=True, type=Path, help='JSONL rows {"id": ..., "prediction": ...}'
+    )
+    parser.add_argument(
+        "--references",
+        required=True,
+        type=Path,
+        help="JSONL rows with the dataset's fields (viggo: meaning_representation; sql: context"
+        " and answer; gsm8k: answer) and an optional id",
+    )
+    parser.add_argument("--output", type=Path, help="write the metrics here (JSON)")
+    parser.add_argument("--details", type=Path, help="write one JSONL row per example here")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="gsm8k: an output without '####' is wrong (default: its last number is used)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes used to score (default: one per CPU, at most 8; results do not depend"
+        " on it)",
+    )
+    parser.set_defaults(handler=run_eval)
+
+
+def _summary(task: str, samples: int, metrics: dict[str, float], counts: dict[str, int]) -> str:
+    lines = [f"kubetune eval: {task}, {samples} examples"]
+    width = max(len(name) for name in metrics)
+    for name, value in metrics.items():
+        marker = "*" if name == _HEADLINES[task] else " "
+        note = f"  ({_NOTES[name]})" if name in _NOTES else ""
+        lines.append(f" {marker}{name:<{width}}  {value:.4f}{note}")
+    if counts:
+        lines.append("  " + ", ".join(f"{name}: {count}" for name, count in counts.items()))
+    return "\n".join(lines)
+
+
+def _counts(task: str, details: list[dict[str, Any]]) -> dict[str, int]:
+    if task == "sql":
+        from kubetune_trainer.evaluation.sql import STATUSES
+
+        counts = {status: sum(d["status"] == status for d in details) for status in STATUSES}
+        counts["sqlite_checked"] = sum("sqlite_agrees" in d for d in details)
+        return counts
+    if task == "gsm8k":
+        return {
+            "correct": sum(bool(d["correct"]) for d in details),
+            "fallback": sum(bool(d["fallback"]) for d in details),
+        }
+    return {"unparseable": sum(not d["parseable"] for d in details)}
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from kubetune_trainer.evaluation.scoring import InputError, default_workers, score_files
+
+    workers = args.workers if args.workers is not None else default_workers()
+    try:
+        metrics, details = score_files(
+            args.task, args.predictions, args.references, strict=args.strict, workers=workers
+        )
+    except InputError as error:
+        print(f"kubetune eval: error: {error}", file=sys.stderr)
+        return 1
+    counts = _counts(args.task, details)
+    report = {
+        "task": args.task,
+        "samples": len(details),
+        "strict": args.strict,
+        "metrics": metrics,
+        "counts": counts,
+    }
+    if args.output:
+        _write(args.output, json.dumps(report, indent=2) + "\n")
+    if args.details:
+        _write(args.details, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in details))
+    print(_summary(args.task, len(details), metrics, counts))
+    return 0

@@ -1,0 +1,307 @@
+"""Task dispatch, input files and row matching: what `kubetune eval` and the trainer share.
+
+`score_predictions` is the one entry point for scoring; the file helpers turn JSONL files into
+its inputs and every problem with them into an `InputError` that names the file and line, since
+a user who passes the wrong file should not have to guess which one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from kubetune_trainer.evaluation import InvalidReference
+
+TASKS = ("viggo", "sql", "gsm8k")
+REFERENCE_FIELDS: dict[str, tuple[str, ...]] = {
+    "viggo": ("meaning_representation",),
+    "sql": ("context", "answer"),
+    "gsm8k": ("answer",),
+}
+# About this many SQL rows, evenly spread, are re-run on sqlite3 to measure how far sqlglot's
+# executor agrees with it (unscorable ones among them are skipped).
+SQLITE_SAMPLE = 50
+_PARALLEL_MINIMUM = 200  # below this, starting worker processes costs more than it saves
+
+
+class InputError(ValueError):
+    """A problem with an input file; the message starts with `file:line:` where it can."""
+
+
+class ReferenceRowError(InvalidReference):
+    """An invalid reference, with the index of its row in the inputs."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+@dataclass(frozen=True)
+class Row:
+    line: int
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Example:
+    id: Any
+    prediction: str
+    reference: dict[str, Any]
+    reference_line: int
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _score_one(task: str, prediction: str, reference: Mapping[str, Any], strict: bool) -> dict:
+    if task == "viggo":
+        from kubetune_trainer.evaluation import viggo
+
+        return viggo.score_example(prediction, reference["meaning_representation"])
+    if task == "gsm8k":
+        from kubetune_trainer.evaluation import gsm8k
+
+        return gsm8k.score_example(prediction, reference["answer"], strict=strict)
+    from kubetune_trainer.evaluation import sql
+
+    return sql.score_example(prediction, reference["context"], reference["answer"])
+
+
+def _crosscheck(prediction: str, reference: Mapping[str, Any]) -> bool | None:
+    from kubetune_trainer.evaluation import sql
+
+    check = sql.crosscheck_example(prediction, reference["context"], reference["answer"])
+    return None if check is None else bool(check["agree"])
+
+
+def _score_chunk(
+    task: str, chunk: list[tuple[int, str, dict]], strict: bool, sample_every: int
+) -> list[dict]:
+    """Score a slice of the inputs; SQL rows whose index is a multiple of `sample_every` are
+    also re-run on sqlite3 (here, where their synthetic tables are still cached)."""
+    details = []
+    for index, prediction, reference in chunk:
+        try:
+            detail = _score_one(task, prediction, reference, strict)
+        except InvalidReference as error:
+            raise ReferenceRowError(index, str(error)) from None
+        if task == "sql" and index % sample_every == 0:
+            agrees = _crosscheck(prediction, reference)
+            if agrees is not None:
+                detail["sqlite_agrees"] = agrees
+        details.append(detail)
+    return details
+
+
+def _aggregate(task: str, details: Sequence[dict]) -> dict[str, float]:
+    if task == "viggo":
+        from kubetune_trainer.evaluation import viggo
+
+        return viggo.aggregate(details)
+    if task == "gsm8k":
+        from kubetune_trainer.evaluation import gsm8k
+
+        return gsm8k.aggregate(details)
+    from kubetune_trainer.evaluation import sql
+
+    return sql.aggregate(details)
+
+
+def _chunks(items: list, count: int) -> list[list]:
+    size = -(-len(items) // count)
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def _score_all(
+    task: str, items: list[tuple[int, str, dict]], strict: bool, workers: int
+) -> list[dict]:
+    sample_every = max(1, len(items) // SQLITE_SAMPLE)
+    if workers <= 1 or len(items) < _PARALLEL_MINIMUM:
+        return _score_chunk(task, items, strict, sample_every)
+    # spawn, not fork: the trainer calls this from a process that may hold threads (Ray, torch)
+    context = get_context("spawn")
+    chunks = _chunks(items, workers * 4)
+    count = len(chunks)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        parts = pool.map(
+            _score_chunk, [task] * count, chunks, [strict] * count, [sample_every] * count
+        )
+        return [detail for part in parts for detail in part]
+
+
+def _sqlite_agreement(details: list[dict]) -> float:
+    """Share of the re-run sample (scorable rows only) on which sqlite3 agreed."""
+    checked = [row["sqlite_agrees"] for row in details if "sqlite_agrees" in row]
+    return sum(checked) / len(checked) if checked else 0.0
+
+
+def score_predictions(
+    task: str,
+    predictions: Sequence[str],
+    references: Sequence[Mapping[str, Any]],
+    strict: bool = False,
+    ids: Sequence[Any] | None = None,
+    workers: int = 1,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Metrics (fractions in [0, 1]) and one detail row per example, in input order.
+
+    `references` hold the dataset's fields (see REFERENCE_FIELDS); `ids` default to the row
+    index. `strict` only affects GSM8k (outputs without `####` count as wrong). `workers` > 1
+    scores in that many processes; results do not depend on it. Raises ReferenceRowError for a
+    reference that cannot be scored against.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    row_ids = list(ids) if ids is not None else list(range(len(predictions)))
+    items = [
+        (i, str(p), dict(r)) for i, (p, r) in enumerate(zip(predictions, references, strict=True))
+    ]
+    details = [
+        {"id": row_id, **detail}
+        for row_id, detail in zip(row_ids, _score_all(task, items, strict, workers), strict=True)
+    ]
+    metrics = _aggregate(task, details)
+    if task == "sql":
+        metrics["sqlite_agreement"] = _sqlite_agreement(details)
+    return metrics, details
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+# --------------------------------------------------------------------------- files
+
+
+def read_jsonl(path: Path) -> list[Row]:
+    """Rows of a JSONL file; blank lines are skipped, anything else must be a JSON object."""
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise InputError(f"{path}: cannot read: {error.strerror or error}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        bad_line = raw.count(b"\n", 0, error.start) + 1
+        raise InputError(f"{path}:{bad_line}: not UTF-8") from None
+    rows = []
+    # split on \n only: str.splitlines() would also split inside JSON strings at U+2028
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InputError(f"{path}:{number}: invalid JSON: {error.msg}") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{path}:{number}: expected a JSON object, got {_json_type(data)}")
+        rows.append(Row(number, data))
+    if not rows:
+        raise InputError(f"{path}: no rows")
+    return rows
+
+
+def _json_type(value: object) -> str:
+    names: dict[type, str] = {list: "an array", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    return names.get(type(value), "a number")
+
+
+def _require_strings(rows: list[Row], path: Path, fields: Sequence[str], what: str) -> None:
+    for row in rows:
+        for name in fields:
+            if name not in row.data:
+                raise InputError(f"{path}:{row.line}: {what} row has no {name!r} field")
+            if not isinstance(row.data[name], str):
+                kind = _json_type(row.data[name])
+                raise InputError(f"{path}:{row.line}: {name!r} must be a string, got {kind}")
+
+
+def _require_ids(rows: list[Row], path: Path) -> dict[Any, Row]:
+    by_id: dict[Any, Row] = {}
+    for row in rows:
+        key = row.data["id"]
+        if not isinstance(key, str | int) or isinstance(key, bool):
+            raise InputError(f"{path}:{row.line}: 'id' must be a string or an integer")
+        if key in by_id:
+            first = by_id[key].line
+            raise InputError(f"{path}:{row.line}: duplicate id {key!r} (first on line {first})")
+        by_id[key] = row
+    return by_id
+
+
+def _match_by_id(
+    predictions: list[Row], references: list[Row], prediction_path: Path, reference_path: Path
+) -> list[Example]:
+    predicted = _require_ids(predictions, prediction_path)
+    expected = _require_ids(references, reference_path)
+    for key, row in predicted.items():
+        if key not in expected:
+            raise InputError(f"{prediction_path}:{row.line}: id {key!r} is not in {reference_path}")
+    examples = []
+    for key, row in expected.items():
+        if key not in predicted:
+            raise InputError(
+                f"{reference_path}:{row.line}: no prediction with id {key!r} in {prediction_path}"
+            )
+        examples.append(Example(key, predicted[key].data["prediction"], row.data, row.line))
+    return examples
+
+
+def _match_by_order(
+    predictions: list[Row], references: list[Row], prediction_path: Path, reference_path: Path
+) -> list[Example]:
+    if len(predictions) != len(references):
+        raise InputError(
+            f"{prediction_path} has {len(predictions)} rows but {reference_path} has"
+            f" {len(references)}; without an 'id' in every row of both files rows are matched"
+            " by line order"
+        )
+    examples = []
+    for index, (predicted, expected) in enumerate(zip(predictions, references, strict=True)):
+        key = expected.data.get("id", predicted.data.get("id", index))
+        examples.append(Example(key, predicted.data["prediction"], expected.data, expected.line))
+    return examples
+
+
+def load_examples(task: str, prediction_path: Path, reference_path: Path) -> list[Example]:
+    """Read and match both files: by `id` when every row of both has one, else by line."""
+    predictions = read_jsonl(prediction_path)
+    references = read_jsonl(reference_path)
+    _require_strings(predictions, prediction_path, ("prediction",), "prediction")
+    _require_strings(references, reference_path, REFERENCE_FIELDS[task], f"{task} reference")
+    with_ids = all("id" in row.data for row in predictions + references)
+    match: Callable[..., list[Example]] = _match_by_id if with_ids else _match_by_order
+    return match(predictions, references, prediction_path, reference_path)
+
+
+def score_files(
+    task: str,
+    prediction_path: Path,
+    reference_path: Path,
+    strict: bool = False,
+    workers: int = 1,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """`score_predictions` on two JSONL files; every input problem is an InputError."""
+    examples = load_examples(task, prediction_path, reference_path)
+    try:
+        return score_predictions(
+            task,
+            [example.prediction for example in examples],
+            [example.reference for example in examples],
+            strict=strict,
+            ids=[example.id for example in examples],
+            workers=workers,
+        )
+    except ReferenceRowError as error:
+        line = examples[error.index].reference_line
+        raise InputError(f"{reference_path}:{line}: {error}") from None
