@@ -17,6 +17,7 @@ import pytest
 from kubernetes import client, config
 
 from tests.support.controlplane import ControlPlane, Kubectl, ensure_binaries
+from tests.support.operator_process import OperatorProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CRD_FILES = sorted((REPO_ROOT / "crds").glob("*.yaml")) + sorted(
@@ -95,3 +96,13 @@ def namespace(kube_api: client.ApiClient) -> Iterator[str]:
 def kubectl(control_plane: ControlPlane) -> Kubectl:
     """`kubectl(*args, input=None, check=True)` with the built kubectl and our kubeconfig."""
     return control_plane.kubectl
+
+
+@pytest.fixture(scope="session")
+def operator_process(control_plane: ControlPlane,
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """One operator for the session, watching the per-test namespaces (kt-*)."""
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    op = OperatorProcess(control_plane, "kt-*", log).start()
+    yield op
+    op.stop()

@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, str] = {
     "validate": "kubetune.commands:add_validate",
     "manifests": "kubetune.commands:add_manifests",
     "eval": "kubetune_trainer.evaluation.cli:add_eval",
+    "run": "kubetune_trainer.local_run:add_run",
     "render": "kubetune.builders.render:add_render",
     "operator": "kubetune.controller.cli:add_operator",
 }

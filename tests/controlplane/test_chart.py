@@ -4,16 +4,15 @@ grants the operator every permission it uses (checked with the real RBAC authori
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes import client
 
+from tests.support.chart import CHART, KUBE_VERSION
+
 pytestmark = pytest.mark.controlplane
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "kubetune"
-KUBE_VERSION = "v1.34.4"
 
 
 def helm(control_plane, *args: str) -> subprocess.CompletedProcess[str]:
@@ -28,15 +27,16 @@ def test_chart_lints_and_renders(control_plane):
                     "--kube-version", KUBE_VERSION, "--set", "replicaCount=2")
     assert rendered.returncode == 0, rendered.stderr
     kinds = {doc["kind"] for doc in yaml.safe_load_all(rendered.stdout) if doc}
-    assert kinds == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"}
+    assert kinds == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service",
+                     "ClusterKopfPeering"}
     deployment = next(d for d in yaml.safe_load_all(rendered.stdout) if d and d["kind"] == "Deployment")
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["KUBETUNE_PEERING"] == "true"
+    assert env["KUBETUNE_PEERING"] == "kubetune"
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
 
 
 @pytest.mark.parametrize("bad", ["replicaCount=5", "image.pullPolicy=Sometimes", "trainerimage=x",
-                                 "resourceHeadroom=0.9"])
+                                 "cpuHeadroom=0.9"])
 def test_values_schema_refuses_bad_values(control_plane, bad):
     result = helm(control_plane, "template", "kt", str(CHART), "--kube-version", KUBE_VERSION, "--set", bad)
     assert result.returncode != 0
@@ -50,7 +50,11 @@ def test_chart_installs_and_the_operator_may_do_its_job(control_plane, kube_api,
     assert install.returncode == 0, install.stderr
     try:
         apps = client.AppsV1Api(kube_api)
-        assert apps.read_namespaced_deployment(f"{release}-operator", namespace).spec.replicas == 1
+        deployment = apps.read_namespaced_deployment(f"{release}-operator", namespace)
+        assert deployment.spec.replicas == 1
+        env = {e.name: e.value for e in deployment.spec.template.spec.containers[0].env}
+        # Empty strings come back as unset values.
+        assert not env["KUBETUNE_PEERING"] and not env["KUBETUNE_NAMESPACES"]
         user = f"system:serviceaccount:{namespace}:{release}-operator"
         authz = client.AuthorizationV1Api(kube_api)
 
@@ -63,8 +67,8 @@ def test_chart_installs_and_the_operator_may_do_its_job(control_plane, kube_api,
             return bool(authz.create_subject_access_review(review).status.allowed)
 
         for group, resource, verbs in [
-            ("kubetune.dev", "finetunejobs", ["get", "list", "watch", "patch"]),
-            ("ray.io", "rayjobs", ["get", "list", "watch", "create", "patch", "delete"]),
+            ("kubetune.dev", "finetunejobs", ["get", "list", "watch"]),
+            ("ray.io", "rayjobs", ["get", "list", "watch", "create", "patch"]),
             ("", "configmaps", ["get", "create", "patch"]),
             ("", "serviceaccounts", ["get", "create", "patch"]),
             ("rbac.authorization.k8s.io", "roles", ["get", "create", "patch"]),
@@ -75,7 +79,9 @@ def test_chart_installs_and_the_operator_may_do_its_job(control_plane, kube_api,
                 assert allowed(group, resource, verb), (resource, verb)
         assert allowed("kubetune.dev", "finetunejobs", "patch", "status")
         assert not allowed("", "secrets", "get"), "the operator must not read secrets"
+        assert not allowed("kubetune.dev", "finetunejobs", "patch"), "it writes only .status"
         assert not allowed("", "pods", "create")
+        assert not allowed("ray.io", "rayjobs", "delete"), "owned RayJobs go by garbage collection"
     finally:
         uninstall = helm(control_plane, "uninstall", release, "-n", namespace)
         assert uninstall.returncode == 0, uninstall.stderr

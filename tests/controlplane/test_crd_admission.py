@@ -4,6 +4,8 @@ with the same field as `kubetune validate`, immutability, printer columns and ex
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,16 @@ from kubetune.commands import validate_document
 from tests.support.invalid_corpus import CASES, EXAMPLES, base_document, invalid_document
 
 pytestmark = pytest.mark.controlplane
+
+
+@pytest.fixture
+def namespace(kube_api: client.ApiClient) -> Iterator[str]:
+    """A namespace no operator watches (it watches kt-*): these tests write .status themselves."""
+    name = f"crd-{uuid.uuid4().hex[:10]}"
+    core = client.CoreV1Api(kube_api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)
 
 
 def custom_api(kube_api: client.ApiClient) -> client.CustomObjectsApi:

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+
 from kubetune.api import v1alpha1 as api
 from kubetune.api.base import KubeModel
 from kubetune.crd import finetunejob_crd

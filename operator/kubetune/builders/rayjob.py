@@ -1,0 +1,241 @@
+"""Build the KubeRay RayJob (ray.io/v1) that runs one FineTuneJob. Pure: no I/O.
+
+Layout
+- Head group on the CPU pool (`spec.compute.head`), started with Ray `num-cpus: "0"` so no
+  training task is ever scheduled there; it only runs the driver (the trainer entrypoint).
+- One worker group of `ceil(workers / gpusPerNode)` pods, replicas = min = max and the
+  in-tree autoscaler off: DeepSpeed needs a fixed world size. Each pod asks for its share of
+  the node's GPUs as `nvidia.com/gpu` limits (Ray derives `--num-gpus` from them).
+
+Pod size rule (documented contract, `pod_resources`): a pod with g of a node's G GPUs
+requests `floor(share * vCPUs * (1 - cpuHeadroom))` CPUs and
+`floor(share * memoryGiB * (1 - memoryHeadroom))` GiB, share = g / G, with requests equal to
+limits (Guaranteed QoS, so the kernel never OOM-kills training for a neighbour's burst). The
+headroom (default 10 %) covers kubelet/system reservations and daemonsets (CNI, GPU device
+plugin, log agents), so a full-node pod always fits the node's allocatable. Instance types
+kubetune does not know get GPU limits only.
+
+Submission mode: K8sJobMode (the default of every KubeRay release since 1.0). The submitter
+is a Kubernetes Job that retries `ray job submit` until the dashboard is up, so a slow head
+does not fail the run, its logs stay readable with kubectl, and submission problems surface
+as `SubmissionFailed`. HTTPMode would make KubeRay's own process the submitter (no logs, no
+retries) and SidecarMode needs KubeRay 1.5+.
+
+Secrets never appear as values: the HF token is a `secretKeyRef`, storage credentials an
+`envFrom` of the whole Secret.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from typing import Any
+
+from kubetune.api.instance_types import lookup_instance_type
+from kubetune.api.v1alpha1 import FineTuneJob, FineTuneJobSpec, Toleration, stages_of
+from kubetune.builders.meta import labels_for, namespace_of, object_meta
+from kubetune.builders.naming import rayjob_name, report_configmap_name, service_account_name
+from kubetune.controller.config import OperatorConfig
+
+RAY_API_VERSION = "ray.io/v1"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
+WORKER_GROUP = "gpu-workers"
+PVC_ROOT = "/mnt/pvc"
+TRAINER_MODULE = "kubetune_trainer.entrypoint"
+
+
+def worker_layout(spec: FineTuneJobSpec) -> tuple[int, int]:
+    """(pods, GPUs per pod): whole nodes when workers exceed one node, else one partial pod."""
+    per_node = spec.compute.node_pool.effective_gpus_per_node
+    workers = spec.compute.workers
+    if workers <= per_node:
+        return 1, workers
+    return math.ceil(workers / per_node), per_node
+
+
+def _cpu_quantity(cores: float) -> str:
+    """Whole cores (rounded down) from one core up, millicores below."""
+    return str(math.floor(cores)) if cores >= 1 else f"{math.floor(cores * 1000)}m"
+
+
+def pod_resources(spec: FineTuneJobSpec, gpus: int, config: OperatorConfig) -> dict[str, Any]:
+    """Requests/limits of one worker pod; see the module docstring for the rule."""
+    limits: dict[str, str] = {GPU_RESOURCE: str(gpus)}
+    pool = spec.compute.node_pool
+    known = lookup_instance_type(pool.instance_type)
+    if known is None:
+        return {"limits": limits}
+    share = gpus / pool.effective_gpus_per_node
+    cpu = _cpu_quantity(share * known.vcpus * (1 - config.cpu_headroom))
+    memory = f"{math.floor(share * known.memory_gib * (1 - config.memory_headroom))}Gi"
+    return {"requests": {"cpu": cpu, "memory": memory},
+            "limits": {"cpu": cpu, "memory": memory, **limits}}
+
+
+def trainer_entrypoint(job: FineTuneJob) -> str:
+    """The trainer command line (the trainer contract), shell-quoted for `ray job submit`."""
+    spec_json = json.dumps(job.spec.to_wire(), separators=(",", ":"), sort_keys=True)
+    return shlex.join([
+        "python", "-m", TRAINER_MODULE,
+        "--spec-json", spec_json,
+        "--job-name", job.metadata.name,
+        "--namespace", namespace_of(job),
+        "--report", f"configmap:{report_configmap_name(job.metadata.name)}",
+    ])
+
+
+def pvc_claims(spec: FineTuneJobSpec) -> list[str]:
+    """Claims named by pvc://claim/path URIs; they are mounted at /mnt/pvc/<claim>."""
+    uris = [spec.output.storage_uri]
+    for stage in stages_of(spec):
+        uris += [s.uri for s in (stage.data.train, stage.data.validation, stage.data.test) if s]
+    return sorted({u.removeprefix("pvc://").split("/")[0] for u in uris if u.startswith("pvc://")})
+
+
+def _env(spec: FineTuneJobSpec) -> dict[str, Any]:
+    env: list[dict[str, Any]] = [{"name": "KUBETUNE_PVC_ROOT", "value": PVC_ROOT}]
+    token = spec.model.token_secret_ref
+    if token is not None:
+        env.append({"name": "HF_TOKEN", "valueFrom": {
+            "secretKeyRef": {"name": token.name, "key": token.key}}})
+    result: dict[str, Any] = {"env": env}
+    creds = spec.output.credentials_secret_ref
+    if creds is not None:
+        result["envFrom"] = [{"secretRef": {"name": creds.name}}]
+    return result
+
+
+def _volumes(spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    claims = pvc_claims(spec)
+    volumes = [{"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": c}}
+               for i, c in enumerate(claims)]
+    mounts = [{"name": f"pvc-{i}", "mountPath": f"{PVC_ROOT}/{c}"} for i, c in enumerate(claims)]
+    return volumes, mounts
+
+
+def _tolerations(items: list[Toleration], extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    result = [t.to_wire() for t in items]
+    return result + [t for t in extra if t not in result]
+
+
+def _pod_template(job: FineTuneJob, config: OperatorConfig, container: dict[str, Any],
+                  scheduling: dict[str, Any], component: str) -> dict[str, Any]:
+    volumes, mounts = _volumes(job.spec)
+    container = {"image": job.spec.compute.image or config.trainer_image,
+                 **container, **_env(job.spec)}
+    if mounts:
+        container["volumeMounts"] = mounts
+    pod: dict[str, Any] = {
+        "serviceAccountName": service_account_name(job.metadata.name),
+        **scheduling,
+        "containers": [container],
+    }
+    if volumes:
+        pod["volumes"] = volumes
+    return {"metadata": {"labels": labels_for(job, component)}, "spec": pod}
+
+
+def _scheduling(selector: dict[str, str], tolerations: list[dict[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    if selector:
+        result["nodeSelector"] = selector
+    if tolerations:
+        result["tolerations"] = tolerations
+    return result
+
+
+def head_group(job: FineTuneJob, config: OperatorConfig) -> dict[str, Any]:
+    head = job.spec.compute.head
+    resources = {"cpu": head.cpu, "memory": head.memory}
+    container = {"name": "ray-head",
+                 "resources": {"requests": resources, "limits": dict(resources)}}
+    scheduling = _scheduling(dict(head.node_selector), _tolerations(head.tolerations, []))
+    return {
+        "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+        "template": _pod_template(job, config, container, scheduling, "ray-head"),
+    }
+
+
+def worker_group(job: FineTuneJob, config: OperatorConfig) -> dict[str, Any]:
+    pool = job.spec.compute.node_pool
+    pods, gpus = worker_layout(job.spec)
+    container = {"name": "ray-worker", "resources": pod_resources(job.spec, gpus, config)}
+    selector = {INSTANCE_TYPE_LABEL: pool.instance_type, **pool.node_selector}
+    scheduling = _scheduling(selector, _tolerations(pool.tolerations, [GPU_TOLERATION]))
+    return {
+        "groupName": WORKER_GROUP,
+        "replicas": pods,
+        "minReplicas": pods,
+        "maxReplicas": pods,
+        "rayStartParams": {},
+        "template": _pod_template(job, config, container, scheduling, "ray-worker"),
+    }
+
+
+def submitter_template(job: FineTuneJob, config: OperatorConfig) -> dict[str, Any]:
+    """The K8sJobMode submitter runs `ray job submit` next to the head, on the CPU pool."""
+    head = job.spec.compute.head
+    small = {"cpu": "500m", "memory": "1Gi"}
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        **_scheduling(dict(head.node_selector), _tolerations(head.tolerations, [])),
+        "containers": [{"name": "ray-job-submitter",
+                        "image": job.spec.compute.image or config.trainer_image,
+                        "resources": {"requests": small, "limits": dict(small)}}],
+    }
+    return {"metadata": {"labels": labels_for(job, "ray-job-submitter")}, "spec": pod}
+
+
+def desired_suspend(job: FineTuneJob) -> bool:
+    """Created suspended when the user asks or when Kueue must admit it first (queueName)."""
+    policy = job.spec.run_policy
+    return policy.suspend or policy.queue_name is not None
+
+
+def suspend_target(job: FineTuneJob) -> bool | None:
+    """What spec.suspend of an existing RayJob must be after a runPolicy.suspend change.
+
+    None = leave it alone: with a queue, Kueue un-suspends on admission and the operator
+    must not race it; a user suspension still wins (True).
+    """
+    policy = job.spec.run_policy
+    if policy.suspend:
+        return True
+    return None if policy.queue_name else False
+
+
+def build_rayjob(job: FineTuneJob, config: OperatorConfig) -> dict[str, Any]:
+    """The RayJob for `job`; see the module docstring for every choice."""
+    policy = job.spec.run_policy
+    extra_labels = {QUEUE_LABEL: policy.queue_name} if policy.queue_name else {}
+    spec: dict[str, Any] = {
+        "entrypoint": trainer_entrypoint(job),
+        "submissionMode": config.submission_mode,
+        "shutdownAfterJobFinishes": True,
+        "ttlSecondsAfterFinished": (policy.ttl_seconds_after_finished
+                                    if policy.ttl_seconds_after_finished is not None
+                                    else config.ttl_seconds_after_finished),
+        "backoffLimit": policy.backoff_limit,
+        "suspend": desired_suspend(job),
+        "rayClusterSpec": {
+            "rayVersion": job.spec.compute.ray_version,
+            "enableInTreeAutoscaling": False,
+            "headGroupSpec": head_group(job, config),
+            "workerGroupSpecs": [worker_group(job, config)],
+        },
+    }
+    deadline = policy.active_deadline_seconds or config.active_deadline_seconds
+    if deadline:
+        spec["activeDeadlineSeconds"] = deadline
+    if config.submission_mode == "K8sJobMode":
+        spec["submitterPodTemplate"] = submitter_template(job, config)
+    return {
+        "apiVersion": RAY_API_VERSION,
+        "kind": "RayJob",
+        "metadata": object_meta(job, rayjob_name(job.metadata.name), "training", extra_labels),
+        "spec": spec,
+    }

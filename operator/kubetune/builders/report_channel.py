@@ -1,0 +1,67 @@
+"""The per-job report channel: a ConfigMap the trainer writes and narrow RBAC to write it.
+
+The Ray pods run as their own ServiceAccount whose Role names exactly one object
+(`resourceNames`) and allows get/update/patch on it. `create` is not granted because RBAC
+cannot restrict create by name, and the operator creates the ConfigMap up front; `list`
+and `watch` are not granted because they would not be limited to that name either. So a
+compromised trainer can overwrite its own report and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubetune.api.v1alpha1 import FineTuneJob
+from kubetune.builders.meta import namespace_of, object_meta
+from kubetune.builders.naming import report_configmap_name, service_account_name
+
+REPORT_VERBS = ("get", "update", "patch")
+
+
+def report_configmap(job: FineTuneJob) -> dict[str, Any]:
+    """Empty at first: the operator treats a missing `report.json` as 'no report yet'."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": object_meta(job, report_configmap_name(job.metadata.name), "report"),
+        "data": {},
+    }
+
+
+def trainer_service_account(job: FineTuneJob) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": object_meta(job, service_account_name(job.metadata.name), "trainer"),
+    }
+
+
+def report_role(job: FineTuneJob) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": object_meta(job, service_account_name(job.metadata.name), "trainer"),
+        "rules": [{
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": [report_configmap_name(job.metadata.name)],
+            "verbs": list(REPORT_VERBS),
+        }],
+    }
+
+
+def report_role_binding(job: FineTuneJob) -> dict[str, Any]:
+    name = service_account_name(job.metadata.name)
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": object_meta(job, name, "trainer"),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace_of(job)}],
+    }
+
+
+def report_channel(job: FineTuneJob) -> list[dict[str, Any]]:
+    """In creation order: the ConfigMap and RBAC exist before any pod that uses them."""
+    return [report_configmap(job), trainer_service_account(job), report_role(job),
+            report_role_binding(job)]

@@ -1,0 +1,361 @@
+"""Map KubeRay RayJob status + the trainer's report onto FineTuneJob.status. Pure.
+
+Rules that come from KubeRay's history (v1.1 to v1.7):
+- `jobDeploymentStatus: Complete` means the Ray job reached *a* terminal state, not success:
+  only `jobStatus: SUCCEEDED` is success (STOPPED, FAILED or a stale value are failures).
+- `Failed` and `ValidationFailed` are terminal; `Retrying` (1.2+) is not a failure, it is a
+  new attempt on a new cluster.
+- After a deployment failure `jobStatus` may still say RUNNING (never refreshed): the phase
+  follows the deployment status, and the message says the job status is stale.
+- Success also needs results: a best checkpoint in the report, and evaluation scores when
+  evaluation is enabled; otherwise the job failed, and the reason says what is missing.
+- Once Succeeded or Failed the phase never changes again (KubeRay's TTL deletes the cluster,
+  and a later read must not resurrect the run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from kubetune.api.report import TrainerReport
+from kubetune.api.v1alpha1 import (
+    TERMINAL_PHASES,
+    Condition,
+    FineTuneJob,
+    FineTuneJobStatus,
+    Phase,
+    Progress,
+    RayJobRef,
+)
+from kubetune.builders.naming import rayjob_name
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+DEPLOYMENT_STATUSES = ("", "New", "Initializing", "Running", "Complete", "Failed", "Suspending",
+                       "Suspended", "Retrying", "Waiting", "ValidationFailed")
+JOB_STATUSES = ("", "PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED")
+
+# KubeRay reason -> our reason. Unknown KubeRay reasons become RayJobFailed.
+FAILURE_REASONS = {
+    "SubmissionFailed": "SubmissionFailed",
+    "DeadlineExceeded": "DeadlineExceeded",
+    "PreRunningDeadlineExceeded": "DeadlineExceeded",
+    "AppFailed": "TrainerFailed",
+    "ValidationFailed": "RayJobValidationFailed",
+    "JobDeploymentStatusTransitionGracePeriodExceeded": "RayClusterUnavailable",
+    "JobStatusCheckTimeoutExceeded": "RayClusterUnavailable",
+}
+HINTS = {
+    "SubmissionFailed": ("the submitter could not reach the Ray dashboard: check the head pod "
+                         "(image, resources) and the submitter Job's logs"),
+    "DeadlineExceeded": ("raise spec.runPolicy.activeDeadlineSeconds (create a new job) or "
+                         "train fewer epochs/samples"),
+    "TrainerFailed": "see the trainer error above and the Ray job logs on the dashboard",
+    "RayJobValidationFailed": "KubeRay rejected the generated RayJob: report a kubetune bug",
+    "RayClusterUnavailable": "the Ray cluster stopped answering: check the head pod and node events",
+    "Stopped": "the Ray job was stopped (ray job stop, or a deadline); create a new job to retry",
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The phase decision, before it is spread over conditions and fields."""
+
+    phase: Phase
+    reason: str
+    message: str
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _field(status: dict[str, Any] | None, name: str) -> str:
+    return str((status or {}).get(name) or "")
+
+
+def _trainer_error(report: TrainerReport | None) -> str:
+    return f" Trainer error: {report.error}." if report is not None and report.error else ""
+
+
+def _kuberay_detail(status: dict[str, Any]) -> str:
+    reason, message = _field(status, "reason"), _field(status, "message")
+    parts = [p for p in (reason, message) if p]
+    return f" KubeRay: {': '.join(parts)}." if parts else ""
+
+
+def _failure(reason: str, summary: str, status: dict[str, Any],
+             report: TrainerReport | None) -> Verdict:
+    hint = HINTS.get(reason)
+    message = f"{summary}.{_kuberay_detail(status)}{_trainer_error(report)}"
+    return Verdict("Failed", reason, f"{message} Next: {hint}." if hint else message)
+
+
+def _waiting_verdict(job: FineTuneJob, default: Verdict) -> Verdict:
+    """Suspended by the user, queued in Kueue, or simply not started yet."""
+    policy = job.spec.run_policy
+    if policy.suspend:
+        return Verdict("Suspended", "Suspended",
+                       "suspended by spec.runPolicy.suspend; set it to false to resume")
+    if policy.queue_name:
+        return Verdict("Queued", "QueuedByKueue",
+                       f"waiting for Kueue to admit the RayJob from queue {policy.queue_name}")
+    return default
+
+
+def _active_phase(job: FineTuneJob, report: TrainerReport | None) -> Phase:
+    """Evaluating from the trainer's word; a trainer that already reports Succeeded while
+    Ray still runs it is finishing its last step, so it does not go back to Training."""
+    if report is None:
+        return "Training"
+    if report.phase == "Evaluating":
+        return "Evaluating"
+    if report.phase == "Succeeded" and job.spec.evaluation.enabled:
+        return "Evaluating"
+    return "Training"
+
+
+def _training_verdict(job: FineTuneJob, job_status: str,
+                      report: TrainerReport | None) -> Verdict:
+    if job_status in ("", "PENDING"):
+        return Verdict("Provisioning", "JobPending",
+                       "Ray cluster is up; the trainer is being submitted")
+    phase = _active_phase(job, report)
+    if report is None:
+        return Verdict(phase, "Training", "trainer started; no report yet")
+    if phase == "Evaluating":
+        return Verdict(phase, "Evaluating", "evaluating the best checkpoint")
+    where = f"stage {report.stage}, " if report.stage else ""
+    epochs = f"epoch {report.epoch}/{report.total_epochs}" if report.total_epochs else "preparing data"
+    return Verdict(phase, "Training", f"training: {where}{epochs}")
+
+
+def _results_missing(job: FineTuneJob, report: TrainerReport | None) -> str | None:
+    if report is None:
+        return "the trainer wrote no report"
+    if report.best_checkpoint is None:
+        return "the report has no best checkpoint"
+    if job.spec.evaluation.enabled and report.evaluation is None:
+        return "evaluation is enabled but the report has no evaluation scores"
+    return None
+
+
+def _complete_verdict(job: FineTuneJob, status: dict[str, Any],
+                      report: TrainerReport | None) -> Verdict:
+    job_status = _field(status, "jobStatus")
+    if job_status == "SUCCEEDED":
+        missing = _results_missing(job, report)
+        if missing:
+            return _failure("IncompleteResults",
+                            f"the Ray job succeeded but {missing}", status, report)
+        return Verdict("Succeeded", "Succeeded", _success_message(report))
+    if job_status == "FAILED":
+        return _failure("TrainerFailed", "the trainer exited with an error", status, report)
+    if job_status == "STOPPED":
+        return _failure("Stopped", "the Ray job was stopped before it finished", status, report)
+    return _failure("OutcomeUnknown",
+                    f"KubeRay marked the RayJob Complete but the Ray job status is "
+                    f"{job_status or 'empty'}, so success cannot be confirmed", status, report)
+
+
+def _success_message(report: TrainerReport | None) -> str:
+    assert report is not None and report.best_checkpoint is not None
+    best = report.best_checkpoint
+    text = (f"best checkpoint {best.uri} (stage {best.stage}, epoch {best.epoch}, "
+            f"validation perplexity {best.validation_perplexity:.4g})")
+    if report.evaluation is not None:
+        ev = report.evaluation
+        text += f"; {ev.task} {ev.primary_metric} {ev.score:.4g} on {ev.samples} samples"
+    return text
+
+
+def _failed_verdict(status: dict[str, Any], report: TrainerReport | None) -> Verdict:
+    kuberay_reason = _field(status, "reason")
+    reason = FAILURE_REASONS.get(kuberay_reason, "RayJobFailed")
+    summary = {
+        "SubmissionFailed": "the trainer could not be submitted to the Ray cluster",
+        "DeadlineExceeded": "the run exceeded its deadline",
+        "TrainerFailed": "the trainer failed",
+        "RayJobValidationFailed": "KubeRay refused the RayJob",
+        "RayClusterUnavailable": "the Ray cluster became unavailable",
+    }.get(reason, "the RayJob failed")
+    stale = _field(status, "jobStatus")
+    if stale in ("PENDING", "RUNNING"):
+        summary += f" (the last Ray job status, {stale}, is stale)"
+    return _failure(reason, summary, status, report)
+
+
+def _retrying_verdict(status: dict[str, Any], attempts: int, backoff_limit: int) -> Verdict:
+    return Verdict("Provisioning", "Retrying",
+                   f"attempt {attempts} failed, starting a new Ray cluster "
+                   f"(retry {attempts} of {backoff_limit}).{_kuberay_detail(status)}")
+
+
+def decide_phase(job: FineTuneJob, status: dict[str, Any] | None,
+                 report: TrainerReport | None, attempts: int) -> Verdict:
+    """The phase for one observation of the RayJob; `status` None = no RayJob status yet."""
+    pending = Verdict("Pending", "RayJobCreated", "RayJob created; waiting for KubeRay")
+    deployment = _field(status, "jobDeploymentStatus")
+    if status is None or deployment in ("", "New", "Suspending", "Suspended"):
+        return _waiting_verdict(job, pending if deployment in ("", "New") else Verdict(
+            "Suspended", "Suspended", "the RayJob was suspended outside kubetune"))
+    if deployment in ("Initializing", "Waiting"):
+        return Verdict("Provisioning", "ClusterStarting",
+                       "starting the Ray cluster (head and GPU worker pods)")
+    if deployment == "Running":
+        return _training_verdict(job, _field(status, "jobStatus"), report)
+    if deployment == "Retrying":
+        return _retrying_verdict(status, max(attempts - 1, 1), job.spec.run_policy.backoff_limit)
+    if deployment == "Complete":
+        return _complete_verdict(job, status, report)
+    if deployment in ("Failed", "ValidationFailed"):
+        if deployment == "ValidationFailed" and not _field(status, "reason"):
+            status = {**status, "reason": "ValidationFailed"}
+        return _failed_verdict(status, report)
+    return Verdict("Provisioning", "UnknownRayJobState",
+                   f"unknown RayJob deployment status {deployment!r}; waiting for KubeRay")
+
+
+# --------------------------------------------------------------------------- attempts
+
+
+def count_attempts(status: dict[str, Any] | None, previous: RayJobRef | None) -> int:
+    """Cluster attempts so far, from `status.failed`/`succeeded` (1.2+), never decreasing.
+
+    A RayJob that left "" / Suspended has started attempt failed+succeeded+1 unless it is
+    terminal, in which case every attempt is counted already.
+    """
+    before = previous.attempts if previous is not None else 0
+    if status is None:
+        return before
+    deployment = _field(status, "jobDeploymentStatus")
+    if deployment in ("", "New", "Suspended", "Suspending"):
+        return before
+    finished = int(status.get("failed") or 0) + int(status.get("succeeded") or 0)
+    if deployment in ("Complete", "Failed", "ValidationFailed"):
+        current = max(finished, 1)
+    else:
+        current = finished + 1
+    return max(before, current)
+
+
+# --------------------------------------------------------------------------- conditions
+
+
+ConditionState = tuple[ConditionStatus, str, str]  # status, reason, message
+
+
+def _condition_states(verdict: Verdict) -> dict[str, ConditionState]:
+    """The standard condition set; messages ride on the conditions that are True."""
+    phase, reason, message = verdict.phase, verdict.reason, verdict.message
+    active = phase in ("Provisioning", "Training", "Evaluating")
+    waiting = phase in ("Suspended", "Queued")
+    if phase == "Succeeded":
+        outcome: ConditionState = ("True", reason, message)
+    elif phase == "Failed":
+        outcome = ("False", reason, message)
+    else:
+        outcome = ("Unknown", "InProgress", "")
+    return {
+        "Accepted": ("True", "SpecValid", ""),
+        "Running": ("True", reason, message) if active else ("False", phase, ""),
+        "Suspended": ("True", reason, message) if waiting else ("False", "NotSuspended", ""),
+        "Succeeded": outcome,
+        "Failed": ("True", reason, message) if phase == "Failed" else ("False", "NotFailed", ""),
+    }
+
+
+def merge_conditions(previous: list[Condition], wanted: dict[str, ConditionState],
+                     generation: int | None, now: str) -> list[Condition]:
+    """One condition per type; lastTransitionTime moves only when the status flips."""
+    old = {c.type: c for c in previous}
+    result = []
+    for type_, (status, reason, message) in wanted.items():
+        before = old.get(type_)
+        since = before.last_transition_time if before and before.status == status else now
+        result.append(Condition(type=type_, status=status, reason=reason, message=message,
+                                last_transition_time=since, observed_generation=generation))
+    return result
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def _generation(job: FineTuneJob) -> int | None:
+    value = (job.metadata.model_extra or {}).get("generation")
+    return int(value) if value is not None else None
+
+
+def _progress(report: TrainerReport) -> Progress:
+    return Progress(stage=report.stage, epoch=report.epoch, total_epochs=report.total_epochs,
+                    step=report.step, total_steps=report.total_steps,
+                    eta_seconds=report.eta_seconds)
+
+
+def _ray_job_ref(job: FineTuneJob, status: dict[str, Any] | None, attempts: int,
+                 previous: RayJobRef | None) -> RayJobRef:
+    keep = previous or RayJobRef(name=rayjob_name(job.metadata.name))
+    if status is None:
+        return keep.model_copy(update={"attempts": attempts})
+    return RayJobRef(
+        name=rayjob_name(job.metadata.name),
+        job_id=_field(status, "jobId") or keep.job_id,
+        dashboard_url=_field(status, "dashboardURL") or keep.dashboard_url,
+        deployment_status=_field(status, "jobDeploymentStatus") or None,
+        job_status=_field(status, "jobStatus") or None,
+        attempts=attempts,
+    )
+
+
+def map_rayjob_status(job: FineTuneJob, rayjob_status: dict[str, Any] | None,
+                      report: TrainerReport | None, previous_status: FineTuneJobStatus | None,
+                      now: str) -> FineTuneJobStatus:
+    """The FineTuneJob status for one observation (see the module docstring for the rules).
+
+    `now` is an RFC 3339 timestamp (passed in, so the function stays pure and testable).
+    """
+    previous = previous_status or FineTuneJobStatus()
+    if previous.phase in TERMINAL_PHASES:
+        return previous
+    prev_ref = previous.ray_job
+    attempts = count_attempts(rayjob_status, prev_ref)
+    verdict = decide_phase(job, rayjob_status, report, attempts)
+    started = verdict.phase not in ("Pending", "Queued", "Suspended")
+    terminal = verdict.phase in TERMINAL_PHASES
+    generation = _generation(job)
+    status = previous.model_copy(update={
+        "phase": verdict.phase,
+        "message": verdict.message,
+        "observed_generation": generation,
+        "conditions": merge_conditions(previous.conditions, _condition_states(verdict),
+                                       generation, now),
+        "ray_job": _ray_job_ref(job, rayjob_status, attempts, prev_ref),
+        "start_time": previous.start_time or (
+            (_field(rayjob_status, "startTime") or now) if started else None),
+        "completion_time": (_field(rayjob_status, "endTime") or now) if terminal else None,
+    })
+    if report is not None:
+        status = status.model_copy(update={
+            "progress": _progress(report),
+            "epochs": list(report.epochs),
+            "best_checkpoint": report.best_checkpoint,
+            "evaluation": report.evaluation,
+        })
+    return status
+
+
+def invalid_spec_status(generation: int | None, problems: list[str],
+                        previous_status: FineTuneJobStatus | None, now: str) -> FineTuneJobStatus:
+    """Phase Failed, reason InvalidSpec, a message naming every offending field."""
+    previous = previous_status or FineTuneJobStatus()
+    message = "invalid spec: " + "; ".join(problems)
+    verdict = Verdict("Failed", "InvalidSpec", message)
+    states = _condition_states(verdict)
+    states["Accepted"] = ("False", "InvalidSpec", message)
+    return previous.model_copy(update={
+        "phase": "Failed",
+        "message": message,
+        "observed_generation": generation,
+        "conditions": merge_conditions(previous.conditions, states, generation, now),
+        "completion_time": previous.completion_time or now,
+    })

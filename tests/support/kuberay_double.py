@@ -1,0 +1,290 @@
+"""A stand-in for KubeRay (and the trainer) in control-plane tests: no kubelets run here.
+
+It polls the RayJobs of one namespace and writes their status the way KubeRay v1.2+ does:
+"" -> Initializing -> Running (PENDING, then RUNNING) -> Complete/SUCCEEDED, or Failed with
+KubeRay's reasons (AppFailed, DeadlineExceeded with a stale RUNNING jobStatus,
+SubmissionFailed), Retrying with `status.failed` and a fresh cluster, Suspending/Suspended
+when spec.suspend is set. While "running" it plays the trainer: it writes report.json into
+the job's report ConfigMap with a token of the trainer's own ServiceAccount (TokenRequest),
+so the operator-made RBAC is exercised by real requests.
+
+Each RayJob follows a `Script` that a test picks (`double.script(name, ...)`); `hold`
+stops a job at a step until `release`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+RAY = ("ray.io", "v1")
+RAYJOBS = "rayjobs"
+OUTCOMES = ("succeed", "trainer-fails", "deadline", "submission-fails", "no-checkpoint")
+
+
+class NotReady(Exception):
+    """Something the pods need does not exist yet; retried on the next tick."""
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass
+class Script:
+    """How one RayJob's run goes. `fail_attempts` attempts fail (AppFailed) before `outcome`."""
+
+    outcome: str = "succeed"
+    epochs: int = 3
+    fail_attempts: int = 0
+    hold_at: str | None = None  # "Running": stop while training until released
+
+    def __post_init__(self) -> None:
+        assert self.outcome in OUTCOMES, self.outcome
+
+
+@dataclass
+class _Run:
+    script: Script
+    step: int = 0
+    epoch: int = 0
+    attempt: int = 1
+    held: bool = False
+    log: list[str] = field(default_factory=list)
+
+
+def report_document(epoch: int, total: int, phase: str, **extra: Any) -> dict[str, Any]:
+    """A TrainerReport (wire JSON) after `epoch` epochs of the gsm8k stage."""
+    curve = [{"stage": "gsm8k", "epoch": e, "trainLoss": round(2.0 / e, 4),
+              "validationLoss": round(1.5 / e, 4),
+              "validationPerplexity": round(2.0 + 1.0 / e, 4),
+              "checkpoint": f"s3://ckpt/epoch-{e}"} for e in range(1, epoch + 1)]
+    doc: dict[str, Any] = {"schemaVersion": 1, "phase": phase, "stage": "gsm8k", "epoch": epoch,
+                           "totalEpochs": total, "step": epoch * 10, "totalSteps": total * 10,
+                           "etaSeconds": (total - epoch) * 60, "updatedAt": _now(),
+                           "epochs": curve}
+    if epoch:
+        best = curve[-1]
+        doc["bestCheckpoint"] = {"uri": best["checkpoint"], "stage": "gsm8k", "epoch": epoch,
+                                 "validationPerplexity": best["validationPerplexity"]}
+    return {**doc, **extra}
+
+
+SCORES = {"task": "gsm8k", "samples": 1319, "primaryMetric": "accuracy", "score": 0.47,
+          "metrics": {"accuracy": 0.47}, "baseline": {"accuracy": 0.28}}
+
+
+class KubeRayDouble:
+    """Plays KubeRay and the trainer for the RayJobs of one namespace (a background thread)."""
+
+    def __init__(self, admin: client.ApiClient, namespace: str, server: str, ca_path: Path,
+                 interval: float = 0.15) -> None:
+        self.admin = admin
+        self.namespace = namespace
+        self.server = server
+        self.ca_path = ca_path
+        self.interval = interval
+        self.custom = client.CustomObjectsApi(admin)
+        self.core = client.CoreV1Api(admin)
+        self.runs: dict[str, _Run] = {}
+        self.default = Script()
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="kuberay-double", daemon=True)
+        self._lock = threading.Lock()
+
+    # -- test controls ------------------------------------------------------------------------
+
+    def script(self, name: str, script: Script) -> None:
+        with self._lock:
+            self.runs[name] = _Run(script)
+
+    def release(self, name: str) -> None:
+        with self._lock:
+            run = self.runs[name]
+            run.script.hold_at, run.held = None, False
+
+    def is_held(self, name: str) -> bool:
+        with self._lock:
+            run = self.runs.get(name)
+            return bool(run and run.held)
+
+    def start(self) -> KubeRayDouble:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    # -- loop ---------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                items = self.custom.list_namespaced_custom_object(
+                    *RAY, self.namespace, RAYJOBS)["items"]
+                for rayjob in items:
+                    # NotReady: try again next tick, as KubeRay's requeue would
+                    with contextlib.suppress(NotReady):
+                        self._advance(rayjob)
+            except Exception as error:  # keep playing; the test sees `errors`
+                self.errors.append(repr(error))
+            self._stop.wait(self.interval)
+
+    def _advance(self, rayjob: dict[str, Any]) -> None:
+        name = rayjob["metadata"]["name"]
+        with self._lock:
+            run = self.runs.setdefault(name, _Run(Script(**vars(self.default))))
+        status = rayjob.get("status") or {}
+        deployment = status.get("jobDeploymentStatus", "")
+        if deployment in ("Complete", "Failed"):
+            return
+        if deployment == "Suspending":  # the cluster is gone; KubeRay always lands here
+            self._patch(rayjob, {"jobDeploymentStatus": "Suspended", "jobStatus": None,
+                                 "rayClusterName": None, "startTime": None})
+            return
+        if rayjob["spec"].get("suspend"):
+            self._suspend(rayjob, deployment)
+            return
+        if deployment in ("", "Suspended", "New") or deployment == "Retrying":
+            self._initialize(rayjob, run)
+        elif deployment == "Initializing":
+            self._patch(rayjob, {"jobDeploymentStatus": "Running", "jobStatus": "PENDING"})
+        elif deployment == "Running":
+            self._running(rayjob, run, status)
+
+    # -- transitions --------------------------------------------------------------------------
+
+    def _suspend(self, rayjob: dict[str, Any], deployment: str) -> None:
+        if deployment in ("Running", "Initializing"):
+            self._patch(rayjob, {"jobDeploymentStatus": "Suspending"})
+        elif deployment != "Suspended":
+            self._patch(rayjob, {"jobDeploymentStatus": "Suspended", "jobStatus": None,
+                                 "rayClusterName": None, "startTime": None})
+
+    def _initialize(self, rayjob: dict[str, Any], run: _Run) -> None:
+        name = rayjob["metadata"]["name"]
+        cluster = f"{name}-raycluster-{run.attempt:05d}"
+        self._patch(rayjob, {
+            "jobDeploymentStatus": "Initializing", "jobStatus": None,
+            "jobId": f"{name}-{run.attempt}-0001", "rayClusterName": cluster,
+            "dashboardURL": f"{cluster}-head-svc.{self.namespace}.svc.cluster.local:8265",
+            "startTime": _now(), "reason": None, "message": None,
+        })
+
+    def _running(self, rayjob: dict[str, Any], run: _Run, status: dict[str, Any]) -> None:
+        script = run.script
+        if status.get("jobStatus") in (None, "", "PENDING"):
+            if script.outcome == "submission-fails":
+                self._fail(rayjob, "SubmissionFailed",
+                           "Job submission has failed. Reason: the dashboard at :8265 was "
+                           "unreachable after 5 attempts", status.get("jobStatus") or "PENDING")
+                return
+            self._patch(rayjob, {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"})
+            return
+        if script.hold_at == "Running":
+            with self._lock:
+                run.held = True
+            return
+        if run.attempt <= script.fail_attempts:
+            self._retry_or_fail(rayjob, run, status)
+            return
+        self._train_one_step(rayjob, run)
+
+    def _train_one_step(self, rayjob: dict[str, Any], run: _Run) -> None:
+        script = run.script
+        total = script.epochs
+        if script.outcome == "deadline" and run.epoch >= 1:
+            deadline = rayjob["spec"].get("activeDeadlineSeconds", 0)
+            self._fail(rayjob, "DeadlineExceeded",
+                       f"The RayJob has passed the activeDeadlineSeconds. StartTime: "
+                       f"{_now()}. ActiveDeadlineSeconds: {deadline}", "RUNNING")
+            return
+        if script.outcome == "trainer-fails" and run.epoch >= 1:
+            self._write_report(rayjob, report_document(
+                run.epoch, total, "Failed",
+                error="CUDA out of memory on rank 3: lower batchSizePerDevice"))
+            self._fail(rayjob, "AppFailed", "Job exited with code 1", "FAILED")
+            return
+        if run.epoch < total:
+            self._write_report(rayjob, report_document(run.epoch + 1, total, "Training"))
+            run.epoch += 1
+            return
+        if script.outcome == "no-checkpoint":
+            self._write_report(rayjob, {"phase": "Succeeded", "epoch": total})
+        else:
+            self._write_report(rayjob, report_document(total, total, "Evaluating"))
+            self._write_report(rayjob, report_document(total, total, "Succeeded",
+                                                       evaluation=SCORES))
+        self._patch(rayjob, {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED",
+                             "endTime": _now(), "succeeded": 1})
+
+    def _retry_or_fail(self, rayjob: dict[str, Any], run: _Run, status: dict[str, Any]) -> None:
+        failed = int(status.get("failed") or 0) + 1
+        limit = int(rayjob["spec"].get("backoffLimit") or 0)
+        if failed <= limit:
+            run.attempt += 1
+            run.epoch = 0
+            self._patch(rayjob, {"jobDeploymentStatus": "Retrying", "jobStatus": "FAILED",
+                                 "failed": failed, "reason": "AppFailed",
+                                 "message": "Job exited with code 1"})
+        else:
+            self._fail(rayjob, "AppFailed", "Job exited with code 1", "FAILED", failed)
+
+    def _fail(self, rayjob: dict[str, Any], reason: str, message: str, job_status: str,
+              failed: int | None = None) -> None:
+        status = {"jobDeploymentStatus": "Failed", "jobStatus": job_status, "reason": reason,
+                  "message": message, "endTime": _now()}
+        previous = int((rayjob.get("status") or {}).get("failed") or 0)
+        status["failed"] = failed if failed is not None else previous + 1
+        self._patch(rayjob, status)
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def _patch(self, rayjob: dict[str, Any], status: dict[str, Any]) -> None:
+        name = rayjob["metadata"]["name"]
+        self.custom.patch_namespaced_custom_object_status(
+            *RAY, self.namespace, RAYJOBS, name, {"status": status})
+        rayjob.setdefault("status", {}).update(status)
+
+    def trainer_client(self, rayjob: dict[str, Any]) -> client.ApiClient:
+        """An API client authenticated as the Ray pods' ServiceAccount (a fresh token)."""
+        template = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+        account = template["serviceAccountName"]
+        request = client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600))
+        try:
+            token = self.core.create_namespaced_service_account_token(
+                account, self.namespace, request).status.token
+        except ApiException as error:
+            if error.status == 404:  # like a pod whose ServiceAccount is not there yet
+                raise NotReady(f"ServiceAccount {account} does not exist yet") from None
+            raise
+        cfg = client.Configuration()
+        cfg.host = self.server
+        cfg.ssl_ca_cert = str(self.ca_path)
+        cfg.api_key = {"authorization": f"Bearer {token}"}
+        return client.ApiClient(cfg)
+
+    def _write_report(self, rayjob: dict[str, Any], report: dict[str, Any]) -> None:
+        """What the trainer does: patch report.json into the ConfigMap named in --report."""
+        entry = rayjob["spec"]["entrypoint"]
+        target = entry.rsplit("--report ", 1)[1].split()[0].strip("'")
+        configmap = target.removeprefix("configmap:")
+        with self.trainer_client(rayjob) as api:
+            try:
+                client.CoreV1Api(api).patch_namespaced_config_map(
+                    configmap, self.namespace, {"data": {"report.json": json.dumps(report)}})
+            except ApiException as error:
+                self.errors.append(f"trainer could not write its report: {error.status}")
+                raise

@@ -1,0 +1,170 @@
+"""build_rayjob: layout, sizing, scheduling, secrets, policy and ownership of the RayJob."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+import pytest
+
+from kubetune.api.v1alpha1 import FineTuneJob
+from kubetune.builders.naming import RAYJOB_NAME_LIMIT, is_dns1035_label
+from kubetune.builders.rayjob import GPU_TOLERATION, QUEUE_LABEL, build_rayjob, worker_layout
+from kubetune.controller.config import OperatorConfig
+from tests.unit.builders.helpers import FAKE_UID, NAMESPACE, example_doc, example_job
+
+pytestmark = pytest.mark.unit
+
+CONFIG = OperatorConfig()
+
+
+def workers_of(rayjob: dict[str, Any]) -> dict[str, Any]:
+    groups = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert len(groups) == 1
+    return groups[0]
+
+
+def container(group: dict[str, Any]) -> dict[str, Any]:
+    return group["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize(("example", "pods", "gpus"), [
+    ("gsm8k-llama2-7b", 2, 8),
+    ("gsm8k-llama2-13b", 2, 8),
+    ("gsm8k-llama2-70b", 4, 8),
+    ("viggo-llama2-13b-p4d", 1, 8),
+    ("sql-llama2-7b-lora-1gpu", 1, 1),
+])
+def test_worker_group_has_whole_nodes_fixed_size(example: str, pods: int, gpus: int) -> None:
+    group = workers_of(build_rayjob(example_job(example), CONFIG))
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == pods
+    assert container(group)["resources"]["limits"]["nvidia.com/gpu"] == str(gpus)
+
+
+def test_autoscaling_off_and_head_gets_no_training() -> None:
+    spec = build_rayjob(example_job("gsm8k-llama2-13b"), CONFIG)["spec"]["rayClusterSpec"]
+    assert spec["enableInTreeAutoscaling"] is False
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    head = container(spec["headGroupSpec"])
+    assert "nvidia.com/gpu" not in head["resources"]["limits"]
+
+
+def test_g5_48xlarge_pod_fits_allocatable_with_headroom() -> None:
+    res = container(workers_of(build_rayjob(example_job("gsm8k-llama2-13b"), CONFIG)))["resources"]
+    assert res["requests"] == {"cpu": "172", "memory": "691Gi"}
+    assert res["limits"]["cpu"] == "172" and res["limits"]["memory"] == "691Gi"
+
+
+def test_partial_node_gets_its_share() -> None:
+    doc = example_doc("gsm8k-llama2-13b")
+    doc["spec"]["compute"]["workers"] = 2
+    assert worker_layout(FineTuneJob.model_validate(doc).spec) == (1, 2)
+    res = container(workers_of(build_rayjob(FineTuneJob.model_validate(doc), CONFIG)))["resources"]
+    assert res["requests"] == {"cpu": "43", "memory": "172Gi"}
+
+
+def test_headroom_is_configurable() -> None:
+    config = OperatorConfig(cpu_headroom=0.0, memory_headroom=0.25)
+    res = container(workers_of(build_rayjob(example_job("gsm8k-llama2-13b"), config)))["resources"]
+    assert res["requests"] == {"cpu": "192", "memory": "576Gi"}
+
+
+def test_unknown_instance_type_gets_gpu_limits_only() -> None:
+    doc = example_doc("gsm8k-llama2-13b")
+    doc["spec"]["compute"]["nodePool"] = {"instanceType": "a3-highgpu-8g", "gpusPerNode": 8}
+    res = container(workers_of(build_rayjob(FineTuneJob.model_validate(doc), CONFIG)))["resources"]
+    assert res == {"limits": {"nvidia.com/gpu": "8"}}
+
+
+def test_node_selector_and_tolerations() -> None:
+    group = workers_of(build_rayjob(example_job("viggo-llama2-13b-p4d"), CONFIG))
+    pod = group["template"]["spec"]
+    assert pod["nodeSelector"] == {"node.kubernetes.io/instance-type": "p4d.24xlarge",
+                                   "kubetune.dev/pool": "a100"}
+    assert pod["tolerations"] == [GPU_TOLERATION]  # the user's identical one is not doubled
+    seventy = workers_of(build_rayjob(example_job("gsm8k-llama2-70b"), CONFIG))
+    keys = [t["key"] for t in seventy["template"]["spec"]["tolerations"]]
+    assert keys == ["dedicated", "nvidia.com/gpu"]
+
+
+def test_entrypoint_runs_trainer_with_the_same_spec() -> None:
+    job = example_job("gsm8k-llama2-13b")
+    argv = shlex.split(build_rayjob(job, CONFIG)["spec"]["entrypoint"])
+    assert argv[:3] == ["python", "-m", "kubetune_trainer.entrypoint"]
+    args = dict(zip(argv[3::2], argv[4::2], strict=True))
+    assert json.loads(args["--spec-json"]) == job.spec.to_wire()
+    assert args["--job-name"] == "llama2-13b-gsm8k"
+    assert args["--namespace"] == NAMESPACE
+    assert args["--report"] == "configmap:llama2-13b-gsm8k-report"
+
+
+def test_lifecycle_fields() -> None:
+    spec = build_rayjob(example_job("gsm8k-llama2-70b"), CONFIG)["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True
+    assert spec["submissionMode"] == "K8sJobMode"
+    assert (spec["activeDeadlineSeconds"], spec["backoffLimit"],
+            spec["ttlSecondsAfterFinished"]) == (172800, 2, 3600)
+    defaults = build_rayjob(example_job("gsm8k-llama2-7b"), OperatorConfig(
+        active_deadline_seconds=86400, ttl_seconds_after_finished=60))["spec"]
+    assert (defaults["activeDeadlineSeconds"], defaults["backoffLimit"],
+            defaults["ttlSecondsAfterFinished"]) == (86400, 0, 60)
+    assert "activeDeadlineSeconds" not in build_rayjob(example_job("gsm8k-llama2-7b"), CONFIG)["spec"]
+
+
+def test_secrets_only_by_reference() -> None:
+    rayjob = build_rayjob(example_job("gsm8k-llama2-13b"), CONFIG)
+    for group in (rayjob["spec"]["rayClusterSpec"]["headGroupSpec"], workers_of(rayjob)):
+        c = container(group)
+        token = next(e for e in c["env"] if e["name"] == "HF_TOKEN")
+        assert token == {"name": "HF_TOKEN", "valueFrom": {
+            "secretKeyRef": {"name": "hf-token", "key": "token"}}}
+        assert c["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
+        assert all("value" not in e for e in c["env"] if e["name"] != "KUBETUNE_PVC_ROOT")
+
+
+def test_pvc_uris_are_mounted() -> None:
+    rayjob = build_rayjob(example_job("sql-llama2-7b-lora-1gpu"), CONFIG)
+    pod = workers_of(rayjob)["template"]["spec"]
+    claims = sorted(v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"])
+    assert claims == ["checkpoints", "datasets"]
+    assert {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]} == {
+        "/mnt/pvc/checkpoints", "/mnt/pvc/datasets"}
+
+
+def test_metadata_labels_and_owner() -> None:
+    meta = build_rayjob(example_job("gsm8k-llama2-13b"), CONFIG)["metadata"]
+    assert meta["namespace"] == NAMESPACE
+    assert meta["labels"]["app.kubernetes.io/managed-by"] == "kubetune-operator"
+    assert meta["labels"]["kubetune.dev/finetunejob"] == "llama2-13b-gsm8k"
+    assert meta["ownerReferences"] == [{
+        "apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "name": "llama2-13b-gsm8k",
+        "uid": FAKE_UID, "controller": True, "blockOwnerDeletion": True}]
+
+
+def test_long_names_stay_valid_and_distinct() -> None:
+    names = set()
+    for suffix in ("a", "b"):
+        doc = example_doc("gsm8k-llama2-7b")
+        doc["metadata"]["name"] = "x" * 100 + "." + suffix
+        meta = build_rayjob(FineTuneJob.model_validate(doc), CONFIG)["metadata"]
+        assert is_dns1035_label(meta["name"], RAYJOB_NAME_LIMIT)
+        assert all(len(v) <= 63 for v in meta["labels"].values())
+        names.add(meta["name"])
+    assert len(names) == 2
+
+
+@pytest.mark.parametrize(("queue", "suspend", "expected"), [
+    (None, False, False), (None, True, True), ("q", False, True), ("q", True, True)])
+def test_kueue_label_and_suspend(queue: str | None, suspend: bool, expected: bool) -> None:
+    doc = example_doc("gsm8k-llama2-7b")
+    doc["spec"]["runPolicy"] = {"suspend": suspend, **({"queueName": queue} if queue else {})}
+    rayjob = build_rayjob(FineTuneJob.model_validate(doc), CONFIG)
+    assert rayjob["spec"]["suspend"] is expected
+    assert rayjob["metadata"]["labels"].get(QUEUE_LABEL) == queue
+
+
+def test_render_without_uid_has_no_owner() -> None:
+    doc = example_doc("gsm8k-llama2-7b")
+    del doc["metadata"]["uid"]
+    assert "ownerReferences" not in build_rayjob(FineTuneJob.model_validate(doc), CONFIG)["metadata"]
