@@ -498,8 +498,8 @@ class ObjectMeta(KubeModel):
 class FineTuneJob(KubeModel):
     """A FineTuneJob resource."""
 
-    api_version: Literal["kubetune.dev/v1alpha1"] = Field(API_VERSION, description="kubetune.dev/v1alpha1")
-    kind: Literal["FineTuneJob"] = Field(KIND, description="FineTuneJob")
+    api_version: Literal["kubetune.dev/v1alpha1"] = Field("kubetune.dev/v1alpha1", description="kubetune.dev/v1alpha1")
+    kind: Literal["FineTuneJob"] = Field("FineTuneJob", description="FineTuneJob")
     metadata: ObjectMeta = Field(description="Standard object metadata.")
     spec: FineTuneJobSpec = Field(description="Desired run.")
     status: FineTuneJobStatus | None = Field(None, description="Observed state.")
