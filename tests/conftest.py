@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client, config
 
-from tests.support.controlplane import ControlPlane, Kubectl, ensure_binaries
+from tests.support.controlplane import ControlPlane, Kubectl, ensure_binaries, temporary_namespace
 from tests.support.operator_process import OperatorProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -85,11 +84,9 @@ def kube_api(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
 
 @pytest.fixture
 def namespace(kube_api: client.ApiClient) -> Iterator[str]:
-    name = f"kt-{uuid.uuid4().hex[:10]}"
-    core = client.CoreV1Api(kube_api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name)
+    """A fresh kt-* namespace: the session operator (`operator_process`) watches kt-*."""
+    with temporary_namespace(kube_api, "kt") as name:
+        yield name
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ with the same field as `kubetune validate`, immutability, printer columns and ex
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from kubernetes.client.rest import ApiException
 
 from kubetune.api import v1alpha1 as api
 from kubetune.commands import validate_document
+from tests.support.controlplane import temporary_namespace
 from tests.support.invalid_corpus import CASES, EXAMPLES, base_document, invalid_document
 
 pytestmark = pytest.mark.controlplane
@@ -24,11 +24,8 @@ pytestmark = pytest.mark.controlplane
 @pytest.fixture
 def namespace(kube_api: client.ApiClient) -> Iterator[str]:
     """A namespace no operator watches (it watches kt-*): these tests write .status themselves."""
-    name = f"crd-{uuid.uuid4().hex[:10]}"
-    core = client.CoreV1Api(kube_api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name)
+    with temporary_namespace(kube_api, "crd") as name:
+        yield name
 
 
 def custom_api(kube_api: client.ApiClient) -> client.CustomObjectsApi:

@@ -10,6 +10,7 @@ manager runs only the controllers whose absence would make a cluster behave unli
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import datetime
 import ipaddress
@@ -25,8 +26,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -75,6 +77,22 @@ def ensure_binaries() -> Path:
             file=sys.stderr,
         )
     return bin_dir
+
+
+@contextlib.contextmanager
+def temporary_namespace(api: Any, prefix: str) -> Iterator[str]:
+    """A uniquely named namespace, deleted afterwards (the namespace controller empties it).
+
+    The prefix decides which operator sees it: the session operator watches kt-* only."""
+    from kubernetes import client
+
+    name = f"{prefix}-{secrets.token_hex(5)}"
+    core = client.CoreV1Api(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name)
 
 
 class KubectlError(subprocess.CalledProcessError):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from tests.controlplane.operator.helpers import (
     wait_for,
     wait_phase,
 )
-from tests.support.controlplane import ControlPlane
+from tests.support.controlplane import ControlPlane, temporary_namespace
 from tests.support.kuberay_double import KubeRayDouble, Script
 from tests.support.operator_process import OperatorProcess
 
@@ -29,11 +28,8 @@ pytestmark = pytest.mark.controlplane
 @pytest.fixture
 def own_namespace(kube_api: client.ApiClient) -> Iterator[str]:
     """Not kt-*: the session operator must not see it, only the one this test restarts."""
-    name = f"ktr-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(kube_api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name)
+    with temporary_namespace(kube_api, "ktr") as name:
+        yield name
 
 
 def test_restarts_never_duplicate(control_plane: ControlPlane, kube_api: client.ApiClient,

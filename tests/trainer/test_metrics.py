@@ -1,0 +1,60 @@
+"""Token-weighted losses, perplexity, ETA, LR schedule and exact-match scoring."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from kubetune_trainer.metrics import (
+    TokenLoss,
+    eta_seconds,
+    exact_match_scores,
+    lr_multiplier,
+    mathqa_letter,
+    optimizer_steps_per_epoch,
+    perplexity,
+    warmup_steps,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def test_loss_is_weighted_by_tokens_not_by_batches():
+    # batch A: 10 tokens at mean 1.0, batch B: 1 token at loss 12.0
+    total = TokenLoss(10.0, 10).merge([TokenLoss(12.0, 1)])
+    assert total.mean == pytest.approx(22.0 / 11)  # a mean of batch means would say 6.5
+    assert math.isnan(TokenLoss().mean)
+
+
+def test_perplexity_is_exp_of_loss_and_never_overflows():
+    assert perplexity(math.log(7.0)) == pytest.approx(7.0)
+    assert perplexity(10_000.0) == math.inf
+    assert math.isnan(perplexity(math.nan))
+
+
+def test_eta_from_the_average_pace():
+    assert eta_seconds(30.0, 10, 40) == 90
+    assert eta_seconds(5.0, 0, 40) is None
+
+
+def test_schedule_is_in_optimizer_steps_with_warmup():
+    total, warm = 100, warmup_steps(100, 0.1)
+    assert warm == 10
+    assert lr_multiplier(0, total, warm, "linear") == pytest.approx(0.1)
+    assert lr_multiplier(9, total, warm, "linear") == pytest.approx(1.0)
+    assert lr_multiplier(55, total, warm, "linear") == pytest.approx(0.5)
+    assert lr_multiplier(100, total, warm, "linear") == pytest.approx(0.0)
+    assert lr_multiplier(55, total, warm, "cosine") == pytest.approx(0.5)
+    assert lr_multiplier(80, total, warm, "constant") == 1.0
+    assert optimizer_steps_per_epoch(9, 4) == 3
+
+
+def test_exact_match_and_mathqa_letter():
+    metrics, details = exact_match_scores(
+        "mathqa", ["x = 5\nAnswer: c", "wrong\nAnswer: b", "garbage"],
+        ["x  = 5\nAnswer: c", "right\nAnswer: a", "y\nAnswer: d"])
+    assert metrics == {"exact_match": pytest.approx(1 / 3), "accuracy": pytest.approx(1 / 3)}
+    assert details[0] == {"exact_match": True, "answer_correct": True}
+    assert mathqa_letter("so the answer : ( e ) .") is None or mathqa_letter("answer: (e)") == "e"
+    assert exact_match_scores("custom", ["a"], ["a "])[0] == {"exact_match": 1.0}

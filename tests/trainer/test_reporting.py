@@ -1,0 +1,83 @@
+"""Reporters: atomic file writes, ConfigMap patches, throttling, secret redaction."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kubetune.api.report import REPORT_KEY, TrainerReport
+from kubetune_trainer.reporting import (
+    ConfigMapReporter,
+    FileReporter,
+    ThrottledReporter,
+    redact,
+    reporter_from_target,
+)
+
+pytestmark = pytest.mark.unit
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class Recorder:
+    def __init__(self):
+        self.reports = []
+
+    def write(self, report):
+        self.reports.append(report.model_copy(deep=True))
+
+
+def test_file_reporter_writes_camelcase_json(tmp_path):
+    FileReporter(tmp_path / "r" / "report.json").write(TrainerReport(phase="Training", total_steps=9))
+    document = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert document["phase"] == "Training" and document["totalSteps"] == 9
+    assert [p.name for p in (tmp_path / "r").iterdir()] == ["report.json"]
+
+
+def test_throttle_lets_phase_changes_and_forced_writes_through():
+    inner, clock = Recorder(), FakeClock()
+    reporter = ThrottledReporter(inner, 10.0, clock)
+    assert reporter.write(TrainerReport(phase="Training", step=1))
+    clock.now = 3
+    assert not reporter.write(TrainerReport(phase="Training", step=2))
+    assert reporter.write(TrainerReport(phase="Training", step=3), force=True)
+    assert reporter.write(TrainerReport(phase="Evaluating"))
+    clock.now = 14
+    assert reporter.write(TrainerReport(phase="Evaluating", step=5))
+    assert [r.step for r in inner.reports] == [1, 3, 0, 5]
+    assert all(r.updated_at for r in inner.reports)
+
+
+def test_secret_values_are_redacted(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_supersecret123")
+    assert "hf_supersecret123" not in redact("401 for token hf_supersecret123")
+    inner = Recorder()
+    ThrottledReporter(inner).write(TrainerReport(phase="Failed", error="bad hf_supersecret123"))
+    assert "supersecret" not in inner.reports[0].error
+
+
+def test_configmap_reporter_patches_the_report_key():
+    calls = []
+
+    class FakeApi:
+        def patch_namespaced_config_map(self, name, namespace, body):
+            calls.append((name, namespace, body))
+
+    ConfigMapReporter("job-report", "team-a", api=FakeApi()).write(TrainerReport(phase="Succeeded"))
+    name, namespace, body = calls[0]
+    assert (name, namespace) == ("job-report", "team-a")
+    assert json.loads(body["data"][REPORT_KEY])["phase"] == "Succeeded"
+
+
+def test_report_targets(tmp_path):
+    assert isinstance(reporter_from_target(f"file:{tmp_path}/x.json"), FileReporter)
+    assert isinstance(reporter_from_target("configmap:abc", "ns"), ConfigMapReporter)
+    with pytest.raises(ValueError):
+        reporter_from_target("abc")

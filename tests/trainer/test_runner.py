@@ -1,0 +1,64 @@
+"""The driver's stage sequencing without Ray: each stage starts from the previous best."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+
+from kubetune.validation import parse_spec
+from kubetune_trainer import runner
+from kubetune_trainer.checkpoints import CheckpointRecord
+from kubetune_trainer.reporting import ThrottledReporter
+from kubetune_trainer.train_loop import StageState
+
+pytestmark = pytest.mark.unit
+
+
+class Recorder:
+    def __init__(self):
+        self.phases = []
+
+    def write(self, report):
+        self.phases.append(report.phase)
+
+
+def test_stages_chain_from_the_previous_best_checkpoint(tmp_path, datasets_dir, monkeypatch):
+    seen = []
+
+    def fake_fit(config, workers, run_name, ray_storage):
+        seen.append((config.stage, config.model_source, config.training.epochs, workers))
+        ppls = [5.0, 3.0, 4.0][: config.training.epochs]
+        records = [CheckpointRecord(config.stage, e, f"{config.storage_uri}/{config.stage}/e{e}", p)
+                   for e, p in enumerate(ppls, start=1)]
+        epochs = [{"stage": config.stage, "epoch": r.epoch, "trainLoss": 1.0, "validationLoss": 1.0,
+                   "validationPerplexity": r.validation_perplexity} for r in records]
+        return StageState(epoch=len(ppls), step=len(ppls), epochs=epochs,
+                          records=[asdict(r) for r in records])
+
+    monkeypatch.setattr(runner, "init_ray", lambda local: None)
+    monkeypatch.setattr(runner, "cluster_has_gpus", lambda: False)
+    monkeypatch.setattr(runner, "fit_stage", fake_fit)
+    spec = parse_spec({
+        "model": {"name": "builtin:tiny-llama"}, "task": {"preset": "gsm8k"},
+        "stages": [
+            {"name": "mathqa", "task": {"preset": "mathqa"}, "training": {"epochs": 3},
+             "data": {"train": {"uri": str(datasets_dir / "mathqa" / "challenge_test.json")}}},
+            {"name": "gsm8k", "training": {"epochs": 2, "learningRate": 1e-4},
+             "data": {"train": {"uri": str(datasets_dir / "gsm8k" / "test.jsonl")}}}],
+        "evaluation": {"enabled": False}, "compute": {"workers": 3},
+        "output": {"storageURI": str(tmp_path / "ck")}})
+    recorder = Recorder()
+    report = runner.run_job(spec, runner.RunOptions(
+        job_name="j", reporter=ThrottledReporter(recorder, 0), workdir=tmp_path / "w", local=True))
+
+    assert [s[0] for s in seen] == ["mathqa", "gsm8k"]
+    assert seen[0][1]["kind"] == "files" and seen[0][2:] == (3, 3)
+    assert seen[1][1] == {"kind": "storage", "uri": f"{tmp_path / 'ck'}/mathqa/e2"}
+    assert seen[1][2] == 2
+    assert report.phase == "Succeeded" and report.best_checkpoint.stage == "gsm8k"
+    assert report.best_checkpoint.epoch == 2
+    assert [(e.stage, e.epoch) for e in report.epochs] == [
+        ("mathqa", 1), ("mathqa", 2), ("mathqa", 3), ("gsm8k", 1), ("gsm8k", 2)]
+    assert recorder.phases[0] == "Preparing" and recorder.phases[-1] == "Succeeded"
+    assert "Training" in recorder.phases

@@ -1,0 +1,142 @@
+"""Full runs on a real local Ray with real Accelerate/DeepSpeed on CPU, tiny Llama, real data.
+
+Each TorchTrainer.fit() costs ~15-25 s, so the runs are few and each checks several things:
+1. `kubetune run` of a two-stage curriculum (MathQA -> GSM8k) with DDP on 2 workers: outputs,
+   loss falls, the best checkpoint reloads and generates with the special tokens.
+2. DeepSpeed ZeRO-3 + optimizer offload on 2 workers, uninterrupted and with a worker killed
+   mid-epoch: the retry resumes and ends with the same epochs and the same best checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.trainer
+
+TRAINING = {"learningRate": 1.0e-3, "batchSizePerDevice": 8, "contextLength": 384,
+            "precision": "fp32", "gradientCheckpointing": False, "seed": 7}
+
+
+def curriculum_manifest(datasets: Path) -> dict:
+    return {
+        "apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob",
+        "metadata": {"name": "curriculum-test"},
+        "spec": {
+            "model": {"name": "builtin:tiny-llama"},
+            "task": {"preset": "gsm8k"},
+            "stages": [
+                {"name": "mathqa", "task": {"preset": "mathqa"}, "training": {"epochs": 1},
+                 "data": {"train": {"uri": str(datasets / "mathqa" / "dev.json")},
+                          "maxSamples": 96}},
+                {"name": "gsm8k",
+                 "data": {"train": {"uri": str(datasets / "gsm8k" / "train.jsonl")},
+                          "test": {"uri": str(datasets / "gsm8k" / "test.jsonl")},
+                          "maxSamples": 240}},
+            ],
+            "training": {**TRAINING, "epochs": 2, "checkpointsToKeep": 1,
+                         "deepspeed": {"enabled": False, "offloadOptimizer": False}},
+            "evaluation": {"maxSamples": 4, "maxNewTokens": 16, "batchSize": 4},
+            "compute": {"workers": 2},
+            "output": {"storageURI": "checkpoints"},  # relative to the manifest's folder
+        },
+    }
+
+
+def kubetune_run(manifest: Path, output: Path) -> int:
+    from kubetune_trainer.local_run import add_run
+
+    parser = argparse.ArgumentParser()
+    add_run(parser.add_subparsers())
+    args = parser.parse_args(["run", "-f", str(manifest), "--output", str(output)])
+    return int(args.handler(args))
+
+
+def test_curriculum_ddp_run_learns_and_checkpoint_generates(tmp_path, datasets_dir):
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(yaml.safe_dump(curriculum_manifest(datasets_dir)))
+    output = tmp_path / "out"
+    assert kubetune_run(manifest, output) == 0
+
+    status = json.loads((output / "status.json").read_text())
+    assert status["phase"] == "Succeeded"
+    curve = [(e["stage"], e["epoch"]) for e in status["epochs"]]
+    assert curve == [("mathqa", 1), ("gsm8k", 1), ("gsm8k", 2)]
+    gsm = [e for e in status["epochs"] if e["stage"] == "gsm8k"]
+    assert gsm[1]["trainLoss"] < gsm[0]["trainLoss"]
+    assert gsm[1]["validationLoss"] < gsm[0]["validationLoss"]
+    best = status["bestCheckpoint"]
+    assert best["stage"] == "gsm8k" and best["epoch"] == 2
+    assert Path(best["uri"]).parent == tmp_path / "checkpoints" / "gsm8k"
+    assert not (tmp_path / "checkpoints" / "gsm8k" / "epoch-001").exists()  # checkpointsToKeep 1
+    assert status["evaluation"]["task"] == "gsm8k" and status["evaluation"]["samples"] == 4
+    assert status["progress"]["step"] == status["progress"]["totalSteps"] > 0
+    assert (output / "learning_curve.png").stat().st_size > 1000
+    metrics = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert [m["type"] for m in metrics] == ["epoch"] * 3 + ["evaluation"]
+    report = json.loads((output / "report.json").read_text())
+    assert {d["split"] for d in report["data"]} >= {"mathqa/train", "gsm8k/validation", "gsm8k/test"}
+    assert_checkpoint_generates(Path(best["uri"]))
+
+
+def assert_checkpoint_generates(folder: Path) -> None:
+    from kubetune_trainer.generation import generate
+    from kubetune_trainer.model import load_model, load_tokenizer
+
+    assert (folder / "model.safetensors").exists()
+    tokenizer = load_tokenizer(str(folder))
+    model = load_model(str(folder))
+    for token in ("<START_Q>", "<END_Q>", "<START_A>", "<END_A>"):
+        assert len(tokenizer.encode(token, add_special_tokens=False)) == 1
+    assert model.get_input_embeddings().weight.shape[0] >= len(tokenizer)
+    prompt = "<START_Q>Tom has 3 apples and buys 2 more. How many apples?<END_Q><START_A>"
+    [text] = generate(model, tokenizer, [prompt], "<END_A>", batch_size=1, max_new_tokens=24)
+    assert isinstance(text, str) and "<END_A>" not in text
+
+
+def deepspeed_spec(datasets: Path, storage: Path):
+    from kubetune.validation import parse_spec
+
+    return parse_spec({
+        "model": {"name": "builtin:tiny-llama"},
+        "task": {"preset": "gsm8k"},
+        "data": {"train": {"uri": str(datasets / "gsm8k" / "train.jsonl")}, "maxSamples": 96},
+        "training": {**TRAINING, "epochs": 2, "checkpointsToKeep": 2,
+                     "deepspeed": {"enabled": True, "stage": 3, "offloadOptimizer": True}},
+        "evaluation": {"enabled": False},
+        "compute": {"workers": 2},
+        "output": {"storageURI": str(storage)},
+    })
+
+
+def run_spec(spec, workdir: Path, name: str):
+    from kubetune_trainer.reporting import FileReporter, ThrottledReporter
+    from kubetune_trainer.runner import RunOptions, run_job
+
+    report_path = workdir / "report.json"
+    options = RunOptions(job_name=name, reporter=ThrottledReporter(FileReporter(report_path), 0),
+                         workdir=workdir, report_target=f"file:{report_path}", local=True,
+                         report_interval_s=1.0)
+    return run_job(spec, options)
+
+
+def test_deepspeed_zero3_offload_resumes_after_worker_kill(tmp_path, datasets_dir, monkeypatch):
+    clean = run_spec(deepspeed_spec(datasets_dir, tmp_path / "ck-clean"), tmp_path / "clean", "ds-clean")
+    marker = tmp_path / "killed"
+    monkeypatch.setenv("KUBETUNE_FAULT_INJECT",
+                       json.dumps({"rank": 1, "epoch": 2, "step": 2, "marker": str(marker)}))
+    resumed = run_spec(deepspeed_spec(datasets_dir, tmp_path / "ck-kill"), tmp_path / "kill", "ds-kill")
+
+    assert marker.exists(), "the fault was never injected"
+    assert clean.phase == resumed.phase == "Succeeded"
+    assert [e.epoch for e in resumed.epochs] == [e.epoch for e in clean.epochs] == [1, 2]
+    for a, b in zip(clean.epochs, resumed.epochs, strict=True):
+        assert b.validation_loss == pytest.approx(a.validation_loss, rel=1e-3)
+    assert clean.epochs[1].train_loss < clean.epochs[0].train_loss
+    assert clean.best_checkpoint is not None and resumed.best_checkpoint is not None
+    assert resumed.best_checkpoint.epoch == clean.best_checkpoint.epoch
+    assert_checkpoint_generates(Path(resumed.best_checkpoint.uri))
