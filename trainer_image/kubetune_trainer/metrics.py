@@ -1,0 +1,109 @@
+"""Training metrics as pure arithmetic: token-weighted loss, perplexity, ETA, exact match.
+
+Losses are aggregated as (sum of token losses, token count) pairs and divided once at the end,
+so a worker or batch with few completion tokens weighs exactly as much as its tokens, not as
+much as a full batch (averaging per-batch means would bias toward short batches).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+MAX_LOG_PERPLEXITY = 700.0  # exp() overflows a float just above 709
+
+
+@dataclass
+class TokenLoss:
+    """Running sum of per-token losses and the number of tokens they cover."""
+
+    loss_sum: float = 0.0
+    tokens: int = 0
+
+    def add(self, loss_sum: float, tokens: int) -> None:
+        self.loss_sum += float(loss_sum)
+        self.tokens += int(tokens)
+
+    def merge(self, others: Iterable[TokenLoss]) -> TokenLoss:
+        total = TokenLoss(self.loss_sum, self.tokens)
+        for other in others:
+            total.add(other.loss_sum, other.tokens)
+        return total
+
+    @property
+    def mean(self) -> float:
+        return self.loss_sum / self.tokens if self.tokens else math.nan
+
+
+def perplexity(mean_loss: float) -> float:
+    """exp(loss); inf instead of an OverflowError for a diverged run."""
+    if math.isnan(mean_loss):
+        return math.nan
+    return math.exp(mean_loss) if mean_loss < MAX_LOG_PERPLEXITY else math.inf
+
+
+def eta_seconds(elapsed_s: float, steps_done: int, total_steps: int) -> int | None:
+    """Remaining seconds at the average pace so far; None before the first step."""
+    if steps_done <= 0 or total_steps <= 0:
+        return None
+    remaining = max(total_steps - steps_done, 0)
+    return round(elapsed_s / steps_done * remaining)
+
+
+def optimizer_steps_per_epoch(micro_batches_per_worker: int, accumulation: int) -> int:
+    """Optimizer steps in one epoch: a last partial accumulation window still steps."""
+    return max(1, math.ceil(micro_batches_per_worker / accumulation))
+
+
+def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
+    return math.ceil(total_steps * warmup_ratio)
+
+
+def lr_multiplier(step: int, total_steps: int, warmup: int, kind: str) -> float:
+    """Learning-rate factor at optimizer step `step` (0-based): linear warmup, then linear or
+    cosine decay to zero at `total_steps`, or constant. Counted in optimizer steps, not samples."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - progress
+
+
+_WS = re.compile(r"\s+")
+_ANSWER_LETTER = re.compile(r"answer\s*[:]?\s*\(?([a-e])\)?\s*\.?\s*$", re.I)
+
+
+def normalize_text(text: str) -> str:
+    return _WS.sub(" ", text).strip()
+
+
+def mathqa_letter(text: str) -> str | None:
+    """The answer letter from 'Answer: c' at the end of a MathQA completion."""
+    match = _ANSWER_LETTER.search(text.strip())
+    return match.group(1).lower() if match else None
+
+
+def exact_match_scores(task: str, predictions: Sequence[str], references: Sequence[str]
+                       ) -> tuple[dict[str, float], list[dict[str, object]]]:
+    """Scores for tasks without a dedicated scorer (mathqa, custom): whitespace-normalised exact
+    match of the completion, and for mathqa also the accuracy of the chosen option letter."""
+    if len(predictions) != len(references):
+        raise ValueError("predictions and references differ in length")
+    details: list[dict[str, object]] = []
+    for prediction, reference in zip(predictions, references, strict=True):
+        verdict: dict[str, object] = {
+            "exact_match": normalize_text(prediction) == normalize_text(reference)}
+        if task == "mathqa":
+            gold = mathqa_letter(reference)
+            verdict["answer_correct"] = gold is not None and mathqa_letter(prediction) == gold
+        details.append(verdict)
+    count = max(1, len(details))
+    metrics = {"exact_match": sum(bool(d["exact_match"]) for d in details) / count}
+    if task == "mathqa":
+        metrics["accuracy"] = sum(bool(d["answer_correct"]) for d in details) / count
+    return metrics, details

@@ -1,0 +1,127 @@
+"""Where the trainer's report goes: a file (kubetune run) or the job's ConfigMap (cluster).
+
+Both write the whole `TrainerReport` document (camelCase JSON) under one key; the operator
+reads the ConfigMap and mirrors it into FineTuneJob.status. Writes are throttled (at most one
+per `min_interval_s`) except forced ones: phase changes, epoch ends and the final report.
+Error text is redacted of secret values from the environment before it is written anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from kubetune.api.report import REPORT_KEY, TrainerReport
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|CREDENTIAL|ACCESS_KEY|API_KEY", re.I)
+DEFAULT_MIN_INTERVAL_S = 10.0
+
+
+class Reporter(Protocol):
+    def write(self, report: TrainerReport) -> None: ...
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def redact(text: str, environ: dict[str, str] | None = None) -> str:
+    """Replace the values of secret-looking environment variables (HF_TOKEN, AWS_SECRET_...)."""
+    env = os.environ if environ is None else environ
+    for name, value in env.items():
+        if SECRET_NAME.search(name) and len(value) >= 6:
+            text = text.replace(value, f"<{name} redacted>")
+    return text
+
+
+def render(report: TrainerReport) -> str:
+    return json.dumps(report.to_wire(), indent=2, sort_keys=True)
+
+
+class FileReporter:
+    """Writes the report to a file atomically (a reader never sees half a document)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def write(self, report: TrainerReport) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".report-", suffix=".json")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(render(report))
+        os.replace(tmp, self.path)
+
+
+class ConfigMapReporter:
+    """Patches key `report.json` of the ConfigMap the operator created for this job (the
+    trainer's service account may update only that ConfigMap)."""
+
+    def __init__(self, name: str, namespace: str | None = None, api: Any = None):
+        self.name = name
+        self.namespace = namespace or default_namespace()
+        self._api = api
+
+    def _core_api(self) -> Any:
+        if self._api is None:
+            from kubernetes import client, config
+
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            self._api = client.CoreV1Api()
+        return self._api
+
+    def write(self, report: TrainerReport) -> None:
+        body = {"data": {REPORT_KEY: render(report)}}
+        self._core_api().patch_namespaced_config_map(self.name, self.namespace, body)
+
+
+def default_namespace() -> str:
+    if SERVICE_ACCOUNT_NAMESPACE.exists():
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    return os.environ.get("POD_NAMESPACE", "default")
+
+
+class ThrottledReporter:
+    """At most one write per `min_interval_s`, unless forced; stamps `updatedAt`."""
+
+    def __init__(self, inner: Reporter, min_interval_s: float = DEFAULT_MIN_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.inner = inner
+        self.min_interval_s = min_interval_s
+        self.clock = clock
+        self._last: float | None = None
+        self._last_phase: str | None = None
+
+    def write(self, report: TrainerReport, force: bool = False) -> bool:
+        now = self.clock()
+        due = self._last is None or now - self._last >= self.min_interval_s
+        if not (force or due or report.phase != self._last_phase):
+            return False
+        report.updated_at = now_rfc3339()
+        if report.error:
+            report.error = redact(report.error)
+        self.inner.write(report)
+        self._last, self._last_phase = now, report.phase
+        return True
+
+
+def reporter_from_target(target: str, namespace: str | None = None) -> Reporter:
+    """`configmap:NAME` or `file:PATH` (the entrypoint's --report argument)."""
+    kind, _, value = target.partition(":")
+    if not value:
+        raise ValueError(f"--report must be configmap:NAME or file:PATH, got {target!r}")
+    if kind == "file":
+        return FileReporter(Path(value))
+    if kind == "configmap":
+        return ConfigMapReporter(value, namespace)
+    raise ValueError(f"unknown report target kind {kind!r} (use configmap: or file:)")

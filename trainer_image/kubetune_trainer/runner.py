@@ -1,0 +1,340 @@
+"""One FineTuneJob end to end on a Ray cluster (KubeRay's or a local one): data, every stage
+under TorchTrainer, best checkpoint, evaluation, and the report after every phase change.
+
+The driver prepares and tokenizes the data once (workers get the examples, so every worker and
+every retry trains on identical data), trains each stage from the previous stage's best
+checkpoint, and evaluates the last stage's best checkpoint in a Ray task (on a GPU when the
+cluster has them; the head has none).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.report import TrainerReport
+from kubetune.api.v1alpha1 import (
+    BestCheckpoint,
+    EpochMetrics,
+    EvaluationResult,
+    FineTuneJobSpec,
+    StageSpec,
+    TrainingSpec,
+    stages_of,
+)
+from kubetune_trainer import storage
+from kubetune_trainer.checkpoints import CheckpointRecord, select_best_checkpoint
+from kubetune_trainer.data.loaders import LoadedRows, resolve_local
+from kubetune_trainer.data.prepare import PreparedData, load_texts, prepare_data
+from kubetune_trainer.data.presets import Preset, preset_for_task
+from kubetune_trainer.generation import PRIMARY_METRIC
+from kubetune_trainer.model import BUILTIN_PREFIX, TINY_LLAMA
+from kubetune_trainer.reporting import ThrottledReporter, redact
+from kubetune_trainer.train_loop import (
+    STATE_FILE,
+    StageConfig,
+    StageState,
+    read_files,
+    steps_per_epoch,
+)
+
+FAULT_ENV = "KUBETUNE_FAULT_INJECT"  # tests only: JSON {"rank", "epoch", "step", "marker"}
+MAX_FAILURES_ENV = "KUBETUNE_MAX_FAILURES"
+DEFAULT_MAX_FAILURES = 2
+
+
+@dataclass
+class RunOptions:
+    job_name: str
+    reporter: ThrottledReporter
+    workdir: Path
+    report_target: str | None = None
+    namespace: str | None = None
+    base_dir: Path | None = None
+    local: bool = False
+    report_interval_s: float = 10.0
+    on_report: Callable[[TrainerReport], None] | None = None
+    eval_outputs: Path | None = None
+
+
+@dataclass
+class JobState:
+    """The driver's view across stages."""
+
+    report: TrainerReport
+    tokenizer: Any = None
+    model_source: dict[str, Any] = field(default_factory=dict)
+    base_model: str = ""
+    records: list[CheckpointRecord] = field(default_factory=list)
+
+
+def publish(options: RunOptions, report: TrainerReport, force: bool = True) -> None:
+    options.reporter.write(report, force=force)
+    if options.on_report is not None:
+        options.on_report(report)
+
+
+def init_ray(local: bool) -> None:
+    """Join the cluster this runs in (KubeRay head: RAY_ADDRESS or a running `ray start`), else
+    start a local Ray. Locally Ray is told of at least 4 CPUs: on tiny machines Ray Data and
+    Train otherwise deadlock waiting for a CPU the controller holds."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if not local or os.environ.get("RAY_ADDRESS"):
+        try:
+            ray.init(address=os.environ.get("RAY_ADDRESS", "auto"))
+            return
+        except ConnectionError:
+            if os.environ.get("RAY_ADDRESS"):
+                raise
+    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
+
+
+def cluster_has_gpus() -> bool:
+    import ray
+
+    return bool(ray.cluster_resources().get("GPU", 0))
+
+
+def stage_training(spec: FineTuneJobSpec, stage: StageSpec) -> TrainingSpec:
+    overrides = stage.training
+    update: dict[str, Any] = {}
+    if overrides is not None and overrides.epochs is not None:
+        update["epochs"] = overrides.epochs
+    if overrides is not None and overrides.learning_rate is not None:
+        update["learning_rate"] = overrides.learning_rate
+    return spec.training.model_copy(update=update)
+
+
+# --------------------------------------------------------------------------- model setup
+
+
+def training_texts(loaded: dict[str, LoadedRows], preset: Preset) -> list[str]:
+    texts = []
+    for _, row in loaded["train"].rows:
+        try:
+            texts.append("".join(preset(row)))
+        except ValueError:
+            continue
+    return texts
+
+
+def initial_model(spec: FineTuneJobSpec, texts: list[str], workdir: Path) -> tuple[dict[str, Any], Any]:
+    """(model source for the workers, base tokenizer)."""
+    from kubetune_trainer.model import build_tiny_llama, load_tokenizer
+
+    name = spec.model.name
+    if name.startswith(BUILTIN_PREFIX):
+        if name != TINY_LLAMA:
+            raise ValueError(f"unknown builtin model {name!r}; available: {TINY_LLAMA}")
+        folder = build_tiny_llama(texts, workdir / "tiny-llama", seed=spec.training.seed)
+        return {"kind": "files", "files": read_files(folder)}, load_tokenizer(str(folder))
+    local = Path(name)
+    if local.is_dir():
+        return {"kind": "storage", "uri": str(local.resolve())}, load_tokenizer(str(local))
+    return ({"kind": "hub", "name": name, "revision": spec.model.revision},
+            load_tokenizer(name, spec.model.revision))
+
+
+def tokenizer_files(tokenizer: Any) -> dict[str, bytes]:
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return read_files(Path(tmp))
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def fault_from_env() -> dict[str, Any] | None:
+    raw = os.environ.get(FAULT_ENV)
+    return json.loads(raw) if raw else None
+
+
+def fit_stage(config: StageConfig, workers: int, run_name: str, ray_storage: str) -> StageState:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from kubetune_trainer.train_loop import train_stage
+
+    trainer = TorchTrainer(
+        train_stage, train_loop_config={"stage": config},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=config.use_gpu),
+        run_config=RunConfig(
+            name=run_name, storage_path=ray_storage,
+            failure_config=FailureConfig(
+                max_failures=int(os.environ.get(MAX_FAILURES_ENV, DEFAULT_MAX_FAILURES))),
+            checkpoint_config=CheckpointConfig(num_to_keep=2)))
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"stage {config.stage} finished without a checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        return StageState(**json.loads(Path(folder, STATE_FILE).read_text()))
+
+
+def ray_storage_path(storage_uri: str, options: RunOptions) -> str:
+    """Where Ray Train keeps the resume state: the job's storage (object store or a volume
+    every pod mounts) on a cluster, the output folder for `kubetune run`."""
+    if options.local:
+        return str((options.workdir / "ray-runs").resolve())
+    if storage.is_remote(storage_uri):
+        return storage.join(storage_uri, "ray-runs")
+    return str(Path(resolve_local(storage_uri)) / "ray-runs")
+
+
+def run_stage(spec: FineTuneJobSpec, index: int, stage: StageSpec, job: JobState,
+              prepared: PreparedData, options: RunOptions) -> None:
+    training = stage_training(spec, stage)
+    report = job.report
+    report.phase, report.stage, report.stage_index = "Training", stage.name, index
+    report.epoch, report.step, report.total_epochs = 0, 0, training.epochs
+    publish(options, report)
+    config = StageConfig(
+        stage=stage.name, stage_index=index, training=training, model_source=job.model_source,
+        tokenizer_files=tokenizer_files(job.tokenizer), train=prepared.train,
+        validation=prepared.validation,
+        storage_uri=storage.absolute(spec.output.storage_uri, options.base_dir),
+        report=report.model_copy(deep=True), report_target=options.report_target,
+        report_namespace=options.namespace, report_interval_s=options.report_interval_s,
+        use_gpu=cluster_has_gpus(), fault=fault_from_env())
+    report.total_steps = steps_per_epoch(config, spec.compute.workers) * training.epochs
+    config.report.total_steps = report.total_steps
+    state = fit_stage(config, spec.compute.workers, f"{options.job_name}-{stage.name}",
+                      ray_storage_path(config.storage_uri, options))
+    report.epochs = [e for e in report.epochs if e.stage != stage.name]
+    report.epochs += [EpochMetrics.model_validate(e) for e in state.epochs]
+    report.epoch, report.step = state.epoch, state.step
+    job.records = state.checkpoint_records()
+    best = select_best_checkpoint(job.records)
+    if best is None:
+        raise RuntimeError(f"stage {stage.name} produced no checkpoint")
+    report.best_checkpoint = BestCheckpoint(uri=best.uri, stage=best.stage, epoch=best.epoch,
+                                            validation_perplexity=best.validation_perplexity)
+    job.model_source = {"kind": "storage", "uri": best.uri}
+    publish(options, report)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate(spec: FineTuneJobSpec, job: JobState, preset: Preset, prepared: PreparedData,
+             options: RunOptions) -> EvaluationResult:
+    import ray
+
+    from kubetune_trainer.generation import evaluate_model
+
+    ev = spec.evaluation
+    rows = prepared.test
+    use_gpu = cluster_has_gpus()
+    decorator: Any = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)
+    remote = decorator(evaluate_model)
+    assert job.report.best_checkpoint is not None
+    best_uri = job.report.best_checkpoint.uri
+    kwargs = {"batch_size": ev.batch_size, "max_new_tokens": ev.max_new_tokens}
+    tuned = ray.get(remote.remote(best_uri, preset.name, rows,
+                                  preset.stop_token, **kwargs))
+    save_eval_outputs(options, "checkpoint", rows, tuned)
+    baseline = None
+    if ev.baseline:
+        few_shot = [preset(fields) for fields in _few_shot_rows(prepared, ev.few_shot_examples)]
+        base = ray.get(remote.remote(job.base_model, preset.name, rows, preset.stop_token,
+                                     revision=spec.model.revision if job.base_model == spec.model.name else None,
+                                     few_shot=few_shot, special_tokens=preset.special_tokens, **kwargs))
+        save_eval_outputs(options, "baseline", rows, base)
+        baseline = base["metrics"]
+    primary = PRIMARY_METRIC[preset.name]
+    metrics = {k: float(v) for k, v in tuned["metrics"].items()}
+    return EvaluationResult(task=preset.name, samples=len(rows), primary_metric=primary,
+                            score=metrics.get(primary, 0.0), metrics=metrics,
+                            baseline={k: float(v) for k, v in baseline.items()} if baseline else None)
+
+
+def _few_shot_rows(prepared: PreparedData, count: int) -> list[dict[str, Any]]:
+    return prepared.few_shot[:count]
+
+
+def save_eval_outputs(options: RunOptions, name: str, rows: list[Any], result: dict[str, Any]) -> None:
+    if options.eval_outputs is None:
+        return
+    options.eval_outputs.mkdir(parents=True, exist_ok=True)
+    with (options.eval_outputs / f"predictions-{name}.jsonl").open("w") as handle:
+        for row, prediction, detail in zip(rows, result["predictions"], result["details"], strict=False):
+            handle.write(json.dumps({"row": row.row, "prompt": row.prompt, "prediction": prediction,
+                                     "reference": row.completion, "verdict": detail},
+                                    default=str) + "\n")
+
+
+# --------------------------------------------------------------------------- job
+
+
+def run_job(spec: FineTuneJobSpec, options: RunOptions) -> TrainerReport:
+    """Run every stage and the evaluation; the report ends Succeeded, or Failed with the error
+    (re-raised so the process exits non-zero)."""
+    stages = stages_of(spec)
+    job = JobState(report=TrainerReport(total_stages=len(stages)))
+    publish(options, job.report)
+    try:
+        _run(spec, stages, job, options)
+    except BaseException as exc:
+        job.report.phase = "Failed"
+        job.report.error = redact(f"{type(exc).__name__}: {exc}")
+        publish(options, job.report)
+        print(redact(traceback.format_exc()), file=sys.stderr)
+        raise
+    return job.report
+
+
+def _run(spec: FineTuneJobSpec, stages: list[StageSpec], job: JobState, options: RunOptions) -> None:
+    from kubetune_trainer.model import add_special_tokens
+
+    options.workdir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(options.workdir / "ray-runs", ignore_errors=True)
+    presets = [preset_for_task(stage.task or spec.task) for stage in stages]
+    loaded = [load_texts(stage.data, options.base_dir) for stage in stages]
+    texts = [t for rows, preset in zip(loaded, presets, strict=True)
+             for t in training_texts(rows, preset)]
+    job.model_source, job.tokenizer = initial_model(spec, texts, options.workdir)
+    job.base_model = _base_model_path(spec, job)
+    init_ray(options.local)  # after the data loaded: a bad path fails in seconds, not after Ray
+    prepared: PreparedData | None = None
+    for index, (stage, preset) in enumerate(zip(stages, presets, strict=True)):
+        add_special_tokens(job.tokenizer, preset.special_tokens)
+        last = index == len(stages) - 1
+        prepared = prepare_data(
+            stage.data, preset, job.tokenizer, context_length=spec.training.context_length,
+            seed=spec.training.seed, loss_on_prompt=spec.training.loss_on_prompt,
+            stage=stage.name if len(stages) > 1 else "", base_dir=options.base_dir,
+            loaded=loaded[index], test_limit=spec.evaluation.max_samples if last else None)
+        job.report.data += prepared.reports
+        run_stage(spec, index, stage, job, prepared, options)
+    assert prepared is not None
+    if spec.evaluation.enabled and prepared.test:
+        job.report.phase = "Evaluating"
+        publish(options, job.report)
+        job.report.evaluation = evaluate(spec, job, presets[-1], prepared, options)
+    job.report.phase = "Succeeded"
+    publish(options, job.report)
+
+
+def _base_model_path(spec: FineTuneJobSpec, job: JobState) -> str:
+    source = job.model_source
+    if source["kind"] == "files":
+        return str(_write_base(source["files"]))
+    return source.get("uri") or source["name"]
+
+
+def _write_base(files: dict[str, bytes]) -> Path:
+    from kubetune_trainer.train_loop import write_files
+
+    return write_files(files, Path(tempfile.mkdtemp(prefix="kubetune-base-")))

@@ -1,0 +1,62 @@
+"""Checkpoint storage: local or mounted paths, and s3:// / gs:// through pyarrow filesystems.
+
+`storageURI` is the durable home of the consolidated checkpoints. Locally it is a folder; on
+Kubernetes an object store (credentials come from the pod environment, never from the spec).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from kubetune_trainer.data.loaders import REMOTE_SCHEMES, resolve_local
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith(REMOTE_SCHEMES)
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *parts])
+
+
+def upload_dir(local: Path, uri: str) -> None:
+    """Copy a folder to `uri` (replacing what was there)."""
+    if is_remote(uri):
+        from pyarrow import fs
+
+        fs.copy_files(str(local), uri, destination_filesystem=None)
+        return
+    target = Path(resolve_local(uri))
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(local, target)
+
+
+def download_dir(uri: str, local: Path) -> Path:
+    """A local folder with the contents of `uri` (the folder itself when it is local)."""
+    if not is_remote(uri):
+        return Path(resolve_local(uri))
+    from pyarrow import fs
+
+    local.mkdir(parents=True, exist_ok=True)
+    fs.copy_files(uri, str(local))
+    return local
+
+
+def delete_dir(uri: str) -> None:
+    if is_remote(uri):
+        from pyarrow import fs
+
+        filesystem, path = fs.FileSystem.from_uri(uri)
+        filesystem.delete_dir(path)
+        return
+    shutil.rmtree(resolve_local(uri), ignore_errors=True)
+
+
+def absolute(uri: str, base_dir: Path | None) -> str:
+    """Local storage paths made absolute (Ray workers do not share the caller's cwd)."""
+    if is_remote(uri) or uri.startswith("pvc://"):
+        return uri
+    return str(Path(resolve_local(uri, base_dir)).resolve())

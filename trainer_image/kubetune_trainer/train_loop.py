@@ -1,0 +1,469 @@
+"""The per-worker training function run by Ray Train's TorchTrainer (one stage of a job).
+
+Accelerate drives either DeepSpeed (ZeRO stage/offload from the spec, optimizer and scheduler
+declared in the DeepSpeed config) or plain DDP. What this loop does that the case study did not:
+loss only on completion tokens, token-weighted across workers; packing; a new seeded order each
+epoch; the LR schedule in optimizer steps (the DDP scheduler is NOT handed to Accelerate, which
+would step it once per process); the optimizer/scheduler/RNG state saved each epoch so a retry
+resumes exactly; consolidated HF checkpoints with the tokenizer; best-k retention by perplexity.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kubetune.api.report import TrainerReport
+from kubetune.api.v1alpha1 import BestCheckpoint, EpochMetrics, TrainingSpec
+from kubetune_trainer import storage
+from kubetune_trainer.checkpoints import (
+    CheckpointRecord,
+    checkpoints_to_delete,
+    select_best_checkpoint,
+    should_stop_early,
+)
+from kubetune_trainer.data.tokenization import (
+    Example,
+    batches_per_worker,
+    model_inputs,
+    pack_examples,
+    token_loss_sum,
+    worker_batches,
+)
+from kubetune_trainer.deepspeed_config import ADAM_BETAS, ADAM_EPS, build_deepspeed_config
+from kubetune_trainer.metrics import (
+    TokenLoss,
+    eta_seconds,
+    lr_multiplier,
+    perplexity,
+    warmup_steps,
+)
+from kubetune_trainer.reporting import ThrottledReporter, reporter_from_target
+
+STATE_FILE = "kubetune_state.json"
+
+
+@dataclass
+class StageConfig:
+    """Everything a worker needs for one stage; pickled to the workers by Ray."""
+
+    stage: str
+    stage_index: int
+    training: TrainingSpec
+    model_source: dict[str, Any]
+    tokenizer_files: dict[str, bytes]
+    train: list[Example]
+    validation: list[Example]
+    storage_uri: str
+    report: TrainerReport
+    report_target: str | None = None
+    report_namespace: str | None = None
+    report_interval_s: float = 10.0
+    use_gpu: bool = False
+    fault: dict[str, Any] | None = None
+
+
+@dataclass
+class StageState:
+    """What survives a restart: epochs done, optimizer steps, the learning curve so far."""
+
+    epoch: int = 0
+    step: int = 0
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+
+    def checkpoint_records(self) -> list[CheckpointRecord]:
+        return [CheckpointRecord(**r) for r in self.records]
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def stage_epochs(config: StageConfig) -> int:
+    return config.training.epochs
+
+
+def micro_batches(config: StageConfig, world_size: int) -> int:
+    t = config.training
+    units = (len(pack_examples(config.train, t.context_length)) if t.packing
+             else len(config.train))
+    return batches_per_worker(units, world_size, t.batch_size_per_device,
+                              t.gradient_accumulation_steps)
+
+
+def steps_per_epoch(config: StageConfig, world_size: int) -> int:
+    return micro_batches(config, world_size) // config.training.gradient_accumulation_steps
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def materialize(source: dict[str, Any], workdir: Path) -> tuple[str, str | None]:
+    """A path (or hub id) from_pretrained can load, and the hub revision if any."""
+    if source["kind"] == "hub":
+        return source["name"], source.get("revision")
+    if source["kind"] == "files":
+        return str(write_files(source["files"], workdir / "model")), None
+    return str(storage.download_dir(source["uri"], workdir / "model")), None
+
+
+def write_files(files: dict[str, bytes], target: Path) -> Path:
+    target.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (target / name).write_bytes(data)
+    return target
+
+
+def read_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def make_accelerator(config: StageConfig, world_size: int, total_steps: int) -> Any:
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
+
+    t = config.training
+    precision = {"bf16": "bf16", "fp16": "fp16"}.get(t.precision, "no")
+    handlers = [] if config.use_gpu else [InitProcessGroupKwargs(backend="gloo")]
+    plugin = None
+    if t.deepspeed.enabled:
+        ds_config = build_deepspeed_config(t, world_size, total_steps,
+                                           warmup_steps(total_steps, t.warmup_ratio))
+        plugin = DeepSpeedPlugin(hf_ds_config=ds_config)
+    # cpu=True would make Accelerate fall back to DDP and ignore the DeepSpeed plugin; DeepSpeed
+    # picks its CPU accelerator by itself when there is no GPU.
+    return Accelerator(
+        cpu=not config.use_gpu and plugin is None, mixed_precision=precision,
+        deepspeed_plugin=plugin,
+        gradient_accumulation_steps=t.gradient_accumulation_steps, kwargs_handlers=handlers)
+
+
+def load_stage_model(config: StageConfig, workdir: Path, tokenizer: Any) -> tuple[Any, str, str | None]:
+    from kubetune_trainer.model import load_model, resize_for_tokenizer
+
+    t = config.training
+    path, revision = materialize(config.model_source, workdir)
+    dtype = torch.bfloat16 if t.deepspeed.enabled and t.precision == "bf16" else torch.float32
+    model = load_model(path, revision, dtype)
+    torch.manual_seed(t.seed)  # the same new embedding rows on every worker
+    resize_for_tokenizer(model, tokenizer)
+    if t.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if t.method == "lora":
+        model = apply_lora(model, t)
+    return model, path, revision
+
+
+def lora_config(training: TrainingSpec) -> Any:
+    from peft import LoraConfig
+
+    from kubetune.api.v1alpha1 import LoraSpec
+
+    spec = training.lora or LoraSpec()
+    return LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                      target_modules=list(spec.target_modules), task_type="CAUSAL_LM")
+
+
+def apply_lora(model: Any, training: TrainingSpec) -> Any:
+    from peft import get_peft_model
+
+    if training.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return get_peft_model(model, lora_config(training))
+
+
+def make_optimizer(model: Any, config: StageConfig, total_steps: int) -> tuple[Any, Any]:
+    t = config.training
+    params = [p for p in model.parameters() if p.requires_grad]
+    warmup = warmup_steps(total_steps, t.warmup_ratio)
+    if t.deepspeed.enabled:
+        from accelerate.utils import DummyOptim, DummyScheduler
+
+        optimizer = DummyOptim(params, lr=t.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS,
+                               weight_decay=t.weight_decay)
+        return optimizer, DummyScheduler(optimizer, total_num_steps=total_steps,
+                                         warmup_num_steps=warmup)
+    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS,
+                                  weight_decay=t.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_multiplier(step, total_steps, warmup, t.scheduler))
+    return optimizer, schedule
+
+
+def require_deepspeed_engine(model: Any) -> None:
+    """Fail loudly if Accelerate silently chose another backend (its DummyOptim would then
+    never step, and the run would 'train' without learning)."""
+    if type(model).__name__ != "DeepSpeedEngine":
+        raise RuntimeError(f"DeepSpeed was requested but Accelerate prepared {type(model).__name__}")
+
+
+# --------------------------------------------------------------------------- steps
+
+
+class FaultInjector:
+    """Test hook: kill this worker once at (rank, epoch, micro-step); a marker file makes it
+    fire only on the first attempt, like a node loss would."""
+
+    def __init__(self, fault: dict[str, Any] | None, rank: int):
+        self.fault = fault if fault and fault.get("rank") == rank else None
+
+    def maybe_kill(self, epoch: int, micro_step: int) -> None:
+        if self.fault is None or (epoch, micro_step) != (self.fault["epoch"], self.fault["step"]):
+            return
+        marker = Path(self.fault["marker"])
+        if not marker.exists():
+            marker.write_text(f"killed at epoch {epoch} step {micro_step}")
+            os._exit(1)
+
+
+def global_sum(accelerator: Any, value: torch.Tensor) -> torch.Tensor:
+    return accelerator.reduce(value.detach().to(accelerator.device).float(), reduction="sum")
+
+
+def train_micro_step(accelerator: Any, model: Any, batch: dict[str, torch.Tensor],
+                     world_size: int) -> tuple[float, int]:
+    """Forward + backward of one micro-batch. The loss is this worker's token-loss sum divided
+    by the token count of the whole micro-step across workers (times world size, since the
+    gradient all-reduce averages): every completion token weighs the same, wherever it is."""
+    labels = batch["labels"].to(accelerator.device)
+    logits = model(**model_inputs(batch, model, accelerator.device)).logits
+    loss_sum, count = token_loss_sum(logits, labels)
+    tokens = global_sum(accelerator, count)
+    accelerator.backward(loss_sum * world_size / tokens.clamp(min=1))
+    return float(loss_sum.detach()), int(count)
+
+
+def optimizer_step(accelerator: Any, model: Any, optimizer: Any, scheduler: Any,
+                   config: StageConfig) -> None:
+    """Clip, step, schedule: only at accumulation boundaries (DeepSpeed does all of it inside
+    backward; these calls are then no-ops)."""
+    if config.training.deepspeed.enabled:
+        return
+    accelerator.clip_grad_norm_(model.parameters(), config.training.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+@torch.no_grad()
+def validation_loss(accelerator: Any, model: Any, config: StageConfig, rank: int,
+                    world_size: int, pad_id: int) -> float:
+    """Token-weighted mean loss over all workers' validation shards."""
+    model.eval()
+    t = config.training
+    total = TokenLoss()
+    for batch in worker_batches(config.validation, epoch=0, seed=t.seed, rank=rank,
+                                world_size=world_size, batch_size=t.batch_size_per_device,
+                                context_length=t.context_length, packing=t.packing,
+                                pad_id=pad_id, shuffle=False):
+        logits = model(**model_inputs(batch, model, accelerator.device)).logits
+        loss_sum, count = token_loss_sum(logits, batch["labels"].to(accelerator.device))
+        total.add(float(loss_sum), int(count))
+    model.train()
+    return all_reduce_mean(accelerator, total)
+
+
+def all_reduce_mean(accelerator: Any, local: TokenLoss) -> float:
+    pair = global_sum(accelerator, torch.tensor([local.loss_sum, float(local.tokens)]))
+    return TokenLoss(float(pair[0]), int(pair[1])).mean
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def epoch_uri(config: StageConfig, epoch: int) -> str:
+    return storage.join(config.storage_uri, config.stage, f"epoch-{epoch:03d}")
+
+
+def save_consolidated(accelerator: Any, model: Any, tokenizer: Any, config: StageConfig,
+                      base_path: str, uri: str) -> None:
+    """Gather the full weights (ZeRO-3: every rank takes part) and write an HF checkpoint with
+    the tokenizer from rank 0. LoRA runs are saved merged, so every checkpoint loads alike."""
+    state_dict = accelerator.get_state_dict(model)
+    if not accelerator.is_main_process:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        unwrapped = accelerator.unwrap_model(model)
+        if config.training.method == "lora":
+            unwrapped = merged_lora_model(base_path, tokenizer, config.training, state_dict)
+            state_dict = None
+        unwrapped.save_pretrained(tmp, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+        storage.upload_dir(Path(tmp), uri)
+
+
+def merged_lora_model(base_path: str, tokenizer: Any, training: TrainingSpec,
+                      state_dict: dict[str, Any]) -> Any:
+    from peft import get_peft_model
+
+    from kubetune_trainer.model import load_model, resize_for_tokenizer
+
+    base = load_model(base_path, None, torch.float32)
+    resize_for_tokenizer(base, tokenizer)
+    peft_model = get_peft_model(base, lora_config(training))
+    peft_model.load_state_dict(state_dict, strict=False)
+    return peft_model.merge_and_unload()
+
+
+def retain_best(config: StageConfig, state: StageState, is_main: bool) -> None:
+    """Delete checkpoints beyond the best `checkpointsToKeep` (rank 0 deletes)."""
+    doomed = checkpoints_to_delete(state.checkpoint_records(), config.training.checkpoints_to_keep)
+    if is_main:
+        for record in doomed:
+            storage.delete_dir(record.uri)
+    doomed_uris = {r.uri for r in doomed}
+    state.records = [r for r in state.records if r["uri"] not in doomed_uris]
+    kept = {r["uri"] for r in state.records}
+    for point in state.epochs:
+        if point.get("checkpoint") not in kept:
+            point.pop("checkpoint", None)
+
+
+def report_epoch(accelerator: Any, state: StageState, metrics: dict[str, Any]) -> None:
+    """Save optimizer/scheduler/RNG state (every rank its own part) and report to Ray Train."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        accelerator.save_state(tmp)
+        if accelerator.is_main_process:
+            Path(tmp, STATE_FILE).write_text(json.dumps(asdict(state)))
+        ray.train.report({**metrics, "state": json.dumps(asdict(state))},
+                         checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def resume(accelerator: Any) -> StageState:
+    """The state of the latest reported epoch when Ray Train restarted us, else a fresh one."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return StageState()
+    with checkpoint.as_directory() as folder:
+        accelerator.load_state(folder)
+        return StageState(**json.loads(Path(folder, STATE_FILE).read_text()))
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """Rank 0 writes the running report (throttled) so the operator shows step and ETA."""
+
+    def __init__(self, config: StageConfig, is_main: bool, total_steps: int):
+        self.report = config.report.model_copy(deep=True)
+        self.prior_epochs = list(self.report.epochs)
+        self.report.phase, self.report.stage = "Training", config.stage
+        self.report.stage_index = config.stage_index
+        self.report.total_epochs, self.report.total_steps = stage_epochs(config), total_steps
+        self.reporter = None
+        if is_main and config.report_target:
+            self.reporter = ThrottledReporter(
+                reporter_from_target(config.report_target, config.report_namespace),
+                config.report_interval_s)
+        self.started = time.monotonic()
+        self.start_step: int | None = None
+
+    def update(self, state: StageState, epoch: int, force: bool = False) -> None:
+        if self.start_step is None:
+            self.start_step = state.step
+        r = self.report
+        r.epoch, r.step = epoch, state.step
+        r.eta_seconds = eta_seconds(time.monotonic() - self.started, state.step - self.start_step,
+                                    r.total_steps - self.start_step)
+        r.epochs = self.prior_epochs + [EpochMetrics.model_validate(e) for e in state.epochs]
+        best = select_best_checkpoint(state.checkpoint_records())
+        if best is not None:
+            r.best_checkpoint = BestCheckpoint(uri=best.uri, stage=best.stage, epoch=best.epoch,
+                                               validation_perplexity=best.validation_perplexity)
+        if self.reporter is not None:
+            self.reporter.write(r, force=force)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run_epoch(ctx: dict[str, Any], epoch: int, state: StageState) -> float:
+    """One pass over this worker's shard; returns the global token-weighted train loss."""
+    config: StageConfig = ctx["config"]
+    t = config.training
+    accelerator, model = ctx["accelerator"], ctx["model"]
+    batches = worker_batches(config.train, epoch=epoch, seed=t.seed, rank=ctx["rank"],
+                             world_size=ctx["world"], batch_size=t.batch_size_per_device,
+                             context_length=t.context_length, packing=t.packing,
+                             pad_id=ctx["pad_id"], accumulation=t.gradient_accumulation_steps)
+    total = TokenLoss()
+    model.train()
+    for index, batch in enumerate(batches, start=1):
+        ctx["fault"].maybe_kill(epoch, index)
+        with accelerator.accumulate(model):
+            total.add(*train_micro_step(accelerator, model, batch, ctx["world"]))
+            if index % t.gradient_accumulation_steps == 0:
+                optimizer_step(accelerator, model, ctx["optimizer"], ctx["scheduler"], config)
+                state.step += 1
+                ctx["progress"].update(state, epoch)
+    return all_reduce_mean(accelerator, total)
+
+
+def finish_epoch(ctx: dict[str, Any], epoch: int, state: StageState, train_loss: float) -> None:
+    config: StageConfig = ctx["config"]
+    accelerator = ctx["accelerator"]
+    val_loss = validation_loss(accelerator, ctx["model"], config, ctx["rank"], ctx["world"],
+                               ctx["pad_id"])
+    ppl = perplexity(val_loss)
+    uri = epoch_uri(config, epoch)
+    save_consolidated(accelerator, ctx["model"], ctx["tokenizer"], config, ctx["base_path"], uri)
+    state.epoch = epoch
+    state.epochs.append(EpochMetrics(stage=config.stage, epoch=epoch, train_loss=train_loss,
+                                     validation_loss=val_loss, validation_perplexity=ppl,
+                                     checkpoint=uri).to_wire())
+    state.records.append(asdict(CheckpointRecord(config.stage, epoch, uri, ppl)))
+    retain_best(config, state, accelerator.is_main_process)
+    early = config.training.early_stopping
+    state.stopped_early = early is not None and should_stop_early(
+        [e["validationPerplexity"] for e in state.epochs], early.patience, early.min_delta)
+    ctx["progress"].update(state, epoch, force=True)
+    report_epoch(accelerator, state, {"epoch": epoch, "train_loss": train_loss,
+                                      "validation_loss": val_loss, "validation_perplexity": ppl})
+
+
+def train_stage(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point: resume if restarted, then train the remaining epochs."""
+    import ray.train
+
+    from kubetune_trainer.model import load_tokenizer
+
+    config: StageConfig = loop_config["stage"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    total_steps = steps_per_epoch(config, world) * stage_epochs(config)
+    accelerator = make_accelerator(config, world, total_steps)
+    with tempfile.TemporaryDirectory() as workdir:
+        tokenizer = load_tokenizer(str(write_files(config.tokenizer_files, Path(workdir, "tok"))))
+        model, base_path, _ = load_stage_model(config, Path(workdir), tokenizer)
+        optimizer, scheduler = make_optimizer(model, config, total_steps)
+        if config.training.deepspeed.enabled:
+            model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+            require_deepspeed_engine(model)
+        else:
+            model, optimizer = accelerator.prepare(model, optimizer)
+            accelerator.register_for_checkpointing(scheduler)
+        state = resume(accelerator)
+        ctx = {"config": config, "accelerator": accelerator, "model": model, "rank": rank,
+               "world": world, "optimizer": optimizer, "scheduler": scheduler,
+               "tokenizer": tokenizer, "pad_id": tokenizer.pad_token_id, "base_path": base_path,
+               "fault": FaultInjector(config.fault, rank),
+               "progress": Progress(config, accelerator.is_main_process, total_steps)}
+        epoch = state.epoch
+        while epoch < stage_epochs(config) and not state.stopped_early:
+            epoch += 1
+            train_loss = run_epoch(ctx, epoch, state)
+            finish_epoch(ctx, epoch, state, train_loss)
