@@ -96,14 +96,17 @@ def evaluate_model(model_path: str, task: str, rows: Sequence[TestRow], stop_tok
                    batch_size: int, max_new_tokens: int, revision: str | None = None,
                    few_shot: Sequence[tuple[str, str]] = (),
                    special_tokens: Sequence[str] = ()) -> dict[str, Any]:
-    """Load a checkpoint (a local path, s3:// or gs:// URI, or a hub id for the baseline),
+    """Load a checkpoint (a local path, s3://, gs://, pvc:// or file:// URI, or a hub id for the baseline),
     generate for every row and score. Runs as a Ray task, possibly on another node, so remote
     checkpoints are fetched here, not by the driver."""
     from kubetune_trainer import storage
+    from kubetune_trainer.data.loaders import resolve_local
     from kubetune_trainer.model import add_special_tokens, load_model, load_tokenizer
 
     if storage.is_remote(model_path):
         model_path = str(storage.download_dir(model_path, Path(tempfile.mkdtemp(prefix="ckpt-"))))
+    elif storage.is_storage_uri(model_path):  # pvc:// and file:// are mounted folders
+        model_path = resolve_local(model_path)
 
     tokenizer = load_tokenizer(model_path, revision)
     add_special_tokens(tokenizer, special_tokens)

@@ -16,6 +16,11 @@ def is_remote(uri: str) -> bool:
     return uri.startswith(REMOTE_SCHEMES)
 
 
+def is_storage_uri(uri: str) -> bool:
+    """A URI that only this module can resolve (from_pretrained would take it for a hub id)."""
+    return uri.startswith((*REMOTE_SCHEMES, "pvc://", "file://"))
+
+
 def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *parts])
 
