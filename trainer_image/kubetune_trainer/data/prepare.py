@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,17 +82,24 @@ def split_validation(rows: Rows, fraction: float, seed: int) -> tuple[Rows, Rows
             [r for i, r in enumerate(rows) if i in held])
 
 
-def tokenize_rows(rows: Rows, preset: Preset, tokenizer: Any, context_length: int,
-                  loss_on_prompt: bool, drops: DropLog) -> list[Example]:
-    """Format and tokenize; rows that fail or do not fit go to `drops` with the reason."""
-    stop_id = tokenizer.convert_tokens_to_ids(preset.stop_token)
-    examples = []
+def formatted(rows: Rows, preset: Preset, drops: DropLog) -> Iterator[tuple[int, Any, str, str]]:
+    """(row number, row, prompt, completion) of each row the preset can format; the others
+    go to `drops` with the reason."""
     for number, row in rows:
         try:
             prompt, completion = preset(row)
         except RowError as exc:
             drops.add(number, exc.reason)
             continue
+        yield number, row, prompt, completion
+
+
+def tokenize_rows(rows: Rows, preset: Preset, tokenizer: Any, context_length: int,
+                  loss_on_prompt: bool, drops: DropLog) -> list[Example]:
+    """Format and tokenize; rows that fail or do not fit go to `drops` with the reason."""
+    stop_id = tokenizer.convert_tokens_to_ids(preset.stop_token)
+    examples = []
+    for number, _, prompt, completion in formatted(rows, preset, drops):
         ids, labels = encode_pair(tokenizer, prompt, completion, loss_on_prompt)
         if ids[-1] != stop_id:
             drops.add(number, f"stop token {preset.stop_token} not kept by the tokenizer")
@@ -103,15 +111,8 @@ def tokenize_rows(rows: Rows, preset: Preset, tokenizer: Any, context_length: in
 
 
 def test_rows(rows: Rows, preset: Preset, drops: DropLog) -> list[TestRow]:
-    out = []
-    for number, row in rows:
-        try:
-            prompt, completion = preset(row)
-        except RowError as exc:
-            drops.add(number, exc.reason)
-            continue
-        out.append(TestRow(number, prompt, completion.removesuffix(preset.stop_token), row))
-    return out
+    return [TestRow(number, prompt, completion.removesuffix(preset.stop_token), row)
+            for number, row, prompt, completion in formatted(rows, preset, drops)]
 
 
 def _loaded_drops(loaded: LoadedRows) -> DropLog:
