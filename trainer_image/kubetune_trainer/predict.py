@@ -1,0 +1,107 @@
+"""`kubetune predict`: batched greedy generation from a checkpoint, in the format
+`kubetune eval --predictions` reads.
+
+    kubetune predict --checkpoint DIR --task T --data test.jsonl --output P.jsonl
+                     [--few-shot --train train.jsonl] [--max-samples N]
+
+Prompts are built by the task's preset exactly as in training, and generation stops at the
+preset's stop token. With --few-shot (the baseline for an untuned base model, which has never
+seen the special-token layout), worked examples from the training split come first.
+
+One prediction per data row, in file order, so `kubetune eval` can match by line; a row that
+cannot be read or formatted is an error naming the file and row, never silently skipped.
+Generation runs in this process (GPU when there is one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.v1alpha1 import TaskPreset
+
+
+def add_predict(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="generate predictions for a task's data from a checkpoint",
+        description="Greedy generation that stops at the task's stop token; output for kubetune eval.")
+    parser.add_argument("--checkpoint", required=True, help="HF checkpoint folder (or hub id).")
+    parser.add_argument("--task", required=True, choices=list(TaskPreset.__args__),
+                        help="Task preset that formats the prompts.")
+    parser.add_argument("--data", required=True, help="Rows to predict (JSONL, JSON, CSV, Parquet).")
+    parser.add_argument("--output", required=True, help="Predictions JSONL to write.")
+    parser.add_argument("--few-shot", action="store_true", help="Prefix worked examples (baseline).")
+    parser.add_argument("--train", default=None, help="Training rows for --few-shot examples.")
+    parser.add_argument("--shots", type=int, default=3, help="Worked examples with --few-shot.")
+    parser.add_argument("--max-samples", type=int, default=None, help="Predict the first N rows only.")
+    parser.add_argument("--batch-size", type=int, default=16, help="Generation batch size.")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="Generation length limit.")
+    parser.set_defaults(handler=run_predict)
+
+
+class InputError(ValueError):
+    """Bad input: the message names the file and row."""
+
+
+def test_rows(path: str, task: str, max_samples: int | None) -> list[Any]:
+    from kubetune_trainer.data.loaders import load_rows
+    from kubetune_trainer.data.prepare import DropLog, test_rows
+    from kubetune_trainer.data.presets import make_preset
+
+    loaded = load_rows(path)
+    if loaded.problems:
+        number, reason = loaded.problems[0]
+        raise InputError(f"{path}: row {number}: {reason}")
+    drops = DropLog()
+    rows = test_rows(loaded.rows[:max_samples], make_preset(task), drops)
+    for reason, numbers in drops.by_reason.items():
+        raise InputError(f"{path}: row {numbers[0]}: {reason}")
+    return rows
+
+
+def row_id(row: Any) -> Any:
+    """The row's own `id` when it has one, else its row number in the file."""
+    return row.fields.get("id", row.row)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    if args.few_shot and not args.train:
+        print("--few-shot needs --train (worked examples come from the training split)", file=sys.stderr)
+        return 2
+    try:
+        rows = test_rows(args.data, args.task, args.max_samples)
+        shots = test_rows(args.train, args.task, args.shots) if args.few_shot else []
+    except (InputError, OSError) as error:
+        print(error, file=sys.stderr)
+        return 2
+    predictions = generate_predictions(args, rows, shots)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("w") as handle:
+        for row, prediction in zip(rows, predictions, strict=True):
+            handle.write(json.dumps({"id": row_id(row), "prediction": prediction}) + "\n")
+    print(f"wrote {len(rows)} predictions to {output}")
+    return 0
+
+
+def generate_predictions(args: argparse.Namespace, rows: list[Any], shots: list[Any]) -> list[str]:
+    import torch
+
+    from kubetune_trainer.data.presets import make_preset
+    from kubetune_trainer.generation import few_shot_prefix, generate
+    from kubetune_trainer.model import add_special_tokens, load_model, load_tokenizer, resize_for_tokenizer
+
+    preset = make_preset(args.task)
+    tokenizer = load_tokenizer(args.checkpoint)
+    add_special_tokens(tokenizer, preset.special_tokens)
+    cuda = torch.cuda.is_available()
+    model = load_model(args.checkpoint, dtype=torch.bfloat16 if cuda else torch.float32)
+    resize_for_tokenizer(model, tokenizer)
+    if cuda:
+        model = model.cuda()
+    prefix = few_shot_prefix([preset(shot.fields) for shot in shots])  # as the in-run baseline
+    return generate(model, tokenizer, [r.prompt for r in rows], preset.stop_token,
+                    batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, prefix=prefix)
