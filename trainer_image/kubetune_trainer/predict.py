@@ -92,7 +92,12 @@ def generate_predictions(args: argparse.Namespace, rows: list[Any], shots: list[
 
     from kubetune_trainer.data.presets import make_preset
     from kubetune_trainer.generation import few_shot_prefix, generate
-    from kubetune_trainer.model import add_special_tokens, load_model, load_tokenizer, resize_for_tokenizer
+    from kubetune_trainer.model import (
+        add_special_tokens,
+        load_model,
+        load_tokenizer,
+        resize_for_tokenizer,
+    )
 
     preset = make_preset(args.task)
     tokenizer = load_tokenizer(args.checkpoint)
