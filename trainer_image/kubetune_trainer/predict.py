@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from kubetune.api.v1alpha1 import TaskPreset
 
@@ -29,7 +29,7 @@ def add_predict(subparsers: Any) -> None:
         "predict", help="generate predictions for a task's data from a checkpoint",
         description="Greedy generation that stops at the task's stop token; output for kubetune eval.")
     parser.add_argument("--checkpoint", required=True, help="HF checkpoint folder (or hub id).")
-    parser.add_argument("--task", required=True, choices=list(TaskPreset.__args__),
+    parser.add_argument("--task", required=True, choices=list(get_args(TaskPreset)),
                         help="Task preset that formats the prompts.")
     parser.add_argument("--data", required=True, help="Rows to predict (JSONL, JSON, CSV, Parquet).")
     parser.add_argument("--output", required=True, help="Predictions JSONL to write.")
