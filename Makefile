@@ -37,7 +37,9 @@ manifests: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/kubetune run -f examples/quickstart-local.yaml --output demo-output
 
-test: $(STAMP)
+# Lint first (seconds), then every tier; the control plane is built (or reused) up front so a
+# cold build shows in the log on its own.
+test: lint
 	hack/controlplane/build.sh >/dev/null
 	$(PY) -m pytest -m "unit or controlplane or trainer or e2e" tests
 
