@@ -47,10 +47,9 @@ T = TypeVar("T")
 class Operator:
     """Clients, configuration and state, plus two thread pools for the blocking client.
 
-    Creating a job's children (report channel, then RayJob) gets its own wide pool; every
-    other write (status, events) shares a narrow one. Under a burst of new jobs the API server
-    is the bottleneck, and this keeps "job created -> RayJob exists" short while the rest
-    trails behind.
+    RayJob creation gets its own wide pool; every other write (report channel, status,
+    events) shares a narrow one. Under a burst of new jobs the API server is the bottleneck,
+    and this keeps "job created -> RayJob exists" short while the rest trails behind.
     """
 
     kube: Kube
@@ -170,14 +169,14 @@ async def _reconcile_locked(op: Operator, js: JobState, body: dict[str, Any]) ->
 async def ensure_children(op: Operator, js: JobState, job: FineTuneJob) -> None:
     """Create the RayJob and the report channel, or adopt what a previous run created."""
     *channel, rayjob = owned_objects(job, op.config)
-    # The report channel first: the trainer's pods run as its ServiceAccount and write their
-    # report as soon as they start, so the RBAC must exist before the RayJob can start them.
+    # The RayJob first: it starts the slow part (the cluster). KubeRay retries pod creation
+    # for the milliseconds until the ServiceAccount below exists.
+    outcome = await _io(op, op.kube.ensure, rayjob, urgent=True)
+    *independent, binding = channel
     # The RoleBinding last: without the `bind` verb the API server checks that the operator
     # holds everything the referenced Role grants, which needs the Role to exist.
-    *independent, binding = channel
-    outcomes = await asyncio.gather(*(_io(op, op.kube.ensure, o, urgent=True) for o in independent))
-    outcomes.append(await _io(op, op.kube.ensure, binding, urgent=True))
-    outcome = await _io(op, op.kube.ensure, rayjob, urgent=True)
+    outcomes = await asyncio.gather(*(_io(op, op.kube.ensure, o) for o in independent))
+    outcomes.append(await _io(op, op.kube.ensure, binding))
     metrics.WRITES.labels("create").inc([outcome, *outcomes].count("created"))
     if outcome == "adopted":
         existing = await _io(
