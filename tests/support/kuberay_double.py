@@ -15,7 +15,6 @@ stops a job at a step until `release`.
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,9 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+
+from kubetune.api.report import TrainerReport
+from kubetune_trainer.reporting import ConfigMapReporter
 
 RAY = ("ray.io", "v1")
 RAYJOBS = "rayjobs"
@@ -282,9 +284,10 @@ class KubeRayDouble:
         target = entry.rsplit("--report ", 1)[1].split()[0].strip("'")
         configmap = target.removeprefix("configmap:")
         with self.trainer_client(rayjob) as api:
+            # The trainer's own reporter (with its retries), as the trainer's account.
+            reporter = ConfigMapReporter(configmap, self.namespace, api=client.CoreV1Api(api))
             try:
-                client.CoreV1Api(api).patch_namespaced_config_map(
-                    configmap, self.namespace, {"data": {"report.json": json.dumps(report)}})
+                reporter.write(TrainerReport.model_validate(report))
             except ApiException as error:
                 self.errors.append(f"trainer could not write its report: {error.status}")
                 raise

@@ -81,3 +81,34 @@ def test_report_targets(tmp_path):
     assert isinstance(reporter_from_target("configmap:abc", "ns"), ConfigMapReporter)
     with pytest.raises(ValueError):
         reporter_from_target("abc")
+
+
+class FlakyApi:
+    """Fails with the given HTTP statuses, then accepts the patch."""
+
+    def __init__(self, statuses):
+        self.statuses = list(statuses)
+        self.patches = 0
+
+    def patch_namespaced_config_map(self, name, namespace, body):
+        if self.statuses:
+            error = RuntimeError("api error")
+            error.status = self.statuses.pop(0)
+            raise error
+        self.patches += 1
+
+
+def test_configmap_reporter_retries_while_its_rbac_catches_up(monkeypatch):
+    monkeypatch.setattr("kubetune_trainer.reporting.RETRY_DELAYS_S", (0, 0, 0))
+    api = FlakyApi([403, 404, 503])
+    ConfigMapReporter("job-report", "team-a", api=api).write(TrainerReport())
+    assert api.patches == 1
+
+
+@pytest.mark.parametrize("statuses", [[422], [403, 403, 403, 403]], ids=["not-retryable", "gives-up"])
+def test_configmap_reporter_raises_what_retrying_cannot_fix(monkeypatch, statuses):
+    monkeypatch.setattr("kubetune_trainer.reporting.RETRY_DELAYS_S", (0, 0, 0))
+    api = FlakyApi(statuses)
+    with pytest.raises(RuntimeError):
+        ConfigMapReporter("job-report", "team-a", api=api).write(TrainerReport())
+    assert api.patches == 0

@@ -23,6 +23,11 @@ from kubetune.api.report import REPORT_KEY, TrainerReport
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|CREDENTIAL|ACCESS_KEY|API_KEY", re.I)
 DEFAULT_MIN_INTERVAL_S = 10.0
+# The operator creates the RayJob first (the cluster starts sooner) and the report
+# ConfigMap and its RBAC right after, so a fast first write may see 403/404 for a moment;
+# API server hiccups (429, 5xx, connection errors) are retried the same way.
+RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
+RETRYABLE_STATUS = frozenset({403, 404, 409, 429, 500, 502, 503, 504})
 
 
 class Reporter(Protocol):
@@ -82,7 +87,15 @@ class ConfigMapReporter:
 
     def write(self, report: TrainerReport) -> None:
         body = {"data": {REPORT_KEY: render(report)}}
-        self._core_api().patch_namespaced_config_map(self.name, self.namespace, body)
+        for delay in (*RETRY_DELAYS_S, None):
+            try:
+                self._core_api().patch_namespaced_config_map(self.name, self.namespace, body)
+                return
+            except Exception as error:  # ApiException or a connection error
+                status = getattr(error, "status", None)
+                if delay is None or (status is not None and status not in RETRYABLE_STATUS):
+                    raise
+                time.sleep(delay)
 
 
 def default_namespace() -> str:
