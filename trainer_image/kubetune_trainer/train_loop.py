@@ -310,7 +310,13 @@ def merged_lora_model(base_path: str, tokenizer: Any, training: TrainingSpec,
     base = load_model(base_path, None, torch.float32)
     resize_for_tokenizer(base, tokenizer)
     peft_model = get_peft_model(base, lora_config(training))
-    peft_model.load_state_dict(state_dict, strict=False)
+    result = peft_model.load_state_dict(state_dict, strict=False)
+    # strict=False because the state dict may hold only what was trained; but every adapter
+    # weight must land, or the "merged" checkpoint would silently be the base model.
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing:
+        raise RuntimeError(f"LoRA merge: unexpected keys {result.unexpected_keys[:5]}, "
+                           f"missing adapter keys {missing[:5]}")
     return peft_model.merge_and_unload()
 
 
