@@ -18,6 +18,15 @@ def load_documents(path: str) -> list[Any]:
     return [doc for doc in yaml.safe_load_all(text) if doc is not None]
 
 
+def read_documents(path: str) -> list[Any] | None:
+    """The YAML documents of `path`, or None after saying on stderr why they cannot be read."""
+    try:
+        return load_documents(path)
+    except (OSError, yaml.YAMLError) as error:
+        print(f"{path}: {error}", file=sys.stderr)
+        return None
+
+
 def validate_document(doc: Any) -> tuple[list[FieldProblem], list[FieldProblem]]:
     """Errors and cluster-only warnings of one FineTuneJob document."""
     try:
@@ -29,10 +38,8 @@ def validate_document(doc: Any) -> tuple[list[FieldProblem], list[FieldProblem]]
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    try:
-        documents = load_documents(args.file)
-    except (OSError, yaml.YAMLError) as error:
-        print(f"{args.file}: {error}", file=sys.stderr)
+    documents = read_documents(args.file)
+    if documents is None:
         return 2
     if not documents:
         print(f"{args.file}: no FineTuneJob found", file=sys.stderr)

@@ -40,12 +40,10 @@ def render_documents(docs: list[Any], config: OperatorConfig) -> tuple[str, list
 
 
 def run_render(args: argparse.Namespace) -> int:
-    from kubetune.commands import load_documents
+    from kubetune.commands import read_documents
 
-    try:
-        docs = load_documents(args.file)
-    except (OSError, yaml.YAMLError) as error:
-        print(f"{args.file}: {error}", file=sys.stderr)
+    docs = read_documents(args.file)
+    if docs is None:
         return 2
     text, problems = render_documents(docs, OperatorConfig.from_env())
     for problem in problems:
