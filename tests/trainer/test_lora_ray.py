@@ -13,9 +13,8 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.trainer.test_training_ray import TRAINING, assert_checkpoint_generates, kubetune_run
+from tests.trainer.test_training_ray import TRAINING, assert_checkpoint_generates, run_to_success
 
 pytestmark = pytest.mark.trainer
 
@@ -55,13 +54,7 @@ def safetensors_weights(folder: Path) -> dict:
 def test_lora_ddp_run_trains_only_adapters_and_merged_checkpoint_generates(tmp_path, datasets_dir):
     import torch
 
-    manifest = tmp_path / "job.yaml"
-    manifest.write_text(yaml.safe_dump(lora_manifest(datasets_dir)))
-    output = tmp_path / "out"
-    assert kubetune_run(manifest, output) == 0
-
-    status = json.loads((output / "status.json").read_text())
-    assert status["phase"] == "Succeeded"
+    status, output = run_to_success(tmp_path, lora_manifest(datasets_dir))
     assert [e["epoch"] for e in status["epochs"]] == [1, 2]
     first, second = status["epochs"]
     assert second["trainLoss"] < first["trainLoss"]

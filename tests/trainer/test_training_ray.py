@@ -56,14 +56,19 @@ def kubetune_run(manifest: Path, output: Path) -> int:
     return int(args.handler(args))
 
 
-def test_curriculum_ddp_run_learns_and_checkpoint_generates(tmp_path, datasets_dir):
+def run_to_success(tmp_path: Path, job: dict) -> tuple[dict, Path]:
+    """`kubetune run` on `job` written to tmp_path; its status.json (Succeeded) and output dir."""
     manifest = tmp_path / "job.yaml"
-    manifest.write_text(yaml.safe_dump(curriculum_manifest(datasets_dir)))
+    manifest.write_text(yaml.safe_dump(job))
     output = tmp_path / "out"
     assert kubetune_run(manifest, output) == 0
-
     status = json.loads((output / "status.json").read_text())
     assert status["phase"] == "Succeeded"
+    return status, output
+
+
+def test_curriculum_ddp_run_learns_and_checkpoint_generates(tmp_path, datasets_dir):
+    status, output = run_to_success(tmp_path, curriculum_manifest(datasets_dir))
     curve = [(e["stage"], e["epoch"]) for e in status["epochs"]]
     assert curve == [("mathqa", 1), ("gsm8k", 1), ("gsm8k", 2)]
     gsm = [e for e in status["epochs"] if e["stage"] == "gsm8k"]

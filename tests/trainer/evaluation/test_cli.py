@@ -208,19 +208,15 @@ def test_sql_real_rows_through_the_cli_in_parallel(tmp_path):
 # ----------------------------------------------------------------------------- errors
 
 
+def eval_files(task, predictions, references, *extra):
+    return kubetune("eval", "--task", task, "--predictions", predictions,
+                    "--references", references, *extra)
+
+
 def error_of(tmp_path, task, predictions_text, references_text, *extra):
     (tmp_path / "P.jsonl").write_text(predictions_text, encoding="utf-8")
     (tmp_path / "R.jsonl").write_text(references_text, encoding="utf-8")
-    completed = kubetune(
-        "eval",
-        "--task",
-        task,
-        "--predictions",
-        tmp_path / "P.jsonl",
-        "--references",
-        tmp_path / "R.jsonl",
-        *extra,
-    )
+    completed = eval_files(task, tmp_path / "P.jsonl", tmp_path / "R.jsonl", *extra)
     assert completed.returncode == 1, (completed.stdout, completed.stderr)
     return completed.stderr
 
@@ -292,15 +288,7 @@ def test_empty_file(tmp_path):
 
 
 def test_missing_file(tmp_path):
-    completed = kubetune(
-        "eval",
-        "--task",
-        "gsm8k",
-        "--predictions",
-        tmp_path / "nope.jsonl",
-        "--references",
-        tmp_path / "nope.jsonl",
-    )
+    completed = eval_files("gsm8k", tmp_path / "nope.jsonl", tmp_path / "nope.jsonl")
     assert completed.returncode == 1
     assert "nope.jsonl: cannot read" in completed.stderr
 
@@ -308,15 +296,7 @@ def test_missing_file(tmp_path):
 def test_not_utf8(tmp_path):
     (tmp_path / "P.jsonl").write_bytes(PRED.encode() + b'{"prediction": "\xff"}\n')
     (tmp_path / "R.jsonl").write_text(REF * 2)
-    completed = kubetune(
-        "eval",
-        "--task",
-        "gsm8k",
-        "--predictions",
-        tmp_path / "P.jsonl",
-        "--references",
-        tmp_path / "R.jsonl",
-    )
+    completed = eval_files("gsm8k", tmp_path / "P.jsonl", tmp_path / "R.jsonl")
     assert completed.returncode == 1
     assert "P.jsonl:2: not UTF-8" in completed.stderr
 
