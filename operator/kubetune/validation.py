@@ -105,7 +105,8 @@ def semantic_problems(spec: FineTuneJobSpec) -> list[FieldProblem]:
             "spec.compute.nodePool.gpusPerNode",
             f"{pool.instance_type} has {known.gpus} GPUs, not {pool.gpus_per_node}"))
     workers = spec.compute.workers
-    if workers > gpus and workers % gpus:
+    # A CPU-only pool has one pod per worker: any count fills whole pods.
+    if not pool.cpu_only and workers > gpus and workers % gpus:
         problems.append(FieldProblem(
             "spec.compute.workers",
             f"{workers} workers do not fill whole {pool.instance_type} nodes of {gpus} GPUs: "

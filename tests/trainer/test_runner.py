@@ -62,3 +62,19 @@ def test_stages_chain_from_the_previous_best_checkpoint(tmp_path, datasets_dir, 
         ("mathqa", 1), ("mathqa", 2), ("mathqa", 3), ("gsm8k", 1), ("gsm8k", 2)]
     assert recorder.phases[0] == "Preparing" and recorder.phases[-1] == "Succeeded"
     assert "Training" in recorder.phases
+
+
+@pytest.mark.parametrize(("pool", "cluster_gpus", "expected"), [
+    ({"instanceType": "kubetune-local", "gpusPerNode": 0, "cpu": "500m", "memory": "3Gi"}, False, False),
+    ({"instanceType": "kubetune-local", "gpusPerNode": 0, "cpu": "500m", "memory": "3Gi"}, True, False),
+    ({"instanceType": "g5.48xlarge"}, True, True),
+    ({"instanceType": "g5.48xlarge"}, False, False),  # kubetune run on a CPU machine
+])
+def test_gpus_are_used_only_by_gpu_pools_on_clusters_that_have_them(monkeypatch, pool, cluster_gpus,
+                                                                     expected):
+    monkeypatch.setattr(runner, "cluster_has_gpus", lambda: cluster_gpus)
+    spec = parse_spec({
+        "model": {"name": "builtin:tiny-llama"}, "task": {"preset": "gsm8k"},
+        "data": {"train": {"uri": "train.jsonl"}}, "evaluation": {"enabled": False},
+        "compute": {"workers": 2, "nodePool": pool}, "output": {"storageURI": "pvc://c/out"}})
+    assert runner.use_gpus(spec) is expected

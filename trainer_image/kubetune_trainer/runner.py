@@ -4,7 +4,7 @@ under TorchTrainer, best checkpoint, evaluation, and the report after every phas
 The driver prepares and tokenizes the data once (workers get the examples, so every worker and
 every retry trains on identical data), trains each stage from the previous stage's best
 checkpoint, and evaluates the last stage's best checkpoint in a Ray task (on a GPU when the
-cluster has them; the head has none).
+cluster has them and the node pool is not CPU-only, see `use_gpus`; the head has none).
 """
 
 from __future__ import annotations
@@ -106,6 +106,13 @@ def cluster_has_gpus() -> bool:
     return bool(ray.cluster_resources().get("GPU", 0))
 
 
+def use_gpus(spec: FineTuneJobSpec) -> bool:
+    """Whether training and evaluation ask Ray for GPUs. Never on a CPU-only node pool (its
+    pods have no GPU to give, even where Ray might see one); otherwise whenever the cluster
+    has GPUs, so `kubetune run` on a CPU machine trains on CPUs whatever the node pool says."""
+    return not spec.compute.node_pool.cpu_only and cluster_has_gpus()
+
+
 def stage_training(spec: FineTuneJobSpec, stage: StageSpec) -> TrainingSpec:
     overrides = stage.training
     update: dict[str, Any] = {}
@@ -166,6 +173,8 @@ def fit_stage(config: StageConfig, workers: int, run_name: str, ray_storage: str
 
     from kubetune_trainer.train_loop import train_stage
 
+    # Without GPUs Ray Train asks for 1 CPU per worker; a CPU-only pool's pods offer exactly one
+    # logical CPU each (CPU_WORKER_START_PARAMS in kubetune.builders.rayjob): one worker per pod.
     trainer = TorchTrainer(
         train_stage, train_loop_config={"stage": config},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=config.use_gpu),
@@ -207,7 +216,7 @@ def run_stage(spec: FineTuneJobSpec, index: int, stage: StageSpec, job: JobState
         storage_uri=storage.absolute(spec.output.storage_uri, options.base_dir),
         report=report.model_copy(deep=True), report_target=options.report_target,
         report_namespace=options.namespace, report_interval_s=options.report_interval_s,
-        use_gpu=cluster_has_gpus(), fault=fault_from_env())
+        use_gpu=use_gpus(spec), fault=fault_from_env())
     report.total_steps = steps_per_epoch(config, spec.compute.workers) * training.epochs
     config.report.total_steps = report.total_steps
     state = fit_stage(config, spec.compute.workers, f"{options.job_name}-{stage.name}",
@@ -236,7 +245,7 @@ def evaluate(spec: FineTuneJobSpec, job: JobState, preset: Preset, prepared: Pre
 
     ev = spec.evaluation
     rows = prepared.test
-    use_gpu = cluster_has_gpus()
+    use_gpu = use_gpus(spec)
     decorator: Any = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)
     remote = decorator(evaluate_model)
     assert job.report.best_checkpoint is not None

@@ -8,9 +8,11 @@ context 512, bf16, DeepSpeed ZeRO-3 with optimizer offload, keep the best checkp
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
+from pydantic.alias_generators import to_snake
 
 from kubetune.api.base import KubeModel, Rule, immutable, nested
 from kubetune.api.instance_types import INSTANCE_TYPES, lookup_instance_type
@@ -45,10 +47,32 @@ DataFormat = Literal["jsonl", "json", "csv", "parquet"]
 
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
 Quantity = Annotated[str, Field(max_length=32, pattern=QUANTITY)]
+# QUANTITY has no sign, so a quantity is above zero exactly when it has a non-zero digit. Both
+# CEL's `matches` and `re.search` look for it anywhere in the string.
+NON_ZERO_DIGIT = "[1-9]"
 
 
 def _has_both(a: object, b: object) -> bool:
     return a is not None and b is not None
+
+
+def positive_quantity(field: str) -> Rule:
+    """An optional Quantity field (camelCase name) that, when set, must be above zero: a
+    pod of 0 CPU or 0 bytes of memory is accepted by Kubernetes but can never run a worker."""
+    attribute = to_snake(field)
+    return Rule(cel=f"!has(self.{field}) || self.{field}.matches('{NON_ZERO_DIGIT}')",
+                message=f"{field} must be greater than zero", field=field,
+                check=lambda m: (getattr(m, attribute) is None
+                                 or re.search(NON_ZERO_DIGIT, getattr(m, attribute)) is not None))
+
+
+def required_on_cpu_pool(field: str, meaning: str) -> Rule:
+    """`field` of NodePoolSpec must be set when gpusPerNode is 0: with no GPU share to derive
+    the pod size from, the user says how big each worker pod is."""
+    attribute = to_snake(field)
+    return Rule(cel=f"!has(self.gpusPerNode) || self.gpusPerNode != 0 || has(self.{field})",
+                message=f"gpusPerNode 0 (a CPU-only pool) needs {field}: the {meaning} of each worker pod",
+                field=field, check=lambda p: not p.cpu_only or getattr(p, attribute) is not None)
 
 
 # --------------------------------------------------------------------------- spec
@@ -269,7 +293,8 @@ class Toleration(KubeModel):
 
 
 class NodePoolSpec(KubeModel):
-    """The GPU node pool the Ray workers run on."""
+    """The node pool the Ray workers run on: GPU nodes (one worker per GPU), or CPU-only nodes
+    with `gpusPerNode: 0` (one worker per pod, sized by `cpu` and `memory`)."""
 
     rules = (
         Rule(cel="has(self.gpusPerNode) || self.instanceType in [" +
@@ -277,18 +302,37 @@ class NodePoolSpec(KubeModel):
              message="unknown instanceType: set gpusPerNode (known types: see kubetune docs)",
              field="gpusPerNode",
              check=lambda p: p.gpus_per_node is not None or lookup_instance_type(p.instance_type) is not None),
+        required_on_cpu_pool("cpu", "CPU request and limit"),
+        required_on_cpu_pool("memory", "memory request and limit"),
+        positive_quantity("cpu"),
+        positive_quantity("memory"),
     )
 
     instance_type: str = Field(
         "g5.48xlarge", min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9.\-]*$",
         description="Value of node.kubernetes.io/instance-type. Known types fill gpusPerNode and pod sizes.")
     gpus_per_node: int | None = Field(
-        None, ge=1, le=16, description="GPUs per node; required for instance types kubetune does not know.")
+        None, ge=0, le=16,
+        description=("GPUs per node; required for instance types kubetune does not know. 0 makes a "
+                     "CPU-only pool: one Ray worker per pod, no GPU limit or toleration, and cpu "
+                     "and memory are required."))
+    cpu: Quantity | None = Field(
+        None, description=("CPU request and limit of each worker pod. Required when gpusPerNode is "
+                           "0; on a GPU pool it overrides the CPU derived from the instance type."))
+    memory: Quantity | None = Field(
+        None, description=("Memory request and limit of each worker pod. Required when gpusPerNode "
+                           "is 0; on a GPU pool it overrides the memory derived from the instance type."))
     node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
         default_factory=dict, description="Extra node labels the worker pods require.",
         json_schema_extra={"maxProperties": 32})
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=32,
-                                          description="Tolerations added to the GPU toleration.")
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=32,
+        description="Tolerations of the worker pods (on a GPU pool, added to the GPU toleration).")
+
+    @property
+    def cpu_only(self) -> bool:
+        """gpusPerNode 0: the workers run on CPUs and never ask for a GPU."""
+        return self.gpus_per_node == 0
 
     @property
     def effective_gpus_per_node(self) -> int:
@@ -311,12 +355,27 @@ class HeadSpec(KubeModel):
                                           description="Tolerations of the head pod.")
 
 
+class SubmitterSpec(KubeModel):
+    """The pod that runs `ray job submit` (RayJob submissionMode K8sJobMode, the operator's
+    default). It runs next to the head (the head's nodeSelector and tolerations) and only
+    waits for the dashboard, submits and follows the logs."""
+
+    rules = (positive_quantity("cpu"), positive_quantity("memory"))
+
+    cpu: Quantity = Field("500m", description="CPU request and limit of the submitter pod.")
+    memory: Quantity = Field("1Gi", description="Memory request and limit of the submitter pod.")
+
+
 class ComputeSpec(KubeModel):
     """Where and how wide training runs."""
 
-    workers: int = Field(1, ge=1, le=4096, description="Training workers, one GPU each.")
-    node_pool: NodePoolSpec = nested(NodePoolSpec, "GPU node pool of the workers.")
+    workers: int = Field(
+        1, ge=1, le=4096,
+        description="Training workers: one GPU each, or one pod each on a CPU-only pool (gpusPerNode 0).")
+    node_pool: NodePoolSpec = nested(NodePoolSpec, "Node pool of the workers (GPU, or CPU-only).")
     head: HeadSpec = nested(HeadSpec, "Ray head pod.")
+    submitter: SubmitterSpec = nested(
+        SubmitterSpec, "Pod that submits the Ray job (submissionMode K8sJobMode, the default).")
     image: str | None = Field(None, min_length=1, max_length=LONG,
                               description="Trainer image; defaults to the operator's configured image.")
     ray_version: str = Field("2.60.0", pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$", max_length=32,

@@ -6,6 +6,9 @@ Layout
 - One worker group of `ceil(workers / gpusPerNode)` pods, replicas = min = max and the
   in-tree autoscaler off: DeepSpeed needs a fixed world size. Each pod asks for its share of
   the node's GPUs as `nvidia.com/gpu` limits (Ray derives `--num-gpus` from them).
+- A CPU-only pool (`gpusPerNode: 0`) gets one pod per worker instead, sized by
+  `nodePool.cpu`/`nodePool.memory`, with no GPU limit and no GPU toleration, and Ray told
+  `num-cpus: "1"`, `num-gpus: "0"` (see `CPU_WORKER_START_PARAMS`).
 
 Pod size rule (documented contract, `pod_resources`): a pod with g of a node's G GPUs
 requests `floor(share * vCPUs * (1 - cpuHeadroom))` CPUs and
@@ -13,7 +16,9 @@ requests `floor(share * vCPUs * (1 - cpuHeadroom))` CPUs and
 limits (Guaranteed QoS, so the kernel never OOM-kills training for a neighbour's burst). The
 headroom (default 10 %) covers kubelet/system reservations and daemonsets (CNI, GPU device
 plugin, log agents), so a full-node pod always fits the node's allocatable. Instance types
-kubetune does not know get GPU limits only.
+kubetune does not know get GPU limits only. `nodePool.cpu` / `nodePool.memory`, when set,
+replace the derived (or missing) CPU / memory, still with requests equal to limits; on a
+CPU-only pool they are the whole size.
 
 Submission mode: K8sJobMode (the default of every KubeRay release since 1.0). The submitter
 is a Kubernetes Job that retries `ray job submit` until the dashboard is up, so a slow head
@@ -33,7 +38,13 @@ import shlex
 from typing import Any
 
 from kubetune.api.instance_types import lookup_instance_type
-from kubetune.api.v1alpha1 import FineTuneJob, FineTuneJobSpec, Toleration, stages_of
+from kubetune.api.v1alpha1 import (
+    FineTuneJob,
+    FineTuneJobSpec,
+    NodePoolSpec,
+    Toleration,
+    stages_of,
+)
 from kubetune.builders.meta import labels_for, namespace_of, object_meta
 from kubetune.builders.naming import rayjob_name, report_configmap_name, service_account_name
 from kubetune.controller.config import OperatorConfig
@@ -44,14 +55,28 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 WORKER_GROUP = "gpu-workers"
+CPU_WORKER_GROUP = "cpu-workers"
+# Ray's logical resources of a CPU-only worker pod. KubeRay would derive num-cpus from the CPU
+# limit rounded up (resource.Quantity.Value(): 500m -> 1, 1500m -> 2), and Ray Train asks for
+# 1 CPU per worker when it does not use GPUs; a pod of 2 or more logical CPUs would then take
+# several workers (Ray Train packs them) and leave other pods idle. Exactly one logical CPU
+# makes it one worker per pod whatever the pod's size, and lets a pod under one core host a
+# worker at all. The driver prepares the data itself (no Ray Data on the cluster), so no spare
+# logical CPUs are needed; evaluation's 1-CPU task runs after training has freed the workers.
+# num-gpus 0: a pod that can see a node's GPUs anyway (an image with NVIDIA_VISIBLE_DEVICES=all
+# on a GPU node) must not advertise them to Ray.
+CPU_WORKER_START_PARAMS = {"num-cpus": "1", "num-gpus": "0"}
 PVC_ROOT = "/mnt/pvc"
 TRAINER_MODULE = "kubetune_trainer.entrypoint"
 
 
 def worker_layout(spec: FineTuneJobSpec) -> tuple[int, int]:
-    """(pods, GPUs per pod): whole nodes when workers exceed one node, else one partial pod."""
+    """(pods, GPUs per pod): one GPU-less pod per worker on a CPU-only pool; otherwise whole
+    nodes when workers exceed one node, else one partial pod."""
     per_node = spec.compute.node_pool.effective_gpus_per_node
     workers = spec.compute.workers
+    if spec.compute.node_pool.cpu_only:
+        return workers, 0
     if workers <= per_node:
         return 1, workers
     return math.ceil(workers / per_node), per_node
@@ -62,18 +87,23 @@ def _cpu_quantity(cores: float) -> str:
     return str(math.floor(cores)) if cores >= 1 else f"{math.floor(cores * 1000)}m"
 
 
+def _derived_size(pool: NodePoolSpec, gpus: int, config: OperatorConfig) -> dict[str, str]:
+    """CPU and memory of a pod with `gpus` of a known instance type's GPUs (module docstring)."""
+    known = lookup_instance_type(pool.instance_type)
+    if known is None or gpus == 0:
+        return {}
+    share = gpus / pool.effective_gpus_per_node
+    return {"cpu": _cpu_quantity(share * known.vcpus * (1 - config.cpu_headroom)),
+            "memory": f"{math.floor(share * known.memory_gib * (1 - config.memory_headroom))}Gi"}
+
+
 def pod_resources(spec: FineTuneJobSpec, gpus: int, config: OperatorConfig) -> dict[str, Any]:
     """Requests/limits of one worker pod; see the module docstring for the rule."""
-    limits: dict[str, str] = {GPU_RESOURCE: str(gpus)}
     pool = spec.compute.node_pool
-    known = lookup_instance_type(pool.instance_type)
-    if known is None:
-        return {"limits": limits}
-    share = gpus / pool.effective_gpus_per_node
-    cpu = _cpu_quantity(share * known.vcpus * (1 - config.cpu_headroom))
-    memory = f"{math.floor(share * known.memory_gib * (1 - config.memory_headroom))}Gi"
-    return {"requests": {"cpu": cpu, "memory": memory},
-            "limits": {"cpu": cpu, "memory": memory, **limits}}
+    explicit = {k: v for k, v in (("cpu", pool.cpu), ("memory", pool.memory)) if v is not None}
+    size = {**_derived_size(pool, gpus, config), **explicit}
+    limits = {**size, **({GPU_RESOURCE: str(gpus)} if gpus else {})}
+    return {"requests": size, "limits": limits} if size else {"limits": limits}
 
 
 def trainer_entrypoint(job: FineTuneJob) -> str:
@@ -165,27 +195,30 @@ def worker_group(job: FineTuneJob, config: OperatorConfig) -> dict[str, Any]:
     pods, gpus = worker_layout(job.spec)
     container = {"name": "ray-worker", "resources": pod_resources(job.spec, gpus, config)}
     selector = {INSTANCE_TYPE_LABEL: pool.instance_type, **pool.node_selector}
-    scheduling = _scheduling(selector, _tolerations(pool.tolerations, [GPU_TOLERATION]))
+    gpu_toleration = [] if pool.cpu_only else [GPU_TOLERATION]
+    scheduling = _scheduling(selector, _tolerations(pool.tolerations, gpu_toleration))
     return {
-        "groupName": WORKER_GROUP,
+        "groupName": CPU_WORKER_GROUP if pool.cpu_only else WORKER_GROUP,
         "replicas": pods,
         "minReplicas": pods,
         "maxReplicas": pods,
-        "rayStartParams": {},
+        "rayStartParams": dict(CPU_WORKER_START_PARAMS) if pool.cpu_only else {},
         "template": _pod_template(job, config, container, scheduling, "ray-worker"),
     }
 
 
 def submitter_template(job: FineTuneJob, config: OperatorConfig) -> dict[str, Any]:
-    """The K8sJobMode submitter runs `ray job submit` next to the head, on the CPU pool."""
+    """The K8sJobMode submitter runs `ray job submit` next to the head, on the CPU pool, sized
+    by `spec.compute.submitter`."""
     head = job.spec.compute.head
-    small = {"cpu": "500m", "memory": "1Gi"}
+    submitter = job.spec.compute.submitter
+    size = {"cpu": submitter.cpu, "memory": submitter.memory}
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         **_scheduling(dict(head.node_selector), _tolerations(head.tolerations, [])),
         "containers": [{"name": "ray-job-submitter",
                         "image": job.spec.compute.image or config.trainer_image,
-                        "resources": {"requests": small, "limits": dict(small)}}],
+                        "resources": {"requests": size, "limits": dict(size)}}],
     }
     return {"metadata": {"labels": labels_for(job, "ray-job-submitter")}, "spec": pod}
 

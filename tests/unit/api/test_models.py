@@ -2,7 +2,7 @@ import pytest
 
 from kubetune.api.instance_types import INSTANCE_TYPES
 from kubetune.api.v1alpha1 import FineTuneJobSpec, NodePoolSpec, stages_of
-from kubetune.validation import SpecError, parse_spec
+from kubetune.validation import SpecError, parse_spec, semantic_problems
 
 pytestmark = pytest.mark.unit
 
@@ -80,3 +80,64 @@ def test_curriculum_stage_names_must_be_unique():
     del spec["data"]
     with pytest.raises(SpecError, match="stage names must be unique"):
         parse_spec(spec)
+
+
+CPU_POOL = {"instanceType": "kubetune-local", "gpusPerNode": 0, "cpu": "500m", "memory": "3Gi"}
+
+
+def with_compute(**compute):
+    return {**MINIMAL, "compute": compute}
+
+
+def problems(spec):
+    with pytest.raises(SpecError) as error:
+        parse_spec(spec)
+    return [str(p) for p in error.value.problems]
+
+
+def test_gpus_per_node_zero_is_a_cpu_only_pool():
+    pool = parse_spec(with_compute(workers=3, nodePool=CPU_POOL)).compute.node_pool
+    assert pool.cpu_only and pool.effective_gpus_per_node == 0
+    assert (pool.cpu, pool.memory) == ("500m", "3Gi")
+    assert not parse_spec(MINIMAL).compute.node_pool.cpu_only
+
+
+@pytest.mark.parametrize("missing", ["cpu", "memory"])
+def test_cpu_only_pool_needs_cpu_and_memory(missing):
+    pool = {k: v for k, v in CPU_POOL.items() if k != missing}
+    [problem] = problems(with_compute(nodePool=pool))
+    assert problem.startswith(f"spec.compute.nodePool.{missing}: gpusPerNode 0 (a CPU-only pool) needs {missing}")
+
+
+def test_a_gpu_pool_may_give_cpu_and_memory():
+    pool = parse_spec(with_compute(nodePool={"instanceType": "g5.48xlarge", "cpu": "100"})).compute.node_pool
+    assert (pool.cpu, pool.memory, pool.effective_gpus_per_node) == ("100", None, 8)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("gpusPerNode", -1, "greater than or equal to 0"),
+    ("cpu", "0", "cpu must be greater than zero"),
+    ("cpu", "0.000m", "cpu must be greater than zero"),
+    ("cpu", "-1", "must be a Kubernetes quantity"),
+    ("memory", "0Gi", "memory must be greater than zero"),
+    ("memory", "3 GB", "must be a Kubernetes quantity"),
+])
+def test_worker_size_values_are_checked(field, value, message):
+    [problem] = problems(with_compute(nodePool={**CPU_POOL, field: value}))
+    assert problem.startswith(f"spec.compute.nodePool.{field}:") and message in problem
+
+
+def test_submitter_size_defaults_to_todays_and_is_checked():
+    submitter = parse_spec(MINIMAL).compute.submitter
+    assert (submitter.cpu, submitter.memory) == ("500m", "1Gi")
+    small = parse_spec(with_compute(submitter={"cpu": "250m", "memory": "512Mi"})).compute.submitter
+    assert (small.cpu, small.memory) == ("250m", "512Mi")
+    [problem] = problems(with_compute(submitter={"cpu": "0m"}))
+    assert problem == "spec.compute.submitter.cpu: cpu must be greater than zero"
+    [problem] = problems(with_compute(submitter={"memory": "a lot"}))
+    assert problem.startswith("spec.compute.submitter.memory: must be a Kubernetes quantity")
+
+
+def test_cpu_only_pool_takes_any_number_of_workers():
+    spec = parse_spec(with_compute(workers=3, nodePool=CPU_POOL))
+    assert [p for p in semantic_problems(spec) if not p.cluster_only] == []

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.unit
 
 GOLDEN = ROOT / "tests" / "golden"
 GOLDEN_EXAMPLES = ["gsm8k-llama2-7b", "gsm8k-llama2-13b", "gsm8k-llama2-70b",
-                   "viggo-llama2-13b-p4d", "sql-llama2-7b-lora-1gpu"]
+                   "viggo-llama2-13b-p4d", "sql-llama2-7b-lora-1gpu", "local-cluster"]
 
 
 def rendered(example: str) -> str:

@@ -10,7 +10,17 @@ import pytest
 
 from kubetune.api.v1alpha1 import FineTuneJob
 from kubetune.builders.naming import RAYJOB_NAME_LIMIT, is_dns1035_label
-from kubetune.builders.rayjob import GPU_TOLERATION, QUEUE_LABEL, build_rayjob, worker_layout
+from kubetune.builders.rayjob import (
+    CPU_WORKER_GROUP,
+    CPU_WORKER_START_PARAMS,
+    GPU_RESOURCE,
+    GPU_TOLERATION,
+    INSTANCE_TYPE_LABEL,
+    QUEUE_LABEL,
+    WORKER_GROUP,
+    build_rayjob,
+    worker_layout,
+)
 from kubetune.controller.config import OperatorConfig
 from tests.unit.builders.helpers import FAKE_UID, NAMESPACE, example_doc, example_job
 
@@ -168,3 +178,106 @@ def test_render_without_uid_has_no_owner() -> None:
     doc = example_doc("gsm8k-llama2-7b")
     del doc["metadata"]["uid"]
     assert "ownerReferences" not in build_rayjob(FineTuneJob.model_validate(doc), CONFIG)["metadata"]
+
+
+# --------------------------------------------------------------------------- CPU-only pools
+
+
+def cpu_pool_job(**pool: Any) -> FineTuneJob:
+    doc = example_doc("local-cluster")
+    doc["spec"]["compute"]["nodePool"].update(pool)
+    return FineTuneJob.model_validate(doc)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_cpu_pool_has_one_pod_per_worker_without_gpus(workers: int) -> None:
+    doc = example_doc("local-cluster")
+    doc["spec"]["compute"]["workers"] = workers
+    job = FineTuneJob.model_validate(doc)
+    assert worker_layout(job.spec) == (workers, 0)
+    group = workers_of(build_rayjob(job, CONFIG))
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == workers
+    assert group["groupName"] == CPU_WORKER_GROUP != WORKER_GROUP
+    resources = container(group)["resources"]
+    assert resources["requests"] == resources["limits"] == {"cpu": "500m", "memory": "3Gi"}
+    assert resources["requests"] is not resources["limits"]  # no YAML anchors in the output
+
+
+def test_cpu_pool_pods_host_exactly_one_ray_worker_and_no_gpu() -> None:
+    rayjob = build_rayjob(example_job("local-cluster"), CONFIG)
+    group = workers_of(rayjob)
+    assert group["rayStartParams"] == CPU_WORKER_START_PARAMS == {"num-cpus": "1", "num-gpus": "0"}
+    assert GPU_RESOURCE not in json.dumps(rayjob)
+    pod = group["template"]["spec"]
+    assert pod["nodeSelector"] == {INSTANCE_TYPE_LABEL: "kubetune-local"}
+    assert "tolerations" not in pod
+
+
+def test_cpu_pool_keeps_the_users_scheduling_without_the_gpu_toleration() -> None:
+    toleration = {"key": "dedicated", "operator": "Equal", "value": "cpu", "effect": "NoSchedule"}
+    pod = workers_of(build_rayjob(cpu_pool_job(nodeSelector={"pool": "cpu"},
+                                               tolerations=[toleration]), CONFIG))["template"]["spec"]
+    assert pod["nodeSelector"] == {INSTANCE_TYPE_LABEL: "kubetune-local", "pool": "cpu"}
+    assert pod["tolerations"] == [toleration]
+
+
+def test_cpu_pool_on_a_known_gpu_type_uses_only_the_given_size() -> None:
+    job = cpu_pool_job(instanceType="g5.48xlarge", cpu="16", memory="64Gi")
+    resources = container(workers_of(build_rayjob(job, CONFIG)))["resources"]
+    assert resources == {"requests": {"cpu": "16", "memory": "64Gi"},
+                         "limits": {"cpu": "16", "memory": "64Gi"}}
+
+
+def test_cpu_and_memory_override_the_derived_size_on_a_gpu_pool() -> None:
+    doc = example_doc("gsm8k-llama2-13b")
+    doc["spec"]["compute"]["nodePool"].update(cpu="100", memory="600Gi")
+    group = workers_of(build_rayjob(FineTuneJob.model_validate(doc), CONFIG))
+    assert container(group)["resources"] == {
+        "requests": {"cpu": "100", "memory": "600Gi"},
+        "limits": {"cpu": "100", "memory": "600Gi", GPU_RESOURCE: "8"}}
+    assert group["groupName"] == WORKER_GROUP and group["rayStartParams"] == {}
+    assert group["template"]["spec"]["tolerations"] == [GPU_TOLERATION]
+
+
+def test_one_override_keeps_the_other_derived() -> None:
+    doc = example_doc("gsm8k-llama2-13b")
+    doc["spec"]["compute"]["nodePool"]["memory"] = "600Gi"
+    res = container(workers_of(build_rayjob(FineTuneJob.model_validate(doc), CONFIG)))["resources"]
+    assert res["requests"] == {"cpu": "172", "memory": "600Gi"}
+
+
+def test_unknown_gpu_type_with_a_size_gets_requests_and_limits() -> None:
+    doc = example_doc("gsm8k-llama2-13b")
+    doc["spec"]["compute"]["nodePool"] = {"instanceType": "a3-highgpu-8g", "gpusPerNode": 8,
+                                          "cpu": "200", "memory": "1800Gi"}
+    res = container(workers_of(build_rayjob(FineTuneJob.model_validate(doc), CONFIG)))["resources"]
+    assert res == {"requests": {"cpu": "200", "memory": "1800Gi"},
+                   "limits": {"cpu": "200", "memory": "1800Gi", GPU_RESOURCE: "8"}}
+
+
+def submitter_resources(job: FineTuneJob) -> dict[str, Any]:
+    template = build_rayjob(job, CONFIG)["spec"]["submitterPodTemplate"]
+    return container({"template": template})["resources"]
+
+
+def test_submitter_size_defaults_and_is_configurable() -> None:
+    assert submitter_resources(example_job("gsm8k-llama2-13b")) == {
+        "requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "500m", "memory": "1Gi"}}
+    small = submitter_resources(example_job("local-cluster"))
+    assert small["requests"] == small["limits"] == {"cpu": "250m", "memory": "512Mi"}
+
+
+def test_local_cluster_fits_two_cpus() -> None:
+    """The example's promise: head, workers and submitter request 1750m of the 2 CPUs."""
+    rayjob = build_rayjob(example_job("local-cluster"), CONFIG)
+    head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]
+    workers = workers_of(rayjob)
+    submitter = {"template": rayjob["spec"]["submitterPodTemplate"]}
+    pods = [(head, 1), (workers, workers["replicas"]), (submitter, 1)]
+    millicores = sum(count * _millicores(container(pod)["resources"]["requests"]["cpu"])
+                     for pod, count in pods)
+    assert millicores == 1750
+
+
+def _millicores(quantity: str) -> int:
+    return int(quantity[:-1]) if quantity.endswith("m") else int(quantity) * 1000
