@@ -18,6 +18,9 @@ from kubernetes.client.rest import ApiException
 from kubetune.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
 
 RAY_GROUP, RAY_VERSION, RAY_PLURAL = "ray.io", "v1", "rayjobs"
+# A RayJob field the installed KubeRay CRD does not know is an error, never silently pruned
+# (an older KubeRay would otherwise drop e.g. preRunningDeadlineSeconds without a word).
+STRICT = "Strict"
 COMPONENT = "kubetune-operator"
 
 
@@ -76,7 +79,7 @@ class Kube:
             self.rbac.create_namespaced_role_binding(ns, obj, **raw)
         elif kind == "RayJob":
             self.custom.create_namespaced_custom_object(
-                RAY_GROUP, RAY_VERSION, ns, RAY_PLURAL, obj, **raw)
+                RAY_GROUP, RAY_VERSION, ns, RAY_PLURAL, obj, field_validation=STRICT, **raw)
         else:
             raise ValueError(f"kubetune does not create {kind}")
 
@@ -137,7 +140,7 @@ class Kube:
         body = {"metadata": meta}
         if kind == "RayJob":
             self.custom.patch_namespaced_custom_object(
-                RAY_GROUP, RAY_VERSION, ns, RAY_PLURAL, name, body)
+                RAY_GROUP, RAY_VERSION, ns, RAY_PLURAL, name, body, field_validation=STRICT)
         elif kind == "ConfigMap":
             self.core.patch_namespaced_config_map(name, ns, body)
         elif kind == "ServiceAccount":
@@ -151,7 +154,8 @@ class Kube:
 
     def set_rayjob_suspend(self, namespace: str, name: str, suspend: bool) -> None:
         self.custom.patch_namespaced_custom_object(
-            RAY_GROUP, RAY_VERSION, namespace, RAY_PLURAL, name, {"spec": {"suspend": suspend}})
+            RAY_GROUP, RAY_VERSION, namespace, RAY_PLURAL, name, {"spec": {"suspend": suspend}},
+            field_validation=STRICT)
 
     def read_finetunejob(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
