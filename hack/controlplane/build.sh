@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the test control plane (kube-apiserver, kube-controller-manager, kubectl, etcd) and
-# helm from the Go module proxy and caches the binaries outside the clone, keyed by the
-# modules' go.sum files, so a fresh clone on the same machine reuses them.
+# Builds the test control plane (kube-apiserver, kube-controller-manager, kubectl, etcd), the
+# local cluster's node (kube-scheduler, kubelet, kube-proxy) and helm from the Go module proxy,
+# and caches the binaries outside the clone, keyed by the modules' go.sum files, so a fresh
+# clone on the same machine reuses them.
 # Prints the directory that holds the binaries as the last line of stdout.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -10,7 +11,7 @@ tools="$here/../tools"
 key="$(cat "$here/go.mod" "$here/go.sum" "$here/build.sh" "$tools/go.mod" "$tools/go.sum" | sha256sum | cut -c1-16)"
 cache="${KUBETUNE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubetune}"
 bin="$cache/controlplane-$k8s_version-$key"
-want=(kube-apiserver kube-controller-manager kubectl etcd helm)
+want=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl etcd helm)
 cached() {
   for b in "${want[@]}"; do [ -x "$bin/$b" ] || return 1; done
   echo "$bin"
@@ -30,6 +31,9 @@ export CGO_ENABLED=0 GOFLAGS=-mod=mod
 go build -trimpath -ldflags "$ldflags" -o "$bin.tmp/" \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kube-scheduler \
+  k8s.io/kubernetes/cmd/kubelet \
+  k8s.io/kubernetes/cmd/kube-proxy \
   k8s.io/kubernetes/cmd/kubectl >&2
 go build -trimpath -ldflags "-s -w" -o "$bin.tmp/etcd" ./etcd >&2
 # helm v3 built this way reports Kubernetes v1.20 capabilities: pass --kube-version.
