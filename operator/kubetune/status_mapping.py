@@ -201,7 +201,7 @@ def decide_phase(job: FineTuneJob, status: dict[str, Any] | None,
             "Suspended", "Suspended", "the RayJob was suspended outside kubetune"))
     if deployment in ("Initializing", "Waiting"):
         return Verdict("Provisioning", "ClusterStarting",
-                       "starting the Ray cluster (head and GPU worker pods)")
+                       "starting the Ray cluster (head and worker pods)")
     if deployment == "Running":
         return _training_verdict(job, _field(status, "jobStatus"), report)
     if deployment == "Retrying":
