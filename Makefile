@@ -10,11 +10,12 @@ export RAY_AUTH_MODE ?= disabled
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/kubetune/torch_extensions
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install demo test test-unit lint manifests controlplane bench clean
+.PHONY: help install demo test test-unit lint manifests controlplane cluster cluster-down bench clean
 
 help:
 	@echo "make demo   - create .venv, install, run the quick-start FineTuneJob on this machine"
 	@echo "make test   - install everything, build/reuse the test control plane, run all test tiers"
+	@echo "make cluster / make cluster-down - a real single-node Kubernetes with KubeRay and kubetune"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +42,15 @@ demo: $(STAMP)
 # cold build shows in the log on its own.
 test: lint
 	hack/controlplane/build.sh >/dev/null
-	$(PY) -m pytest -m "unit or controlplane or trainer or e2e" tests
+	$(PY) -m pytest -m "unit or controlplane or trainer or e2e or cluster" tests
+
+# A real single-node Kubernetes on this machine (needs root): control plane, containerd, kubelet,
+# kube-proxy, CoreDNS, the real KubeRay operator and the kubetune chart; state in .cluster/.
+cluster: $(STAMP)
+	$(PY) -m tests.support.cluster up
+
+cluster-down: $(STAMP)
+	$(PY) -m tests.support.cluster down
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -m unit tests

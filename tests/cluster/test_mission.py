@@ -1,0 +1,146 @@
+"""The mission on real pods: `kubectl apply -f examples/local-cluster.yaml` on the local cluster.
+
+The real KubeRay operator creates the RayCluster and the submitter, the trainer trains inside
+the trainer image built from trainer_image/Dockerfile, writes its report with its pod's own
+service-account token, and `.status` reaches Succeeded with the learning curve, a best
+checkpoint that exists on the volume and loads, and evaluation scores. The RayJob states the
+real KubeRay went through are checked against (or, with KUBETUNE_RECORD_TRANSCRIPTS=1, written
+to) a committed transcript, which keeps the fast tiers' KubeRay double honest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubetune.api.v1alpha1 import FineTuneJobStatus
+from tests.support.cluster import CHECKPOINTS_CLAIM, LocalCluster
+
+# The first test of the package pays for bringing the cluster up, which on a cold machine
+# includes building the binaries and images (tens of minutes): pytest-timeout counts fixtures.
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(5400)]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO_ROOT / "examples" / "local-cluster.yaml"
+TRANSCRIPT = REPO_ROOT / "tests" / "fixtures" / "kuberay" / "rayjob-success-v1.6.2.json"
+RUN_TIMEOUT = 900
+RAY_GONE_WITHIN = 60
+
+
+def _get(cluster: LocalCluster, kind: str, name: str) -> dict[str, Any] | None:
+    proc = cluster.kubectl("get", kind, name, "-o", "json", check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def _ray_pods(cluster: LocalCluster, job: str) -> list[str]:
+    pods = json.loads(cluster.kubectl("get", "pods", "-o", "json").stdout)["items"]
+    return [p["metadata"]["name"] for p in pods
+            if p["metadata"].get("labels", {}).get("ray.io/node-type")
+            and p["metadata"]["name"].startswith(job)]
+
+
+def _follow(cluster: LocalCluster, name: str) -> tuple[dict[str, Any], list[list[str]], list[str]]:
+    """Poll the job and its RayJob until the job is terminal; the distinct states seen."""
+    states: list[list[str]] = []
+    phases: list[str] = []
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline:
+        job = _get(cluster, "finetunejob", name) or {}
+        status = job.get("status", {})
+        rayjob_name = (status.get("rayJob") or {}).get("name")
+        rayjob = _get(cluster, "rayjob", rayjob_name) if rayjob_name else None
+        if rayjob is not None:
+            state = [rayjob.get("status", {}).get("jobDeploymentStatus", ""),
+                     rayjob.get("status", {}).get("jobStatus", "")]
+            if not states or states[-1] != state:
+                states.append(state)
+        phase = status.get("phase")
+        if phase and (not phases or phases[-1] != phase):
+            phases.append(phase)
+        if phase in ("Succeeded", "Failed"):
+            return job, states, phases
+        time.sleep(1)
+    raise AssertionError(f"{name} not finished in {RUN_TIMEOUT} s; phases {phases}, "
+                         f"RayJob states {states}\n"
+                         + cluster.kubectl("get", "pods", "-A", "-o", "wide").stdout)
+
+
+def _check_transcript(states: list[list[str]], phases: list[str]) -> None:
+    if os.environ.get("KUBETUNE_RECORD_TRANSCRIPTS") == "1":
+        TRANSCRIPT.parent.mkdir(parents=True, exist_ok=True)
+        TRANSCRIPT.write_text(json.dumps({
+            "kuberay": "v1.6.2", "example": "examples/local-cluster.yaml",
+            "rayjob_states": states, "finetunejob_phases": phases}, indent=1) + "\n")
+        return
+    recorded = json.loads(TRANSCRIPT.read_text())
+    known = [tuple(s) for s in recorded["rayjob_states"]]
+    # Polling can miss a short state, never invent one: what we saw is in the recording, in order.
+    positions = [known.index(tuple(s)) for s in states if tuple(s) in known]
+    assert len(positions) == len(states), f"states {states} not all in the transcript {known}"
+    assert positions == sorted(positions), f"states {states} out of the recorded order {known}"
+    assert states[-1] == ["Complete", "SUCCEEDED"]
+
+
+def test_local_cluster_example_succeeds_on_real_pods(local_cluster: LocalCluster) -> None:
+    cluster = local_cluster
+    manifest = yaml.safe_load(EXAMPLE.read_text())
+    name = manifest["metadata"]["name"]
+    cluster.kubectl("delete", "finetunejob", name, "--ignore-not-found", "--wait=true",
+                    timeout=180)
+    applied = cluster.kubectl("apply", "-f", str(EXAMPLE))
+    assert f"finetunejob.kubetune.dev/{name} created" in applied.stdout
+
+    job, states, phases = _follow(cluster, name)
+    finished = time.monotonic()
+    status = FineTuneJobStatus.model_validate(job["status"])
+    assert status.phase == "Succeeded", (
+        f"{status.message}\nRayJob states {states}\n"
+        + cluster.kubectl("logs", "-n", "kubetune-system", "deploy/kubetune-operator", "--tail=50",
+                          check=False).stdout)
+
+    epochs = manifest["spec"]["training"]["epochs"]
+    assert [e.epoch for e in status.epochs] == list(range(1, epochs + 1))
+    assert all(e.validation_perplexity and e.validation_perplexity > 1 for e in status.epochs)
+    best = min(status.epochs, key=lambda e: e.validation_perplexity or float("inf"))
+    assert status.best_checkpoint is not None
+    assert status.best_checkpoint.epoch == best.epoch
+    uri = status.best_checkpoint.uri
+    assert uri.startswith(f"pvc://{CHECKPOINTS_CLAIM}/")
+    checkpoint = cluster.state / "volumes" / "checkpoints" / uri.removeprefix(
+        f"pvc://{CHECKPOINTS_CLAIM}/")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    assert model.num_parameters() > 0 and len(tokenizer) > 0
+
+    assert status.evaluation is not None and status.evaluation.task == "viggo"
+    assert status.evaluation.samples > 0 and status.evaluation.metrics
+
+    # The report reached .status through the pod's own token: the trainer's ServiceAccount.
+    rayjob = _get(cluster, "rayjob", status.ray_job.name if status.ray_job else "")
+    assert rayjob is None or rayjob["status"]["jobDeploymentStatus"] == "Complete"
+
+    while _ray_pods(cluster, name) and time.monotonic() - finished < RAY_GONE_WITHIN:
+        time.sleep(1)
+    assert _ray_pods(cluster, name) == [], f"Ray pods still there {RAY_GONE_WITHIN} s after the end"
+
+    # By uid: events of an earlier job of the same name outlive it.
+    uid = job["metadata"]["uid"]
+    events = json.loads(cluster.kubectl(
+        "get", "events", "--field-selector",
+        f"involvedObject.kind=FineTuneJob,involvedObject.uid={uid}", "-o", "json").stdout)
+    reasons = [e["reason"] for e in sorted(events["items"],
+                                           key=lambda e: e.get("firstTimestamp") or "")]
+    assert len(reasons) == len(set(reasons)) and reasons[-1] == "Succeeded", reasons
+    assert "Training" in reasons, reasons
+    described = cluster.kubectl("describe", "finetunejob", name).stdout
+    assert "Succeeded" in described
+
+    _check_transcript(states, phases)
