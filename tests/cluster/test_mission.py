@@ -71,14 +71,26 @@ def _follow(cluster: LocalCluster, name: str) -> tuple[dict[str, Any], list[list
                          + cluster.kubectl("get", "pods", "-A", "-o", "wide").stdout)
 
 
+def _merged(known: list[Any], seen: list[Any]) -> list[Any]:
+    """The recorded states plus any newly seen one, each after the state it followed."""
+    merged = list(known)
+    for i, state in enumerate(seen):
+        if state not in merged:
+            merged.insert(merged.index(seen[i - 1]) + 1 if i else 0, state)
+    return merged
+
+
 def _check_transcript(states: list[list[str]], phases: list[str]) -> None:
+    recorded = json.loads(TRANSCRIPT.read_text()) if TRANSCRIPT.exists() else {
+        "rayjob_states": [], "finetunejob_phases": []}
     if os.environ.get("KUBETUNE_RECORD_TRANSCRIPTS") == "1":
         TRANSCRIPT.parent.mkdir(parents=True, exist_ok=True)
         TRANSCRIPT.write_text(json.dumps({
             "kuberay": "v1.6.2", "example": "examples/local-cluster.yaml",
-            "rayjob_states": states, "finetunejob_phases": phases}, indent=1) + "\n")
+            "rayjob_states": _merged(recorded["rayjob_states"], states),
+            "finetunejob_phases": _merged(recorded["finetunejob_phases"], phases),
+        }) + "\n")
         return
-    recorded = json.loads(TRANSCRIPT.read_text())
     known = [tuple(s) for s in recorded["rayjob_states"]]
     # Polling can miss a short state, never invent one: what we saw is in the recording, in order.
     positions = [known.index(tuple(s)) for s in states if tuple(s) in known]
