@@ -46,7 +46,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.support.chart import CHART
 from tests.support.cluster_images import CACHE, ImageBuilder
-from tests.support.controlplane import _cert_builder, _http_ok, _key_pem, ensure_binaries
+from tests.support.controlplane import cert_builder, ensure_binaries, http_ok, key_pem
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STATE = REPO_ROOT / ".cluster"
@@ -126,7 +126,7 @@ class LocalCluster:
         return proc
 
     def is_up(self) -> bool:
-        return (self.pki / "ca.crt").exists() and _http_ok(
+        return (self.pki / "ca.crt").exists() and http_ok(
             f"https://{GATEWAY}:{API_PORT}/readyz", self.pki / "ca.crt", self._admin_token())
 
     def up(self) -> None:
@@ -165,12 +165,10 @@ class LocalCluster:
         self.kuberay_dir = _build("hack/kuberay/build.sh")
         self.coredns_dir = _build("hack/coredns/build.sh")
         self.pause_dir = _build("hack/pause/build.sh")
-        for name in (*DAEMONS, "kubectl", "helm"):
-            src = controlplane / name
-            if name == "containerd":
-                continue
+        # containerd is Debian's (on PATH); everything else is from the control-plane build.
+        for name in (*(d for d in DAEMONS if d != "containerd"), "kubectl", "helm"):
             (self.bin / name).unlink(missing_ok=True)
-            (self.bin / name).symlink_to(src)
+            (self.bin / name).symlink_to(controlplane / name)
 
     def _configure(self) -> None:
         self._write_pki()
@@ -210,7 +208,7 @@ class LocalCluster:
             f"--initial-advertise-peer-urls=http://127.0.0.1:{ETCD_PEER_PORT}",
             f"--initial-cluster=default=http://127.0.0.1:{ETCD_PEER_PORT}",
             "--unsafe-no-fsync=true", "--log-level=warn"])
-        self._wait("etcd", lambda: _http_ok(f"{etcd}/health"))
+        self._wait("etcd", lambda: http_ok(f"{etcd}/health"))
         self._spawn("kube-apiserver", [
             f"--etcd-servers={etcd}", f"--bind-address={GATEWAY}",
             f"--advertise-address={GATEWAY}", f"--secure-port={API_PORT}",
@@ -243,8 +241,8 @@ class LocalCluster:
             f"--authorization-kubeconfig={self.state / 'kube-scheduler.kubeconfig'}",
             "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=10259",
             f"--cert-dir={self.state / 'scheduler-certs'}", "--profiling=false"])
-        self._wait("kube-controller-manager", lambda: _http_ok("https://127.0.0.1:10257/healthz"))
-        self._wait("kube-scheduler", lambda: _http_ok("https://127.0.0.1:10259/healthz"))
+        self._wait("kube-controller-manager", lambda: http_ok("https://127.0.0.1:10257/healthz"))
+        self._wait("kube-scheduler", lambda: http_ok("https://127.0.0.1:10259/healthz"))
 
     def _containerd(self) -> None:
         self._spawn("containerd", ["--config", str(self.state / "containerd.toml")],
@@ -359,14 +357,14 @@ class LocalCluster:
         now = datetime.datetime.now(datetime.UTC)
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubetune-local-ca")])
-        ca = (_cert_builder(ca_name, ca_name, ca_key, now)
+        ca = (cert_builder(ca_name, ca_name, ca_key, now)
               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
               .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False,
                                            False), critical=True)
               .sign(ca_key, hashes.SHA256()))
         self._ca = (ca, ca_key)
         (self.pki / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-        (self.pki / "ca.key").write_bytes(_key_pem(ca_key))
+        (self.pki / "ca.key").write_bytes(key_pem(ca_key))
         sans: list[x509.GeneralName] = [
             x509.IPAddress(ipaddress.ip_address(a)) for a in (GATEWAY, API_SERVICE_IP, "127.0.0.1")]
         sans += [x509.DNSName(n) for n in (
@@ -375,7 +373,7 @@ class LocalCluster:
         self._issue("apiserver", "kube-apiserver", None, ExtendedKeyUsageOID.SERVER_AUTH, sans)
         self._client_cert("apiserver-kubelet", "kube-apiserver-kubelet-client", "system:masters")
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        (self.pki / "sa.key").write_bytes(_key_pem(sa_key))
+        (self.pki / "sa.key").write_bytes(key_pem(sa_key))
         (self.pki / "sa.pub").write_bytes(sa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
@@ -389,14 +387,14 @@ class LocalCluster:
         if org:
             attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
         key = ec.generate_private_key(ec.SECP256R1())
-        builder = _cert_builder(x509.Name(attrs), ca.subject, key,
+        builder = cert_builder(x509.Name(attrs), ca.subject, key,
                                 datetime.datetime.now(datetime.UTC))
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         cert = builder.sign(ca_key, hashes.SHA256())
         (self.pki / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (self.pki / f"{name}.key").write_bytes(_key_pem(key))
+        (self.pki / f"{name}.key").write_bytes(key_pem(key))
 
     def _write_kubeconfig(self, path: Path, token: str | None = None,
                           cert: str | None = None) -> None:

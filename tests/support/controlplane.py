@@ -247,7 +247,7 @@ class ControlPlane:
                 "--log-level=warn",
             ],
         )
-        self._wait("etcd", proc, lambda: _http_ok(f"{client_url}/health"))
+        self._wait("etcd", proc, lambda: http_ok(f"{client_url}/health"))
         return client_url
 
     def _start_apiserver(self, etcd_url: str) -> None:
@@ -278,7 +278,7 @@ class ControlPlane:
         self._wait(
             "kube-apiserver",
             proc,
-            lambda: _http_ok(f"{self.server}/readyz", self.ca_path, self.token),
+            lambda: http_ok(f"{self.server}/readyz", self.ca_path, self.token),
         )
 
     def _start_controller_manager(self) -> None:
@@ -298,7 +298,7 @@ class ControlPlane:
             ],
         )
         self._wait(
-            "kube-controller-manager", proc, lambda: _http_ok(f"https://127.0.0.1:{port}/healthz")
+            "kube-controller-manager", proc, lambda: http_ok(f"https://127.0.0.1:{port}/healthz")
         )
 
     # -- files ---------------------------------------------------------------------------------
@@ -308,7 +308,7 @@ class ControlPlane:
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubetune-test-ca")])
         ca_cert = (
-            _cert_builder(ca_name, ca_name, ca_key, now)
+            cert_builder(ca_name, ca_name, ca_key, now)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(ca_key, hashes.SHA256())
         )
@@ -321,7 +321,7 @@ class ControlPlane:
             x509.DNSName("kubernetes.default.svc"),
         ]
         cert = (
-            _cert_builder(name, ca_name, key, now)
+            cert_builder(name, ca_name, key, now)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(
                 x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
@@ -331,8 +331,8 @@ class ControlPlane:
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
         (self.dir / "apiserver.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (self.dir / "apiserver.key").write_bytes(_key_pem(key))
-        (self.dir / "sa.key").write_bytes(_key_pem(sa_key))
+        (self.dir / "apiserver.key").write_bytes(key_pem(key))
+        (self.dir / "sa.key").write_bytes(key_pem(sa_key))
         (self.dir / "sa.pub").write_bytes(
             sa_key.public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -364,7 +364,7 @@ current-context: kubetune-test
         )
 
 
-def _cert_builder(
+def cert_builder(
     subject: x509.Name,
     issuer: x509.Name,
     key: ec.EllipticCurvePrivateKey,
@@ -381,7 +381,7 @@ def _cert_builder(
     )
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+def key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.TraditionalOpenSSL,
@@ -401,7 +401,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _http_ok(url: str, ca_path: Path | None = None, token: str | None = None) -> bool:
+def http_ok(url: str, ca_path: Path | None = None, token: str | None = None) -> bool:
     """True when url answers 200; without ca_path, https is not verified (self-signed health)."""
     if ca_path is not None:
         ctx = ssl.create_default_context(cafile=str(ca_path))
