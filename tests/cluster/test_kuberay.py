@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.cluster import LocalCluster
+from tests.support.cluster import KUBERAY_NAMESPACE, LocalCluster
 
 # The first test of the package pays for bringing the cluster up, which on a cold machine
 # includes building the binaries and images (tens of minutes): pytest-timeout counts fixtures.
@@ -28,7 +28,7 @@ def test_rayjob_crd_fixture_is_the_installed_kuberay_schema(local_cluster: Local
 
 def test_kuberay_operator_is_the_pinned_build(local_cluster: LocalCluster) -> None:
     deploy = json.loads(local_cluster.kubectl(
-        "get", "deploy", "-n", "kuberay-system", "kuberay-operator", "-o", "json").stdout)
+        "get", "deploy", "-n", KUBERAY_NAMESPACE, "kuberay-operator", "-o", "json").stdout)
     image = deploy["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == local_cluster.images["kuberay"]
     assert deploy["status"].get("readyReplicas") == 1

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from kubetune.api.v1alpha1 import FineTuneJobStatus
-from tests.support.cluster import CHECKPOINTS_CLAIM, LocalCluster
+from tests.support.cluster import CHECKPOINTS_CLAIM, OPERATOR_NAMESPACE, LocalCluster
 
 # The first test of the package pays for bringing the cluster up, which on a cold machine
 # includes building the binaries and images (tens of minutes): pytest-timeout counts fixtures.
@@ -113,7 +113,7 @@ def test_local_cluster_example_succeeds_on_real_pods(local_cluster: LocalCluster
     status = FineTuneJobStatus.model_validate(job["status"])
     assert status.phase == "Succeeded", (
         f"{status.message}\nRayJob states {states}\n"
-        + cluster.kubectl("logs", "-n", "kubetune-system", "deploy/kubetune-operator", "--tail=50",
+        + cluster.kubectl("logs", "-n", OPERATOR_NAMESPACE, "deploy/kubetune-operator", "--tail=50",
                           check=False).stdout)
 
     epochs = manifest["spec"]["training"]["epochs"]
