@@ -57,6 +57,8 @@ test-unit: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check operator trainer_image tests bench
+	$(VENV)/bin/ruff format --check operator trainer_image tests bench
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)

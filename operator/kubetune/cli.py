@@ -19,7 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "eval": "kubetune_trainer.evaluation.cli:add_eval",
     "run": "kubetune_trainer.local_run:add_run",
     "predict": "kubetune_trainer.predict:add_predict",
-    "render": "kubetune.builders.render:add_render",
+    "render": "kubetune.commands:add_render",
     "operator": "kubetune.controller.cli:add_operator",
 }
 

@@ -1,4 +1,9 @@
-"""`kubetune validate` and `kubetune manifests`: offline, no cluster needed."""
+"""`kubetune validate`, `kubetune render` and `kubetune manifests`: offline, no cluster needed.
+
+`kubetune render -f job.yaml` prints every object the operator would create, from the
+operator's own pure builders with the operator configuration read from the same KUBETUNE_*
+variables. The rendered objects have no ownerReferences: the job has no uid yet.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,9 @@ from typing import Any
 
 import yaml
 
+from kubetune.api.v1alpha1 import FineTuneJob
+from kubetune.builders.render import owned_objects
+from kubetune.config import OperatorConfig
 from kubetune.crd import render_crds
 from kubetune.validation import FieldProblem, SpecError, parse_finetunejob, semantic_problems
 
@@ -73,3 +81,34 @@ def run_manifests(args: argparse.Namespace) -> int:
 def add_manifests(subparsers: Any) -> None:
     parser = subparsers.add_parser("manifests", help="print the FineTuneJob CRD")
     parser.set_defaults(handler=run_manifests)
+
+
+def render_documents(docs: list[Any], config: OperatorConfig) -> tuple[str, list[str]]:
+    """YAML of all valid jobs' objects, and the problems of the others."""
+    objects: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for index, doc in enumerate(docs):
+        errors, warnings = validate_document(doc)
+        problems += [f"[{index}]: {p}" for p in errors + warnings]
+        if not errors and not warnings:
+            objects += owned_objects(FineTuneJob.model_validate(doc), config)
+    text = yaml.safe_dump_all(objects, sort_keys=False, width=100) if objects else ""
+    return text, problems
+
+
+def run_render(args: argparse.Namespace) -> int:
+    docs = read_documents(args.file)
+    if docs is None:
+        return 2
+    text, problems = render_documents(docs, OperatorConfig.from_env())
+    for problem in problems:
+        print(f"{args.file}{problem}", file=sys.stderr)
+    sys.stdout.write(text)
+    return 1 if problems else 0
+
+
+def add_render(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "render", help="print the RayJob, report ConfigMap and RBAC the operator would create")
+    parser.add_argument("-f", "--file", required=True, help="FineTuneJob YAML file (or - for stdin)")
+    parser.set_defaults(handler=run_render)

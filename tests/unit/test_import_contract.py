@@ -19,6 +19,7 @@ PURE = [
     "operator/kubetune/crd.py",
     "operator/kubetune/validation.py",
     "operator/kubetune/commands.py",
+    "operator/kubetune/config.py",
     "operator/kubetune/builders/*.py",
     "operator/kubetune/status_mapping.py",
     "trainer_image/kubetune_trainer/evaluation/*.py",

@@ -47,7 +47,7 @@ from kubetune.api.v1alpha1 import (
 )
 from kubetune.builders.meta import labels_for, namespace_of, object_meta
 from kubetune.builders.naming import rayjob_name, report_configmap_name, service_account_name
-from kubetune.controller.config import OperatorConfig
+from kubetune.config import OperatorConfig
 
 RAY_API_VERSION = "ray.io/v1"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"

@@ -18,8 +18,8 @@ import kopf
 
 from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kubetune.builders.meta import COMPONENT_LABEL, MANAGED_BY
+from kubetune.config import OperatorConfig
 from kubetune.controller import metrics
-from kubetune.controller.config import OperatorConfig
 from kubetune.controller.kube import RAY_GROUP, RAY_PLURAL, RAY_VERSION, Kube, load_api_client
 from kubetune.controller.reconcile import Operator, parse_report, reconcile_job
 from kubetune.controller.state import OperatorState, owner_key

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from time import perf_counter
+from typing import get_args
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from kubetune.api.v1alpha1 import Phase
 
-PHASES: tuple[Phase, ...] = ("Pending", "Queued", "Provisioning", "Training", "Evaluating",
-                             "Succeeded", "Failed", "Suspended")
+PHASES: tuple[Phase, ...] = get_args(Phase)
 
 JOBS = Gauge("kubetune_finetunejobs", "FineTuneJobs seen by this operator, by phase", ["phase"])
 RECONCILE_SECONDS = Histogram(

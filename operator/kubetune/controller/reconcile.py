@@ -30,8 +30,8 @@ from kubetune.api.v1alpha1 import TERMINAL_PHASES, FineTuneJob, FineTuneJobStatu
 from kubetune.builders.naming import rayjob_name, report_configmap_name
 from kubetune.builders.rayjob import suspend_target
 from kubetune.builders.render import owned_objects
+from kubetune.config import OperatorConfig
 from kubetune.controller import metrics
-from kubetune.controller.config import OperatorConfig
 from kubetune.controller.kube import Kube, now_rfc3339
 from kubetune.controller.state import JobKey, JobState, OperatorState
 from kubetune.status_mapping import invalid_spec_status, map_rayjob_status

@@ -12,7 +12,7 @@ import sys
 
 import kopf
 
-from kubetune.controller.config import OperatorConfig
+from kubetune.config import OperatorConfig
 
 
 def run(verbose: bool = False) -> int:

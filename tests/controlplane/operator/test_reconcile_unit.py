@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from kubernetes.client.rest import ApiException
 
-from kubetune.controller.config import OperatorConfig
+from kubetune.config import OperatorConfig
 from kubetune.controller.reconcile import Operator, reconcile_job
 from kubetune.controller.state import OperatorState
 from tests.controlplane.operator.helpers import job_manifest

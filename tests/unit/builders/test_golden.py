@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubetune.builders.render import owned_objects, render_documents
-from kubetune.controller.config import OperatorConfig
+from kubetune.builders.render import owned_objects
+from kubetune.commands import render_documents
+from kubetune.config import OperatorConfig
 from tests.unit.builders.helpers import EXAMPLES, ROOT, example_job
 
 pytestmark = pytest.mark.unit
@@ -56,7 +57,7 @@ def test_render_refuses_cluster_invalid_job() -> None:
 def test_render_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from kubetune.builders.render import add_render
+    from kubetune.commands import add_render
 
     parser = argparse.ArgumentParser()
     add_render(parser.add_subparsers())

@@ -21,7 +21,7 @@ from kubetune.builders.rayjob import (
     build_rayjob,
     worker_layout,
 )
-from kubetune.controller.config import OperatorConfig
+from kubetune.config import OperatorConfig
 from tests.unit.builders.helpers import FAKE_UID, NAMESPACE, example_doc, example_job
 
 pytestmark = pytest.mark.unit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kubetune.controller.config import OperatorConfig
+from kubetune.config import OperatorConfig
 
 pytestmark = pytest.mark.unit
 
