@@ -40,13 +40,14 @@ from tests.controlplane.operator.conftest import OperatorProcess  # noqa: E402
 from tests.support.controlplane import ControlPlane, ensure_binaries  # noqa: E402
 
 WRITE_VERBS = {"POST", "PUT", "PATCH", "DELETE", "APPLY"}
-METRIC = re.compile(r'^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$')
+METRIC = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
 
 
 def write_counts(cp: ControlPlane) -> Counter[str]:
     """Writes per resource[/subresource] so far, from the API server's own metrics."""
-    request = urllib.request.Request(f"{cp.server}/metrics",
-                                     headers={"Authorization": f"Bearer {cp.token}"})
+    request = urllib.request.Request(
+        f"{cp.server}/metrics", headers={"Authorization": f"Bearer {cp.token}"}
+    )
     context = ssl.create_default_context(cafile=str(cp.ca_path))
     with urllib.request.urlopen(request, context=context, timeout=30) as response:
         text = response.read().decode()
@@ -57,8 +58,9 @@ def write_counts(cp: ControlPlane) -> Counter[str]:
             continue
         labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
         if labels.get("verb") in WRITE_VERBS:
-            key = labels.get("resource", "") + (f"/{labels['subresource']}"
-                                                if labels.get("subresource") else "")
+            key = labels.get("resource", "") + (
+                f"/{labels['subresource']}" if labels.get("subresource") else ""
+            )
             counts[key] += int(float(match["value"]))
     return counts
 
@@ -70,14 +72,21 @@ def job_doc(name: str) -> dict[str, Any]:
     return doc
 
 
-def watch_rayjobs(api: client.ApiClient, namespace: str, seen: dict[str, float],
-                  stop: threading.Event) -> None:
+def watch_rayjobs(
+    api: client.ApiClient, namespace: str, seen: dict[str, float], stop: threading.Event
+) -> None:
     custom = client.CustomObjectsApi(api)
     while not stop.is_set():
         w = watch.Watch()
         try:
-            for event in w.stream(custom.list_namespaced_custom_object, "ray.io", "v1",
-                                  namespace, "rayjobs", timeout_seconds=60):
+            for event in w.stream(
+                custom.list_namespaced_custom_object,
+                "ray.io",
+                "v1",
+                namespace,
+                "rayjobs",
+                timeout_seconds=60,
+            ):
                 if event["type"] == "ADDED":
                     seen.setdefault(event["object"]["metadata"]["name"], time.monotonic())
                 if stop.is_set():
@@ -87,7 +96,9 @@ def watch_rayjobs(api: client.ApiClient, namespace: str, seen: dict[str, float],
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
     return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
 
 
@@ -103,7 +114,8 @@ def run(jobs: int, threads: int, crds: list[Path]) -> dict[str, Any]:
         api.configuration.connection_pool_maxsize = threads * 2
         namespace = f"kt-bench-{uuid.uuid4().hex[:6]}"
         client.CoreV1Api(api).create_namespace(
-            client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+            client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace))
+        )
         log = Path(tempfile.mkdtemp()) / "operator.log"
         operator = OperatorProcess(cp, namespace, log).start()
         try:
@@ -112,8 +124,14 @@ def run(jobs: int, threads: int, crds: list[Path]) -> dict[str, Any]:
             operator.stop()
 
 
-def measure(cp: ControlPlane, api: client.ApiClient, namespace: str, operator: OperatorProcess, jobs: int,
-            threads: int) -> dict[str, Any]:
+def measure(
+    cp: ControlPlane,
+    api: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    jobs: int,
+    threads: int,
+) -> dict[str, Any]:
     assert operator.proc is not None
     custom = client.CustomObjectsApi(api)
     seen: dict[str, float] = {}
@@ -127,8 +145,9 @@ def measure(cp: ControlPlane, api: client.ApiClient, namespace: str, operator: O
 
     def create(i: int) -> None:
         name = f"bench-{i:04d}"
-        custom.create_namespaced_custom_object("kubetune.dev", "v1alpha1", namespace,
-                                               "finetunejobs", job_doc(name))
+        custom.create_namespaced_custom_object(
+            "kubetune.dev", "v1alpha1", namespace, "finetunejobs", job_doc(name)
+        )
         created[name] = time.monotonic()
 
     started = time.monotonic()
@@ -151,24 +170,32 @@ def measure(cp: ControlPlane, api: client.ApiClient, namespace: str, operator: O
         "jobs": jobs,
         "create_calls_seconds": round(create_seconds, 2),
         "rayjobs_seen": len(latencies),
-        "create_to_rayjob_ms": {"p50": round(statistics.median(latencies), 1),
-                                "p99": round(percentile(latencies, 0.99), 1),
-                                "max": round(max(latencies), 1)},
+        "create_to_rayjob_ms": {
+            "p50": round(statistics.median(latencies), 1),
+            "p99": round(percentile(latencies, 0.99), 1),
+            "max": round(max(latencies), 1),
+        },
         "all_rayjobs_after_seconds": round(all_rayjobs, 2),
         "all_pending_after_seconds": round(pending - started, 2),
         "writes_per_job": round(sum(delta.values()) / jobs, 2),
-        "writes_by_resource_per_job": {k: round(v / jobs, 2) for k, v in sorted(delta.items())
-                                       if v},
-        "operator_rss_mb": {"idle": round(rss_idle, 1), "after": round(rss, 1),
-                            "peak": round(peak, 1)},
+        "writes_by_resource_per_job": {
+            k: round(v / jobs, 2) for k, v in sorted(delta.items()) if v
+        },
+        "operator_rss_mb": {
+            "idle": round(rss_idle, 1),
+            "after": round(rss, 1),
+            "peak": round(peak, 1),
+        },
     }
 
 
-def wait_all_pending(custom: client.CustomObjectsApi, namespace: str, jobs: int,
-                     deadline: float) -> float:
+def wait_all_pending(
+    custom: client.CustomObjectsApi, namespace: str, jobs: int, deadline: float
+) -> float:
     while time.monotonic() < deadline:
-        items = custom.list_namespaced_custom_object("kubetune.dev", "v1alpha1", namespace,
-                                                     "finetunejobs")["items"]
+        items = custom.list_namespaced_custom_object(
+            "kubetune.dev", "v1alpha1", namespace, "finetunejobs"
+        )["items"]
         if sum(1 for i in items if (i.get("status") or {}).get("phase") == "Pending") >= jobs:
             return time.monotonic()
         time.sleep(0.2)
@@ -179,8 +206,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--threads", type=int, default=16)
-    parser.add_argument("--crd", type=Path, action="append",
-                        help="FineTuneJob CRD file(s) to install (default: crds/*.yaml)")
+    parser.add_argument(
+        "--crd",
+        type=Path,
+        action="append",
+        help="FineTuneJob CRD file(s) to install (default: crds/*.yaml)",
+    )
     args = parser.parse_args()
     crds = args.crd or sorted((ROOT / "crds").glob("*.yaml"))
     print(json.dumps(run(args.jobs, args.threads, crds), indent=2))

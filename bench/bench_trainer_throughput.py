@@ -58,11 +58,13 @@ def load_examples(tokenizer: Any, rows: int, context: int, loss_on_prompt: bool)
     return examples
 
 
-def case_study_batches(examples: list[Example], batch: int, context: int, pad_id: int) -> list[dict]:
+def case_study_batches(
+    examples: list[Example], batch: int, context: int, pad_id: int
+) -> list[dict]:
     """Pad to `context`, labels = input ids everywhere (padding included), no packing."""
     out = []
     for start in range(0, len(examples), batch):
-        collated = collate_padded(examples[start:start + batch], pad_id, pad_to=context)
+        collated = collate_padded(examples[start : start + batch], pad_id, pad_to=context)
         collated["labels"] = collated["input_ids"].clone()
         out.append(collated)
     return out
@@ -70,7 +72,7 @@ def case_study_batches(examples: list[Example], batch: int, context: int, pad_id
 
 def kubetune_batches(examples: list[Example], batch: int, context: int, pad_id: int) -> list[dict]:
     packed = pack_examples(examples, context)
-    return [collate_packed(packed[i:i + batch], pad_id) for i in range(0, len(packed), batch)]
+    return [collate_packed(packed[i : i + batch], pad_id) for i in range(0, len(packed), batch)]
 
 
 def useful_tokens(examples: list[Example]) -> int:
@@ -101,8 +103,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
-        texts = [json.loads(line)["question"] + json.loads(line)["answer"]
-                 for line in DATA.read_text().splitlines()[:2000]]
+        texts = [
+            json.loads(line)["question"] + json.loads(line)["answer"]
+            for line in DATA.read_text().splitlines()[:2000]
+        ]
         model_dir = build_tiny_llama(texts, Path(tmp) / "tiny")
         tokenizer = load_tokenizer(str(model_dir))
         add_special_tokens(tokenizer, make_preset("gsm8k").special_tokens)
@@ -116,17 +120,24 @@ def main() -> None:
         }
         train_pass(model_dir, tokenizer, runs["kubetune"][:2])  # warm-up (allocator, kernels)
         result: dict[str, Any] = {
-            "rows": len(examples), "useful_completion_tokens": useful,
-            "median_example_tokens": lengths[len(lengths) // 2], "context": args.context,
-            "load_average_1m": os.getloadavg()[0]}
+            "rows": len(examples),
+            "useful_completion_tokens": useful,
+            "median_example_tokens": lengths[len(lengths) // 2],
+            "context": args.context,
+            "load_average_1m": os.getloadavg()[0],
+        }
         for name, batches in runs.items():
             seconds = train_pass(model_dir, tokenizer, batches)
-            result[name] = {"sequences": sum(b["input_ids"].shape[0] for b in batches),
-                            "tokens_computed": sum(b["input_ids"].numel() for b in batches),
-                            "seconds": round(seconds, 2),
-                            "useful_tokens_per_s": round(useful / seconds, 1)}
-        result["speedup"] = round(result["kubetune"]["useful_tokens_per_s"]
-                                  / result["case_study"]["useful_tokens_per_s"], 2)
+            result[name] = {
+                "sequences": sum(b["input_ids"].shape[0] for b in batches),
+                "tokens_computed": sum(b["input_ids"].numel() for b in batches),
+                "seconds": round(seconds, 2),
+                "useful_tokens_per_s": round(useful / seconds, 1),
+            }
+        result["speedup"] = round(
+            result["kubetune"]["useful_tokens_per_s"] / result["case_study"]["useful_tokens_per_s"],
+            2,
+        )
     print(json.dumps(result, indent=2))
 
 

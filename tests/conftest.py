@@ -96,8 +96,9 @@ def kubectl(control_plane: ControlPlane) -> Kubectl:
 
 
 @pytest.fixture(scope="session")
-def operator_process(control_plane: ControlPlane,
-                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+def operator_process(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
     """One operator for the session, watching the per-test namespaces (kt-*)."""
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     op = OperatorProcess(control_plane, "kt-*", log).start()

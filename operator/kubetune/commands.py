@@ -109,6 +109,9 @@ def run_render(args: argparse.Namespace) -> int:
 
 def add_render(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "render", help="print the RayJob, report ConfigMap and RBAC the operator would create")
-    parser.add_argument("-f", "--file", required=True, help="FineTuneJob YAML file (or - for stdin)")
+        "render", help="print the RayJob, report ConfigMap and RBAC the operator would create"
+    )
+    parser.add_argument(
+        "-f", "--file", required=True, help="FineTuneJob YAML file (or - for stdin)"
+    )
     parser.set_defaults(handler=run_render)

@@ -72,7 +72,8 @@ class OperatorConfig:
             memory_headroom=float(get("MEMORY_HEADROOM") or defaults.memory_headroom),
             active_deadline_seconds=deadline or None,
             ttl_seconds_after_finished=int(
-                get("TTL_SECONDS_AFTER_FINISHED") or defaults.ttl_seconds_after_finished),
+                get("TTL_SECONDS_AFTER_FINISHED") or defaults.ttl_seconds_after_finished
+            ),
             submission_mode=get("SUBMISSION_MODE") or defaults.submission_mode,
             peering=get("PEERING") or "",
             # Replicas of one Deployment share their environment; equal priorities would make

@@ -22,10 +22,18 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
     {"name": "Task", "type": "string", "jsonPath": ".spec.task.preset"},
     {"name": "Epoch", "type": "integer", "jsonPath": ".status.progress.epoch"},
-    {"name": "Best-PPL", "type": "number", "jsonPath": ".status.bestCheckpoint.validationPerplexity",
-     "description": "Lowest validation perplexity"},
-    {"name": "Score", "type": "number", "jsonPath": ".status.evaluation.score",
-     "description": "Headline evaluation metric of the best checkpoint"},
+    {
+        "name": "Best-PPL",
+        "type": "number",
+        "jsonPath": ".status.bestCheckpoint.validationPerplexity",
+        "description": "Lowest validation perplexity",
+    },
+    {
+        "name": "Score",
+        "type": "number",
+        "jsonPath": ".status.evaluation.score",
+        "description": "Headline evaluation metric of the best checkpoint",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
@@ -133,25 +141,32 @@ def finetunejob_crd() -> dict[str, Any]:
                 "categories": list(api.CATEGORIES),
             },
             "scope": "Namespaced",
-            "versions": [{
-                "name": api.VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": PRINTER_COLUMNS,
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "description": api.FineTuneJob.__doc__,
-                    "required": ["spec"],
-                    "properties": {
-                        "apiVersion": {"type": "string", "description": "kubetune.dev/v1alpha1"},
-                        "kind": {"type": "string", "description": "FineTuneJob"},
-                        "metadata": {"type": "object"},
-                        "spec": spec_schema,
-                        "status": status_schema,
+            "versions": [
+                {
+                    "name": api.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": api.FineTuneJob.__doc__,
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {
+                                    "type": "string",
+                                    "description": "kubetune.dev/v1alpha1",
+                                },
+                                "kind": {"type": "string", "description": "FineTuneJob"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema,
+                                "status": status_schema,
+                            },
+                        }
                     },
-                }},
-            }],
+                }
+            ],
         },
     }
 

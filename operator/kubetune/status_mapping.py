@@ -32,8 +32,19 @@ from kubetune.builders.naming import rayjob_name
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 
-DEPLOYMENT_STATUSES = ("", "New", "Initializing", "Running", "Complete", "Failed", "Suspending",
-                       "Suspended", "Retrying", "Waiting", "ValidationFailed")
+DEPLOYMENT_STATUSES = (
+    "",
+    "New",
+    "Initializing",
+    "Running",
+    "Complete",
+    "Failed",
+    "Suspending",
+    "Suspended",
+    "Retrying",
+    "Waiting",
+    "ValidationFailed",
+)
 JOB_STATUSES = ("", "PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED")
 
 # KubeRay reason -> our reason. Unknown KubeRay reasons become RayJobFailed.
@@ -47,10 +58,14 @@ FAILURE_REASONS = {
     "JobStatusCheckTimeoutExceeded": "RayClusterUnavailable",
 }
 HINTS = {
-    "SubmissionFailed": ("the submitter could not reach the Ray dashboard: check the head pod "
-                         "(image, resources) and the submitter Job's logs"),
-    "DeadlineExceeded": ("raise spec.runPolicy.activeDeadlineSeconds (create a new job) or "
-                         "train fewer epochs/samples"),
+    "SubmissionFailed": (
+        "the submitter could not reach the Ray dashboard: check the head pod "
+        "(image, resources) and the submitter Job's logs"
+    ),
+    "DeadlineExceeded": (
+        "raise spec.runPolicy.activeDeadlineSeconds (create a new job) or "
+        "train fewer epochs/samples"
+    ),
     "TrainerFailed": "see the trainer error above and the Ray job logs on the dashboard",
     "RayJobValidationFailed": "KubeRay rejected the generated RayJob: report a kubetune bug",
     "RayClusterUnavailable": "the Ray cluster stopped answering: check the head pod and node events",
@@ -84,8 +99,9 @@ def _kuberay_detail(status: dict[str, Any]) -> str:
     return f" KubeRay: {': '.join(parts)}." if parts else ""
 
 
-def _failure(reason: str, summary: str, status: dict[str, Any],
-             report: TrainerReport | None) -> Verdict:
+def _failure(
+    reason: str, summary: str, status: dict[str, Any], report: TrainerReport | None
+) -> Verdict:
     hint = HINTS.get(reason)
     message = f"{summary}.{_kuberay_detail(status)}{_trainer_error(report)}"
     return Verdict("Failed", reason, f"{message} Next: {hint}." if hint else message)
@@ -95,11 +111,17 @@ def _waiting_verdict(job: FineTuneJob, default: Verdict) -> Verdict:
     """Suspended by the user, queued in Kueue, or simply not started yet."""
     policy = job.spec.run_policy
     if policy.suspend:
-        return Verdict("Suspended", "Suspended",
-                       "suspended by spec.runPolicy.suspend; set it to false to resume")
+        return Verdict(
+            "Suspended",
+            "Suspended",
+            "suspended by spec.runPolicy.suspend; set it to false to resume",
+        )
     if policy.queue_name:
-        return Verdict("Queued", "QueuedByKueue",
-                       f"waiting for Kueue to admit the RayJob from queue {policy.queue_name}")
+        return Verdict(
+            "Queued",
+            "QueuedByKueue",
+            f"waiting for Kueue to admit the RayJob from queue {policy.queue_name}",
+        )
     return default
 
 
@@ -115,18 +137,20 @@ def _active_phase(job: FineTuneJob, report: TrainerReport | None) -> Phase:
     return "Training"
 
 
-def _training_verdict(job: FineTuneJob, job_status: str,
-                      report: TrainerReport | None) -> Verdict:
+def _training_verdict(job: FineTuneJob, job_status: str, report: TrainerReport | None) -> Verdict:
     if job_status in ("", "PENDING"):
-        return Verdict("Provisioning", "JobPending",
-                       "Ray cluster is up; the trainer is being submitted")
+        return Verdict(
+            "Provisioning", "JobPending", "Ray cluster is up; the trainer is being submitted"
+        )
     phase = _active_phase(job, report)
     if report is None:
         return Verdict(phase, "Training", "trainer started; no report yet")
     if phase == "Evaluating":
         return Verdict(phase, "Evaluating", "evaluating the best checkpoint")
     where = f"stage {report.stage}, " if report.stage else ""
-    epochs = f"epoch {report.epoch}/{report.total_epochs}" if report.total_epochs else "preparing data"
+    epochs = (
+        f"epoch {report.epoch}/{report.total_epochs}" if report.total_epochs else "preparing data"
+    )
     return Verdict(phase, "Training", f"training: {where}{epochs}")
 
 
@@ -140,29 +164,37 @@ def _results_missing(job: FineTuneJob, report: TrainerReport | None) -> str | No
     return None
 
 
-def _complete_verdict(job: FineTuneJob, status: dict[str, Any],
-                      report: TrainerReport | None) -> Verdict:
+def _complete_verdict(
+    job: FineTuneJob, status: dict[str, Any], report: TrainerReport | None
+) -> Verdict:
     job_status = _field(status, "jobStatus")
     if job_status == "SUCCEEDED":
         missing = _results_missing(job, report)
         if missing:
-            return _failure("IncompleteResults",
-                            f"the Ray job succeeded but {missing}", status, report)
+            return _failure(
+                "IncompleteResults", f"the Ray job succeeded but {missing}", status, report
+            )
         return Verdict("Succeeded", "Succeeded", _success_message(report))
     if job_status == "FAILED":
         return _failure("TrainerFailed", "the trainer exited with an error", status, report)
     if job_status == "STOPPED":
         return _failure("Stopped", "the Ray job was stopped before it finished", status, report)
-    return _failure("OutcomeUnknown",
-                    f"KubeRay marked the RayJob Complete but the Ray job status is "
-                    f"{job_status or 'empty'}, so success cannot be confirmed", status, report)
+    return _failure(
+        "OutcomeUnknown",
+        f"KubeRay marked the RayJob Complete but the Ray job status is "
+        f"{job_status or 'empty'}, so success cannot be confirmed",
+        status,
+        report,
+    )
 
 
 def _success_message(report: TrainerReport | None) -> str:
     assert report is not None and report.best_checkpoint is not None
     best = report.best_checkpoint
-    text = (f"best checkpoint {best.uri} (stage {best.stage}, epoch {best.epoch}, "
-            f"validation perplexity {best.validation_perplexity:.4g})")
+    text = (
+        f"best checkpoint {best.uri} (stage {best.stage}, epoch {best.epoch}, "
+        f"validation perplexity {best.validation_perplexity:.4g})"
+    )
     if report.evaluation is not None:
         ev = report.evaluation
         text += f"; {ev.task} {ev.primary_metric} {ev.score:.4g} on {ev.samples} samples"
@@ -186,22 +218,31 @@ def _failed_verdict(status: dict[str, Any], report: TrainerReport | None) -> Ver
 
 
 def _retrying_verdict(status: dict[str, Any], attempts: int, backoff_limit: int) -> Verdict:
-    return Verdict("Provisioning", "Retrying",
-                   f"attempt {attempts} failed, starting a new Ray cluster "
-                   f"(retry {attempts} of {backoff_limit}).{_kuberay_detail(status)}")
+    return Verdict(
+        "Provisioning",
+        "Retrying",
+        f"attempt {attempts} failed, starting a new Ray cluster "
+        f"(retry {attempts} of {backoff_limit}).{_kuberay_detail(status)}",
+    )
 
 
-def decide_phase(job: FineTuneJob, status: dict[str, Any] | None,
-                 report: TrainerReport | None, attempts: int) -> Verdict:
+def decide_phase(
+    job: FineTuneJob, status: dict[str, Any] | None, report: TrainerReport | None, attempts: int
+) -> Verdict:
     """The phase for one observation of the RayJob; `status` None = no RayJob status yet."""
     pending = Verdict("Pending", "RayJobCreated", "RayJob created; waiting for KubeRay")
     deployment = _field(status, "jobDeploymentStatus")
     if status is None or deployment in ("", "New", "Suspending", "Suspended"):
-        return _waiting_verdict(job, pending if deployment in ("", "New") else Verdict(
-            "Suspended", "Suspended", "the RayJob was suspended outside kubetune"))
+        return _waiting_verdict(
+            job,
+            pending
+            if deployment in ("", "New")
+            else Verdict("Suspended", "Suspended", "the RayJob was suspended outside kubetune"),
+        )
     if deployment in ("Initializing", "Waiting"):
-        return Verdict("Provisioning", "ClusterStarting",
-                       "starting the Ray cluster (head and worker pods)")
+        return Verdict(
+            "Provisioning", "ClusterStarting", "starting the Ray cluster (head and worker pods)"
+        )
     if deployment == "Running":
         return _training_verdict(job, _field(status, "jobStatus"), report)
     if deployment == "Retrying":
@@ -212,8 +253,11 @@ def decide_phase(job: FineTuneJob, status: dict[str, Any] | None,
         if deployment == "ValidationFailed" and not _field(status, "reason"):
             status = {**status, "reason": "ValidationFailed"}
         return _failed_verdict(status, report)
-    return Verdict("Provisioning", "UnknownRayJobState",
-                   f"unknown RayJob deployment status {deployment!r}; waiting for KubeRay")
+    return Verdict(
+        "Provisioning",
+        "UnknownRayJobState",
+        f"unknown RayJob deployment status {deployment!r}; waiting for KubeRay",
+    )
 
 
 # --------------------------------------------------------------------------- attempts
@@ -265,16 +309,25 @@ def _condition_states(verdict: Verdict) -> dict[str, ConditionState]:
     }
 
 
-def merge_conditions(previous: list[Condition], wanted: dict[str, ConditionState],
-                     generation: int | None, now: str) -> list[Condition]:
+def merge_conditions(
+    previous: list[Condition], wanted: dict[str, ConditionState], generation: int | None, now: str
+) -> list[Condition]:
     """One condition per type; lastTransitionTime moves only when the status flips."""
     old = {c.type: c for c in previous}
     result = []
     for type_, (status, reason, message) in wanted.items():
         before = old.get(type_)
         since = before.last_transition_time if before and before.status == status else now
-        result.append(Condition(type=type_, status=status, reason=reason, message=message,
-                                last_transition_time=since, observed_generation=generation))
+        result.append(
+            Condition(
+                type=type_,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=since,
+                observed_generation=generation,
+            )
+        )
     return result
 
 
@@ -287,13 +340,19 @@ def _generation(job: FineTuneJob) -> int | None:
 
 
 def _progress(report: TrainerReport) -> Progress:
-    return Progress(stage=report.stage, epoch=report.epoch, total_epochs=report.total_epochs,
-                    step=report.step, total_steps=report.total_steps,
-                    eta_seconds=report.eta_seconds)
+    return Progress(
+        stage=report.stage,
+        epoch=report.epoch,
+        total_epochs=report.total_epochs,
+        step=report.step,
+        total_steps=report.total_steps,
+        eta_seconds=report.eta_seconds,
+    )
 
 
-def _ray_job_ref(job: FineTuneJob, status: dict[str, Any] | None, attempts: int,
-                 previous: RayJobRef | None) -> RayJobRef:
+def _ray_job_ref(
+    job: FineTuneJob, status: dict[str, Any] | None, attempts: int, previous: RayJobRef | None
+) -> RayJobRef:
     keep = previous or RayJobRef(name=rayjob_name(job.metadata.name))
     if status is None:
         return keep.model_copy(update={"attempts": attempts})
@@ -307,9 +366,13 @@ def _ray_job_ref(job: FineTuneJob, status: dict[str, Any] | None, attempts: int,
     )
 
 
-def map_rayjob_status(job: FineTuneJob, rayjob_status: dict[str, Any] | None,
-                      report: TrainerReport | None, previous_status: FineTuneJobStatus | None,
-                      now: str) -> FineTuneJobStatus:
+def map_rayjob_status(
+    job: FineTuneJob,
+    rayjob_status: dict[str, Any] | None,
+    report: TrainerReport | None,
+    previous_status: FineTuneJobStatus | None,
+    now: str,
+) -> FineTuneJobStatus:
     """The FineTuneJob status for one observation (see the module docstring for the rules).
 
     `now` is an RFC 3339 timestamp (passed in, so the function stays pure and testable).
@@ -323,39 +386,47 @@ def map_rayjob_status(job: FineTuneJob, rayjob_status: dict[str, Any] | None,
     started = verdict.phase not in ("Pending", "Queued", "Suspended")
     terminal = verdict.phase in TERMINAL_PHASES
     generation = _generation(job)
-    status = previous.model_copy(update={
-        "phase": verdict.phase,
-        "message": verdict.message,
-        "observed_generation": generation,
-        "conditions": merge_conditions(previous.conditions, _condition_states(verdict),
-                                       generation, now),
-        "ray_job": _ray_job_ref(job, rayjob_status, attempts, prev_ref),
-        "start_time": previous.start_time or (
-            (_field(rayjob_status, "startTime") or now) if started else None),
-        "completion_time": (_field(rayjob_status, "endTime") or now) if terminal else None,
-    })
+    status = previous.model_copy(
+        update={
+            "phase": verdict.phase,
+            "message": verdict.message,
+            "observed_generation": generation,
+            "conditions": merge_conditions(
+                previous.conditions, _condition_states(verdict), generation, now
+            ),
+            "ray_job": _ray_job_ref(job, rayjob_status, attempts, prev_ref),
+            "start_time": previous.start_time
+            or ((_field(rayjob_status, "startTime") or now) if started else None),
+            "completion_time": (_field(rayjob_status, "endTime") or now) if terminal else None,
+        }
+    )
     if report is not None:
-        status = status.model_copy(update={
-            "progress": _progress(report),
-            "epochs": list(report.epochs),
-            "best_checkpoint": report.best_checkpoint,
-            "evaluation": report.evaluation,
-        })
+        status = status.model_copy(
+            update={
+                "progress": _progress(report),
+                "epochs": list(report.epochs),
+                "best_checkpoint": report.best_checkpoint,
+                "evaluation": report.evaluation,
+            }
+        )
     return status
 
 
-def invalid_spec_status(generation: int | None, problems: list[str],
-                        previous_status: FineTuneJobStatus | None, now: str) -> FineTuneJobStatus:
+def invalid_spec_status(
+    generation: int | None, problems: list[str], previous_status: FineTuneJobStatus | None, now: str
+) -> FineTuneJobStatus:
     """Phase Failed, reason InvalidSpec, a message naming every offending field."""
     previous = previous_status or FineTuneJobStatus()
     message = "invalid spec: " + "; ".join(problems)
     verdict = Verdict("Failed", "InvalidSpec", message)
     states = _condition_states(verdict)
     states["Accepted"] = ("False", "InvalidSpec", message)
-    return previous.model_copy(update={
-        "phase": "Failed",
-        "message": message,
-        "observed_generation": generation,
-        "conditions": merge_conditions(previous.conditions, states, generation, now),
-        "completion_time": previous.completion_time or now,
-    })
+    return previous.model_copy(
+        update={
+            "phase": "Failed",
+            "message": message,
+            "observed_generation": generation,
+            "conditions": merge_conditions(previous.conditions, states, generation, now),
+            "completion_time": previous.completion_time or now,
+        }
+    )

@@ -63,7 +63,9 @@ def format_location(loc: tuple[int | str, ...]) -> str:
     return path or "(root)"
 
 
-def problems_from_validation_error(error: ValidationError, prefix: tuple[str, ...] = ()) -> list[FieldProblem]:
+def problems_from_validation_error(
+    error: ValidationError, prefix: tuple[str, ...] = ()
+) -> list[FieldProblem]:
     problems = []
     for item in error.errors():
         loc = prefix + tuple(item["loc"])
@@ -101,28 +103,45 @@ def semantic_problems(spec: FineTuneJobSpec) -> list[FieldProblem]:
     gpus = pool.effective_gpus_per_node
     known = lookup_instance_type(pool.instance_type)
     if known is not None and pool.gpus_per_node is not None and pool.gpus_per_node > known.gpus:
-        problems.append(FieldProblem(
-            "spec.compute.nodePool.gpusPerNode",
-            f"{pool.instance_type} has {known.gpus} GPUs, not {pool.gpus_per_node}"))
+        problems.append(
+            FieldProblem(
+                "spec.compute.nodePool.gpusPerNode",
+                f"{pool.instance_type} has {known.gpus} GPUs, not {pool.gpus_per_node}",
+            )
+        )
     workers = spec.compute.workers
     # A CPU-only pool has one pod per worker: any count fills whole pods.
     if not pool.cpu_only and workers > gpus and workers % gpus:
-        problems.append(FieldProblem(
-            "spec.compute.workers",
-            f"{workers} workers do not fill whole {pool.instance_type} nodes of {gpus} GPUs: "
-            f"use at most {gpus} or a multiple of {gpus} (e.g. {workers - workers % gpus} or "
-            f"{workers + gpus - workers % gpus})"))
+        problems.append(
+            FieldProblem(
+                "spec.compute.workers",
+                f"{workers} workers do not fill whole {pool.instance_type} nodes of {gpus} GPUs: "
+                f"use at most {gpus} or a multiple of {gpus} (e.g. {workers - workers % gpus} or "
+                f"{workers + gpus - workers % gpus})",
+            )
+        )
     early = spec.training.early_stopping
     for index, stage in enumerate(stages_of(spec)):
-        epochs = stage.training.epochs if stage.training and stage.training.epochs else spec.training.epochs
+        epochs = (
+            stage.training.epochs
+            if stage.training and stage.training.epochs
+            else spec.training.epochs
+        )
         if early is not None and early.patience >= epochs:
             where = f"spec.stages[{index}]" if spec.stages else "spec.training"
-            problems.append(FieldProblem(
-                "spec.training.earlyStopping.patience",
-                f"patience {early.patience} >= {epochs} epochs ({where}): early stopping could never trigger"))
+            problems.append(
+                FieldProblem(
+                    "spec.training.earlyStopping.patience",
+                    f"patience {early.patience} >= {epochs} epochs ({where}): early stopping could never trigger",
+                )
+            )
     if not spec.output.storage_uri.startswith(DURABLE_SCHEMES):
-        problems.append(FieldProblem(
-            "spec.output.storageURI",
-            f"{spec.output.storage_uri!r} is a local path: on Kubernetes checkpoints need durable "
-            "storage (s3://, gs:// or pvc://claim/path)", cluster_only=True))
+        problems.append(
+            FieldProblem(
+                "spec.output.storageURI",
+                f"{spec.output.storage_uri!r} is a local path: on Kubernetes checkpoints need durable "
+                "storage (s3://, gs:// or pvc://claim/path)",
+                cluster_only=True,
+            )
+        )
     return problems

@@ -18,17 +18,22 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "crds" / "ray.io_ra
 
 
 def test_rayjob_crd_fixture_is_the_installed_kuberay_schema(local_cluster: LocalCluster) -> None:
-    installed = json.loads(local_cluster.kubectl(
-        "get", "crd", "rayjobs.ray.io", "-o", "json").stdout)
+    installed = json.loads(
+        local_cluster.kubectl("get", "crd", "rayjobs.ray.io", "-o", "json").stdout
+    )
     fixture = yaml.safe_load(FIXTURE.read_text())
     assert installed["spec"]["versions"][0]["schema"] == fixture["spec"]["versions"][0]["schema"], (
         "tests/fixtures/crds/ray.io_rayjobs.yaml differs from the KubeRay the cluster runs: "
-        "run hack/kuberay/update-fixtures.sh")
+        "run hack/kuberay/update-fixtures.sh"
+    )
 
 
 def test_kuberay_operator_is_the_pinned_build(local_cluster: LocalCluster) -> None:
-    deploy = json.loads(local_cluster.kubectl(
-        "get", "deploy", "-n", KUBERAY_NAMESPACE, "kuberay-operator", "-o", "json").stdout)
+    deploy = json.loads(
+        local_cluster.kubectl(
+            "get", "deploy", "-n", KUBERAY_NAMESPACE, "kuberay-operator", "-o", "json"
+        ).stdout
+    )
     image = deploy["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == local_cluster.images["kuberay"]
     assert deploy["status"].get("readyReplicas") == 1

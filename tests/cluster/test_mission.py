@@ -40,9 +40,12 @@ def _get(cluster: LocalCluster, kind: str, name: str) -> dict[str, Any] | None:
 
 def _ray_pods(cluster: LocalCluster, job: str) -> list[str]:
     pods = json.loads(cluster.kubectl("get", "pods", "-o", "json").stdout)["items"]
-    return [p["metadata"]["name"] for p in pods
-            if p["metadata"].get("labels", {}).get("ray.io/node-type")
-            and p["metadata"]["name"].startswith(job)]
+    return [
+        p["metadata"]["name"]
+        for p in pods
+        if p["metadata"].get("labels", {}).get("ray.io/node-type")
+        and p["metadata"]["name"].startswith(job)
+    ]
 
 
 def _follow(cluster: LocalCluster, name: str) -> tuple[dict[str, Any], list[list[str]], list[str]]:
@@ -56,8 +59,10 @@ def _follow(cluster: LocalCluster, name: str) -> tuple[dict[str, Any], list[list
         rayjob_name = (status.get("rayJob") or {}).get("name")
         rayjob = _get(cluster, "rayjob", rayjob_name) if rayjob_name else None
         if rayjob is not None:
-            state = [rayjob.get("status", {}).get("jobDeploymentStatus", ""),
-                     rayjob.get("status", {}).get("jobStatus", "")]
+            state = [
+                rayjob.get("status", {}).get("jobDeploymentStatus", ""),
+                rayjob.get("status", {}).get("jobStatus", ""),
+            ]
             if not states or states[-1] != state:
                 states.append(state)
         phase = status.get("phase")
@@ -66,9 +71,10 @@ def _follow(cluster: LocalCluster, name: str) -> tuple[dict[str, Any], list[list
         if phase in ("Succeeded", "Failed"):
             return job, states, phases
         time.sleep(1)
-    raise AssertionError(f"{name} not finished in {RUN_TIMEOUT} s; phases {phases}, "
-                         f"RayJob states {states}\n"
-                         + cluster.kubectl("get", "pods", "-A", "-o", "wide").stdout)
+    raise AssertionError(
+        f"{name} not finished in {RUN_TIMEOUT} s; phases {phases}, "
+        f"RayJob states {states}\n" + cluster.kubectl("get", "pods", "-A", "-o", "wide").stdout
+    )
 
 
 def _merged(known: list[Any], seen: list[Any]) -> list[Any]:
@@ -81,15 +87,24 @@ def _merged(known: list[Any], seen: list[Any]) -> list[Any]:
 
 
 def _check_transcript(states: list[list[str]], phases: list[str]) -> None:
-    recorded = json.loads(TRANSCRIPT.read_text()) if TRANSCRIPT.exists() else {
-        "rayjob_states": [], "finetunejob_phases": []}
+    recorded = (
+        json.loads(TRANSCRIPT.read_text())
+        if TRANSCRIPT.exists()
+        else {"rayjob_states": [], "finetunejob_phases": []}
+    )
     if os.environ.get("KUBETUNE_RECORD_TRANSCRIPTS") == "1":
         TRANSCRIPT.parent.mkdir(parents=True, exist_ok=True)
-        TRANSCRIPT.write_text(json.dumps({
-            "kuberay": "v1.6.2", "example": "examples/local-cluster.yaml",
-            "rayjob_states": _merged(recorded["rayjob_states"], states),
-            "finetunejob_phases": _merged(recorded["finetunejob_phases"], phases),
-        }) + "\n")
+        TRANSCRIPT.write_text(
+            json.dumps(
+                {
+                    "kuberay": "v1.6.2",
+                    "example": "examples/local-cluster.yaml",
+                    "rayjob_states": _merged(recorded["rayjob_states"], states),
+                    "finetunejob_phases": _merged(recorded["finetunejob_phases"], phases),
+                }
+            )
+            + "\n"
+        )
         return
     known = [tuple(s) for s in recorded["rayjob_states"]]
     # Polling can miss a short state, never invent one: what we saw is in the recording, in order.
@@ -103,8 +118,7 @@ def test_local_cluster_example_succeeds_on_real_pods(local_cluster: LocalCluster
     cluster = local_cluster
     manifest = yaml.safe_load(EXAMPLE.read_text())
     name = manifest["metadata"]["name"]
-    cluster.kubectl("delete", "finetunejob", name, "--ignore-not-found", "--wait=true",
-                    timeout=180)
+    cluster.kubectl("delete", "finetunejob", name, "--ignore-not-found", "--wait=true", timeout=180)
     applied = cluster.kubectl("apply", "-f", str(EXAMPLE))
     assert f"finetunejob.kubetune.dev/{name} created" in applied.stdout
 
@@ -113,8 +127,10 @@ def test_local_cluster_example_succeeds_on_real_pods(local_cluster: LocalCluster
     status = FineTuneJobStatus.model_validate(job["status"])
     assert status.phase == "Succeeded", (
         f"{status.message}\nRayJob states {states}\n"
-        + cluster.kubectl("logs", "-n", OPERATOR_NAMESPACE, "deploy/kubetune-operator", "--tail=50",
-                          check=False).stdout)
+        + cluster.kubectl(
+            "logs", "-n", OPERATOR_NAMESPACE, "deploy/kubetune-operator", "--tail=50", check=False
+        ).stdout
+    )
 
     epochs = manifest["spec"]["training"]["epochs"]
     assert [e.epoch for e in status.epochs] == list(range(1, epochs + 1))
@@ -124,8 +140,9 @@ def test_local_cluster_example_succeeds_on_real_pods(local_cluster: LocalCluster
     assert status.best_checkpoint.epoch == best.epoch
     uri = status.best_checkpoint.uri
     assert uri.startswith(f"pvc://{CHECKPOINTS_CLAIM}/")
-    checkpoint = cluster.state / "volumes" / "checkpoints" / uri.removeprefix(
-        f"pvc://{CHECKPOINTS_CLAIM}/")
+    checkpoint = (
+        cluster.state / "volumes" / "checkpoints" / uri.removeprefix(f"pvc://{CHECKPOINTS_CLAIM}/")
+    )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(checkpoint)
@@ -145,11 +162,19 @@ def test_local_cluster_example_succeeds_on_real_pods(local_cluster: LocalCluster
 
     # By uid: events of an earlier job of the same name outlive it.
     uid = job["metadata"]["uid"]
-    events = json.loads(cluster.kubectl(
-        "get", "events", "--field-selector",
-        f"involvedObject.kind=FineTuneJob,involvedObject.uid={uid}", "-o", "json").stdout)
-    reasons = [e["reason"] for e in sorted(events["items"],
-                                           key=lambda e: e.get("firstTimestamp") or "")]
+    events = json.loads(
+        cluster.kubectl(
+            "get",
+            "events",
+            "--field-selector",
+            f"involvedObject.kind=FineTuneJob,involvedObject.uid={uid}",
+            "-o",
+            "json",
+        ).stdout
+    )
+    reasons = [
+        e["reason"] for e in sorted(events["items"], key=lambda e: e.get("firstTimestamp") or "")
+    ]
     assert len(reasons) == len(set(reasons)) and reasons[-1] == "Succeeded", reasons
     assert "Training" in reasons, reasons
     described = cluster.kubectl("describe", "finetunejob", name).stdout

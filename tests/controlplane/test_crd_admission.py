@@ -35,23 +35,33 @@ def custom_api(kube_api: client.ApiClient) -> client.CustomObjectsApi:
 def create(kube_api: client.ApiClient, namespace: str, doc: dict[str, Any]) -> dict[str, Any]:
     # Strict field validation is what kubectl (>= 1.27) uses: unknown fields are errors.
     return custom_api(kube_api).create_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL, doc, field_validation="Strict")
+        api.GROUP, api.VERSION, namespace, api.PLURAL, doc, field_validation="Strict"
+    )
 
 
-def patch(kube_api: client.ApiClient, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+def patch(
+    kube_api: client.ApiClient, namespace: str, name: str, body: dict[str, Any]
+) -> dict[str, Any]:
     return custom_api(kube_api).patch_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.PLURAL, name, body)
+        api.GROUP, api.VERSION, namespace, api.PLURAL, name, body
+    )
 
 
 def rejection(error: ApiException) -> str:
     body = json.loads(error.body)
     causes = body.get("details", {}).get("causes", [])
-    return body.get("message", "") + " " + " ".join(f"{c.get('field')}: {c.get('message')}" for c in causes)
+    return (
+        body.get("message", "")
+        + " "
+        + " ".join(f"{c.get('field')}: {c.get('message')}" for c in causes)
+    )
 
 
 def contains(big: Any, small: Any) -> bool:
     if isinstance(small, dict):
-        return isinstance(big, dict) and all(k in big and contains(big[k], v) for k, v in small.items())
+        return isinstance(big, dict) and all(
+            k in big and contains(big[k], v) for k, v in small.items()
+        )
     if isinstance(small, list):
         return isinstance(big, list) and len(big) == len(small) and all(map(contains, big, small))
     return big == small
@@ -63,7 +73,9 @@ def test_example_is_accepted_and_read_back_equal(kube_api, namespace, example: P
     created = create(kube_api, namespace, sent)
     assert contains(created["spec"], sent["spec"]), "the API server changed or pruned a field"
     # The API server fills CRD defaults; they must be the models' defaults.
-    assert api.FineTuneJobSpec.model_validate(created["spec"]) == api.FineTuneJobSpec.model_validate(sent["spec"])
+    assert api.FineTuneJobSpec.model_validate(
+        created["spec"]
+    ) == api.FineTuneJobSpec.model_validate(sent["spec"])
     assert validate_document(sent)[0] == []
 
 
@@ -90,10 +102,12 @@ def test_spec_is_immutable_but_suspend_toggles(kube_api, namespace):
     doc = base_document()
     create(kube_api, namespace, doc)
     name = doc["metadata"]["name"]
-    for change, field in [({"training": {"epochs": 3}}, "training"),
-                          ({"model": {"name": "meta-llama/Llama-2-13b-hf"}}, "model"),
-                          ({"runPolicy": {"backoffLimit": 3}}, "runPolicy.backoffLimit"),
-                          ({"runPolicy": {"queueName": "other"}}, "runPolicy.queueName")]:
+    for change, field in [
+        ({"training": {"epochs": 3}}, "training"),
+        ({"model": {"name": "meta-llama/Llama-2-13b-hf"}}, "model"),
+        ({"runPolicy": {"backoffLimit": 3}}, "runPolicy.backoffLimit"),
+        ({"runPolicy": {"queueName": "other"}}, "runPolicy.queueName"),
+    ]:
         with pytest.raises(ApiException) as refused:
             patch(kube_api, namespace, name, {"spec": change})
         assert f"{field} is immutable" in rejection(refused.value)
@@ -107,31 +121,63 @@ def sample_status() -> api.FineTuneJobStatus:
     return api.FineTuneJobStatus(
         phase="Training",
         progress=api.Progress(stage="gsm8k", epoch=3, total_epochs=10, step=120, total_steps=400),
-        epochs=[api.EpochMetrics(stage="gsm8k", epoch=1, train_loss=1.2, validation_loss=0.66,
-                                 validation_perplexity=1.93)],
-        best_checkpoint=api.BestCheckpoint(uri="s3://b/ckpt/epoch-1", stage="gsm8k", epoch=1,
-                                           validation_perplexity=1.93),
-        evaluation=api.EvaluationResult(task="gsm8k", samples=10, primary_metric="accuracy", score=0.47,
-                                        metrics={"accuracy": 0.47}),
-        conditions=[api.Condition(type="Ready", status="False", reason="Training",
-                                  last_transition_time="2026-11-28T00:00:00Z", observed_generation=1)],
+        epochs=[
+            api.EpochMetrics(
+                stage="gsm8k",
+                epoch=1,
+                train_loss=1.2,
+                validation_loss=0.66,
+                validation_perplexity=1.93,
+            )
+        ],
+        best_checkpoint=api.BestCheckpoint(
+            uri="s3://b/ckpt/epoch-1", stage="gsm8k", epoch=1, validation_perplexity=1.93
+        ),
+        evaluation=api.EvaluationResult(
+            task="gsm8k",
+            samples=10,
+            primary_metric="accuracy",
+            score=0.47,
+            metrics={"accuracy": 0.47},
+        ),
+        conditions=[
+            api.Condition(
+                type="Ready",
+                status="False",
+                reason="Training",
+                last_transition_time="2026-11-28T00:00:00Z",
+                observed_generation=1,
+            )
+        ],
     )
 
 
-def test_status_subresource_takes_the_status_model_and_kubectl_shows_columns(kube_api, namespace, kubectl):
+def test_status_subresource_takes_the_status_model_and_kubectl_shows_columns(
+    kube_api, namespace, kubectl
+):
     doc = base_document()
     create(kube_api, namespace, doc)
     name = doc["metadata"]["name"]
     custom_api(kube_api).patch_namespaced_custom_object_status(
-        api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": sample_status().to_wire()})
+        api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": sample_status().to_wire()}
+    )
     with pytest.raises(ApiException):
         custom_api(kube_api).patch_namespaced_custom_object_status(
-            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": {"phase": "Sleeping"}})
+            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": {"phase": "Sleeping"}}
+        )
     result = kubectl("get", "ftj", "-n", namespace)
     assert result.returncode == 0, result.stderr
     header, row = result.stdout.splitlines()[:2]
     assert header.split() == ["NAME", "PHASE", "MODEL", "TASK", "EPOCH", "BEST-PPL", "SCORE", "AGE"]
-    assert row.split()[:7] == [name, "Training", "meta-llama/Llama-2-7b-hf", "gsm8k", "3", "1.93", "0.47"]
+    assert row.split()[:7] == [
+        name,
+        "Training",
+        "meta-llama/Llama-2-7b-hf",
+        "gsm8k",
+        "3",
+        "1.93",
+        "0.47",
+    ]
     by_category = kubectl("get", "kubetune", "-n", namespace)
     assert name in by_category.stdout
 

@@ -47,26 +47,32 @@ spec:
 """)
 
 
-def wait_for_phase(custom: client.CustomObjectsApi, namespace: str, name: str, timeout: float) -> dict:
+def wait_for_phase(
+    custom: client.CustomObjectsApi, namespace: str, name: str, timeout: float
+) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
         if job.get("status", {}).get("phase") in ("Succeeded", "Failed"):
             return job
         time.sleep(1)
-    raise AssertionError(f"{name} did not finish in {timeout} s: {json.dumps(job.get('status'), indent=1)}")
+    raise AssertionError(
+        f"{name} did not finish in {timeout} s: {json.dumps(job.get('status'), indent=1)}"
+    )
 
 
-def test_finetunejob_runs_end_to_end(control_plane, kube_api, namespace, operator_process, kubectl,
-                                     tmp_path):
+def test_finetunejob_runs_end_to_end(
+    control_plane, kube_api, namespace, operator_process, kubectl, tmp_path
+):
     pvc_root = tmp_path / "pvc"
     (pvc_root / "checkpoints").mkdir(parents=True)
     (pvc_root / "datasets").symlink_to(DATASETS)
     manifest = tmp_path / "job.yaml"
     manifest.write_text(yaml.safe_dump(e2e_job("e2e-gsm8k")))
     custom = client.CustomObjectsApi(kube_api)
-    with LocalKubeRay(kube_api, control_plane.server, control_plane.ca_path, namespace, pvc_root,
-                      tmp_path) as kuberay:
+    with LocalKubeRay(
+        kube_api, control_plane.server, control_plane.ca_path, namespace, pvc_root, tmp_path
+    ) as kuberay:
         applied = kubectl("apply", "-n", namespace, "-f", str(manifest))
         assert applied.returncode == 0, applied.stderr
         job = wait_for_phase(custom, namespace, "e2e-gsm8k", timeout=600)

@@ -21,19 +21,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("KUBETUNE_CACHE") or Path(
-    os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kubetune")
+CACHE = Path(
+    os.environ.get("KUBETUNE_CACHE")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kubetune"
+)
 IMAGES_DIR = REPO_ROOT / "hack" / "cluster" / "images"
 REGISTRY = "kubetune.local"
 # The base of the Python images: Debian bookworm's own Python 3.11 (the version the project
 # targets), venv, headers and a C++ toolchain (DeepSpeed JIT-compiles its CPU ops), libaio.
 BASE_PACKAGES = (
-    "passwd", "ca-certificates", "python3", "python3-venv", "python3-dev", "python-is-python3",
-    "build-essential", "ninja-build", "libaio-dev", "libaio1",
+    "passwd",
+    "ca-certificates",
+    "python3",
+    "python3-venv",
+    "python3-dev",
+    "python-is-python3",
+    "build-essential",
+    "ninja-build",
+    "libaio-dev",
+    "libaio1",
 )
 MMDEBSTRAP = (
-    "mmdebstrap", "--variant=minbase", "--include=" + ",".join(BASE_PACKAGES),
-    "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/man/*",
+    "mmdebstrap",
+    "--variant=minbase",
+    "--include=" + ",".join(BASE_PACKAGES),
+    "--dpkgopt=path-exclude=/usr/share/doc/*",
+    "--dpkgopt=path-exclude=/usr/share/man/*",
     "--dpkgopt=path-exclude=/usr/share/locale/*",
     "--dpkgopt=path-include=/usr/share/locale/locale.alias",
     "bookworm",
@@ -42,8 +55,11 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 # The CPU trainer: torch from PyPI, no DeepSpeed op pre-built (they need nvcc), and the HF
 # libraries offline, since nothing on this machine may reach a model hub.
 CPU_TRAINER_ARGS = {
-    "TORCH_INDEX_URL": "", "DS_BUILD_CPU_ADAM": "0", "DS_BUILD_FUSED_ADAM": "0",
-    "DS_BUILD_UTILS": "0", "HF_HUB_OFFLINE": "1",
+    "TORCH_INDEX_URL": "",
+    "DS_BUILD_CPU_ADAM": "0",
+    "DS_BUILD_FUSED_ADAM": "0",
+    "DS_BUILD_UTILS": "0",
+    "HF_HUB_OFFLINE": "1",
 }
 BUILD_CA = "/run/kubetune-build-ca.crt"
 
@@ -81,7 +97,11 @@ def _files(root: Path) -> list[Path]:
         return sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z", "--", str(root)],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return sorted(Path(p) for p in listed.split("\0") if p and (REPO_ROOT / p).is_file())
 
 
@@ -94,8 +114,9 @@ def _run(args: list[str], what: str, timeout: float = 3600) -> str:
 
 
 def buildah_has(tag: str) -> bool:
-    proc = subprocess.run(["buildah", "inspect", "--type", "image", tag],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["buildah", "inspect", "--type", "image", tag], capture_output=True, text=True, check=False
+    )
     return proc.returncode == 0
 
 
@@ -108,8 +129,9 @@ class ImageBuilder:
         self.times = ImageTimes()
 
     def _ctr(self, *args: str, timeout: float = 1800) -> str:
-        return _run(["ctr", "--address", str(self.socket), "-n", "k8s.io", *args],
-                    f"ctr {args[0]}", timeout)
+        return _run(
+            ["ctr", "--address", str(self.socket), "-n", "k8s.io", *args], f"ctr {args[0]}", timeout
+        )
 
     def in_containerd(self) -> set[str]:
         return set(self._ctr("images", "ls", "-q").split())
@@ -120,8 +142,10 @@ class ImageBuilder:
     def _import(self, tag: str) -> None:
         with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="kubetune-image-") as tmp:
             archive = Path(tmp) / "image.tar"
-            _run(["buildah", "push", "--quiet", tag, f"docker-archive:{archive}:{tag}"],
-                 f"buildah push {tag}")
+            _run(
+                ["buildah", "push", "--quiet", tag, f"docker-archive:{archive}:{tag}"],
+                f"buildah push {tag}",
+            )
             self._ctr("images", "import", str(archive))
 
     def ensure(self, tag: str, build: Callable[[str], object]) -> str:
@@ -148,9 +172,23 @@ class ImageBuilder:
 
     def scratch_image(self, name: str, dockerfile: str, context: Path) -> str:
         key = content_key([IMAGES_DIR / dockerfile], str(context))
-        return self.ensure(f"{REGISTRY}/{name}:{key}", lambda tag: _run(
-            ["buildah", "bud", "--quiet", "--layers", "-f", str(IMAGES_DIR / dockerfile),
-             "-t", tag, str(context)], f"buildah bud {tag}"))
+        return self.ensure(
+            f"{REGISTRY}/{name}:{key}",
+            lambda tag: _run(
+                [
+                    "buildah",
+                    "bud",
+                    "--quiet",
+                    "--layers",
+                    "-f",
+                    str(IMAGES_DIR / dockerfile),
+                    "-t",
+                    tag,
+                    str(context),
+                ],
+                f"buildah bud {tag}",
+            ),
+        )
 
     def base_image(self) -> str:
         tag = f"{REGISTRY}/debian-python:bookworm-{content_key([], *MMDEBSTRAP)}"
@@ -164,9 +202,18 @@ class ImageBuilder:
             container = _run(["buildah", "from", "scratch"], "buildah from").strip()
             try:
                 _run(["buildah", "add", "--quiet", container, str(rootfs), "/"], "buildah add")
-                _run(["buildah", "config", "--env",
-                      "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                      "--cmd", "/bin/bash", container], "buildah config")
+                _run(
+                    [
+                        "buildah",
+                        "config",
+                        "--env",
+                        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                        "--cmd",
+                        "/bin/bash",
+                        container,
+                    ],
+                    "buildah config",
+                )
                 _run(["buildah", "commit", "--quiet", container, tag], "buildah commit")
             finally:
                 subprocess.run(["buildah", "rm", container], capture_output=True, check=False)
@@ -174,8 +221,9 @@ class ImageBuilder:
         self.times.built.append(tag)
         return tag
 
-    def project_image(self, name: str, dockerfile: Path, sources: list[Path],
-                      build_args: dict[str, str]) -> str:
+    def project_image(
+        self, name: str, dockerfile: Path, sources: list[Path], build_args: dict[str, str]
+    ) -> str:
         """An image of the project's own Dockerfile, keyed by the files it copies."""
         args = [f"{k}={v}" for k, v in sorted(build_args.items())]
         key = content_key([dockerfile, *sources], *args)
@@ -184,8 +232,12 @@ class ImageBuilder:
         # (PIP_CERT): the build sees the same bundle, mounted for the build only.
         ca_bundle = os.environ.get("PIP_CERT")
         if ca_bundle and Path(ca_bundle).is_file():
-            command += ["--volume", f"{ca_bundle}:{BUILD_CA}:ro",
-                        "--build-arg", f"PIP_CERT={BUILD_CA}"]
+            command += [
+                "--volume",
+                f"{ca_bundle}:{BUILD_CA}:ro",
+                "--build-arg",
+                f"PIP_CERT={BUILD_CA}",
+            ]
         for arg in args:
             command += ["--build-arg", arg]
 
@@ -196,14 +248,34 @@ class ImageBuilder:
 
     def operator_image(self, base: str) -> str:
         return self.project_image(
-            "operator", REPO_ROOT / "Dockerfile",
-            [REPO_ROOT / p for p in ("pyproject.toml", "README.md", "operator",
-                                     "trainer_image/kubetune_trainer", ".dockerignore")],
-            {"PYTHON_IMAGE": base})
+            "operator",
+            REPO_ROOT / "Dockerfile",
+            [
+                REPO_ROOT / p
+                for p in (
+                    "pyproject.toml",
+                    "README.md",
+                    "operator",
+                    "trainer_image/kubetune_trainer",
+                    ".dockerignore",
+                )
+            ],
+            {"PYTHON_IMAGE": base},
+        )
 
     def trainer_image(self, base: str) -> str:
         return self.project_image(
-            "trainer", REPO_ROOT / "trainer_image" / "Dockerfile",
-            [REPO_ROOT / p for p in ("pyproject.toml", "README.md", "operator", "trainer_image",
-                                     ".dockerignore")],
-            {"BUILD_IMAGE": base, "RUNTIME_IMAGE": base, **CPU_TRAINER_ARGS})
+            "trainer",
+            REPO_ROOT / "trainer_image" / "Dockerfile",
+            [
+                REPO_ROOT / p
+                for p in (
+                    "pyproject.toml",
+                    "README.md",
+                    "operator",
+                    "trainer_image",
+                    ".dockerignore",
+                )
+            ],
+            {"BUILD_IMAGE": base, "RUNTIME_IMAGE": base, **CPU_TRAINER_ARGS},
+        )

@@ -32,6 +32,7 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
+
     return mutate
 
 
@@ -42,6 +43,7 @@ def _drop(path: str) -> Callable[[dict[str, Any]], None]:
         for key in parents:
             node = node[key]
         del node[leaf]
+
     return mutate
 
 
@@ -50,63 +52,141 @@ CASES: list[InvalidCase] = [
     InvalidCase("negative-epochs", _set("spec.training.epochs", -3), "spec.training.epochs"),
     InvalidCase("too-many-epochs", _set("spec.training.epochs", 1000), "spec.training.epochs"),
     InvalidCase("zero-lr", _set("spec.training.learningRate", 0), "spec.training.learningRate"),
-    InvalidCase("negative-lr", _set("spec.training.learningRate", -1e-5), "spec.training.learningRate"),
+    InvalidCase(
+        "negative-lr", _set("spec.training.learningRate", -1e-5), "spec.training.learningRate"
+    ),
     InvalidCase("unknown-preset", _set("spec.task.preset", "poetry"), "spec.task.preset"),
     InvalidCase("zero-workers", _set("spec.compute.workers", 0), "spec.compute.workers"),
-    InvalidCase("zero-stage-4", _set("spec.training.deepspeed.stage", 4), "spec.training.deepspeed.stage"),
-    InvalidCase("context-zero", _set("spec.training.contextLength", 0), "spec.training.contextLength"),
-    InvalidCase("context-absurd", _set("spec.training.contextLength", 10_000_000), "spec.training.contextLength"),
+    InvalidCase(
+        "zero-stage-4", _set("spec.training.deepspeed.stage", 4), "spec.training.deepspeed.stage"
+    ),
+    InvalidCase(
+        "context-zero", _set("spec.training.contextLength", 0), "spec.training.contextLength"
+    ),
+    InvalidCase(
+        "context-absurd",
+        _set("spec.training.contextLength", 10_000_000),
+        "spec.training.contextLength",
+    ),
     InvalidCase("missing-model", _drop("spec.model"), "spec.model"),
     InvalidCase("empty-model-name", _set("spec.model.name", ""), "spec.model.name"),
     InvalidCase("missing-train", _drop("spec.data.train"), "spec.data.train"),
-    InvalidCase("storage-scheme", _set("spec.output.storageURI", "ftp://bucket/x"), "spec.output.storageURI"),
-    InvalidCase("data-scheme", _set("spec.data.train.uri", "http://example.com/x.jsonl"), "spec.data.train.uri"),
+    InvalidCase(
+        "storage-scheme", _set("spec.output.storageURI", "ftp://bucket/x"), "spec.output.storageURI"
+    ),
+    InvalidCase(
+        "data-scheme",
+        _set("spec.data.train.uri", "http://example.com/x.jsonl"),
+        "spec.data.train.uri",
+    ),
     InvalidCase("unknown-field-spec", _set("spec.trainng", {"epochs": 3}), "spec.trainng"),
-    InvalidCase("unknown-field-nested", _set("spec.training.learningrate", 1e-5), "spec.training.learningrate"),
-    InvalidCase("bad-toleration-operator",
-                _set("spec.compute.nodePool.tolerations", [{"key": "gpu", "operator": "Maybe"}]),
-                "spec.compute.nodePool.tolerations[0].operator"),
-    InvalidCase("bad-toleration-effect",
-                _set("spec.compute.nodePool.tolerations", [{"key": "gpu", "effect": "Sometimes"}]),
-                "spec.compute.nodePool.tolerations[0].effect"),
-    InvalidCase("toleration-exists-with-value",
-                _set("spec.compute.nodePool.tolerations", [{"key": "gpu", "operator": "Exists", "value": "x"}]),
-                "spec.compute.nodePool.tolerations[0].value"),
+    InvalidCase(
+        "unknown-field-nested",
+        _set("spec.training.learningrate", 1e-5),
+        "spec.training.learningrate",
+    ),
+    InvalidCase(
+        "bad-toleration-operator",
+        _set("spec.compute.nodePool.tolerations", [{"key": "gpu", "operator": "Maybe"}]),
+        "spec.compute.nodePool.tolerations[0].operator",
+    ),
+    InvalidCase(
+        "bad-toleration-effect",
+        _set("spec.compute.nodePool.tolerations", [{"key": "gpu", "effect": "Sometimes"}]),
+        "spec.compute.nodePool.tolerations[0].effect",
+    ),
+    InvalidCase(
+        "toleration-exists-with-value",
+        _set(
+            "spec.compute.nodePool.tolerations",
+            [{"key": "gpu", "operator": "Exists", "value": "x"}],
+        ),
+        "spec.compute.nodePool.tolerations[0].value",
+    ),
     InvalidCase("bad-precision", _set("spec.training.precision", "fp8"), "spec.training.precision"),
     InvalidCase("bad-method", _set("spec.training.method", "qlora"), "spec.training.method"),
-    InvalidCase("unknown-instance-type", _set("spec.compute.nodePool.instanceType", "x9.mega"),
-                "spec.compute.nodePool.gpusPerNode"),
-    InvalidCase("custom-without-templates", _set("spec.task.preset", "custom"), "spec.task.promptTemplate"),
-    InvalidCase("templates-without-custom", _set("spec.task.promptTemplate", "Q: {question}"),
-                "spec.task.promptTemplate"),
-    InvalidCase("data-and-validation-fraction",
-                _set("spec.data.validation", {"uri": "s3://b/val.jsonl"}) , "spec.data.validationFraction"),
-    InvalidCase("offload-params-stage-2", _set("spec.training.deepspeed", {"stage": 2, "offloadParameters": True}),
-                "spec.training.deepspeed.offloadParameters"),
-    InvalidCase("lora-settings-full", _set("spec.training.lora", {"rank": 8}), "spec.training.lora"),
+    InvalidCase(
+        "unknown-instance-type",
+        _set("spec.compute.nodePool.instanceType", "x9.mega"),
+        "spec.compute.nodePool.gpusPerNode",
+    ),
+    InvalidCase(
+        "custom-without-templates", _set("spec.task.preset", "custom"), "spec.task.promptTemplate"
+    ),
+    InvalidCase(
+        "templates-without-custom",
+        _set("spec.task.promptTemplate", "Q: {question}"),
+        "spec.task.promptTemplate",
+    ),
+    InvalidCase(
+        "data-and-validation-fraction",
+        _set("spec.data.validation", {"uri": "s3://b/val.jsonl"}),
+        "spec.data.validationFraction",
+    ),
+    InvalidCase(
+        "offload-params-stage-2",
+        _set("spec.training.deepspeed", {"stage": 2, "offloadParameters": True}),
+        "spec.training.deepspeed.offloadParameters",
+    ),
+    InvalidCase(
+        "lora-settings-full", _set("spec.training.lora", {"rank": 8}), "spec.training.lora"
+    ),
     InvalidCase("evaluation-without-test", _drop("spec.data.test"), "spec.evaluation.enabled"),
-    InvalidCase("credentials-on-pvc", _set("spec.output.storageURI", "pvc://claim/path"),
-                "spec.output.credentialsSecretRef"),
-    InvalidCase("negative-backoff", _set("spec.runPolicy.backoffLimit", -1), "spec.runPolicy.backoffLimit"),
-    InvalidCase("bad-queue-name", _set("spec.runPolicy.queueName", "Not_A_Name"), "spec.runPolicy.queueName"),
-    InvalidCase("batch-zero", _set("spec.training.batchSizePerDevice", 0), "spec.training.batchSizePerDevice"),
-    InvalidCase("gpus-per-node-negative", _set("spec.compute.nodePool.gpusPerNode", -1),
-                "spec.compute.nodePool.gpusPerNode"),
+    InvalidCase(
+        "credentials-on-pvc",
+        _set("spec.output.storageURI", "pvc://claim/path"),
+        "spec.output.credentialsSecretRef",
+    ),
+    InvalidCase(
+        "negative-backoff", _set("spec.runPolicy.backoffLimit", -1), "spec.runPolicy.backoffLimit"
+    ),
+    InvalidCase(
+        "bad-queue-name", _set("spec.runPolicy.queueName", "Not_A_Name"), "spec.runPolicy.queueName"
+    ),
+    InvalidCase(
+        "batch-zero",
+        _set("spec.training.batchSizePerDevice", 0),
+        "spec.training.batchSizePerDevice",
+    ),
+    InvalidCase(
+        "gpus-per-node-negative",
+        _set("spec.compute.nodePool.gpusPerNode", -1),
+        "spec.compute.nodePool.gpusPerNode",
+    ),
     # gpusPerNode 0 is a CPU-only pool: it needs the worker pod's size.
-    InvalidCase("cpu-pool-without-size", _set("spec.compute.nodePool.gpusPerNode", 0),
-                "spec.compute.nodePool.cpu"),
-    InvalidCase("cpu-pool-without-memory",
-                _set("spec.compute.nodePool", {"instanceType": "kubetune-local", "gpusPerNode": 0,
-                                               "cpu": "500m"}),
-                "spec.compute.nodePool.memory"),
-    InvalidCase("worker-cpu-zero", _set("spec.compute.nodePool.cpu", "0m"), "spec.compute.nodePool.cpu"),
-    InvalidCase("worker-memory-negative", _set("spec.compute.nodePool.memory", "-3Gi"),
-                "spec.compute.nodePool.memory"),
-    InvalidCase("submitter-cpu-zero", _set("spec.compute.submitter.cpu", "0"), "spec.compute.submitter.cpu"),
-    InvalidCase("bad-submitter-memory", _set("spec.compute.submitter.memory", "1 GB"),
-                "spec.compute.submitter.memory"),
+    InvalidCase(
+        "cpu-pool-without-size",
+        _set("spec.compute.nodePool.gpusPerNode", 0),
+        "spec.compute.nodePool.cpu",
+    ),
+    InvalidCase(
+        "cpu-pool-without-memory",
+        _set(
+            "spec.compute.nodePool",
+            {"instanceType": "kubetune-local", "gpusPerNode": 0, "cpu": "500m"},
+        ),
+        "spec.compute.nodePool.memory",
+    ),
+    InvalidCase(
+        "worker-cpu-zero", _set("spec.compute.nodePool.cpu", "0m"), "spec.compute.nodePool.cpu"
+    ),
+    InvalidCase(
+        "worker-memory-negative",
+        _set("spec.compute.nodePool.memory", "-3Gi"),
+        "spec.compute.nodePool.memory",
+    ),
+    InvalidCase(
+        "submitter-cpu-zero", _set("spec.compute.submitter.cpu", "0"), "spec.compute.submitter.cpu"
+    ),
+    InvalidCase(
+        "bad-submitter-memory",
+        _set("spec.compute.submitter.memory", "1 GB"),
+        "spec.compute.submitter.memory",
+    ),
     InvalidCase("wrong-type-epochs", _set("spec.training.epochs", "ten"), "spec.training.epochs"),
-    InvalidCase("bad-head-memory", _set("spec.compute.head.memory", "lots"), "spec.compute.head.memory"),
+    InvalidCase(
+        "bad-head-memory", _set("spec.compute.head.memory", "lots"), "spec.compute.head.memory"
+    ),
 ]
 
 

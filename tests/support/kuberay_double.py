@@ -65,30 +65,61 @@ class _Run:
 
 def report_document(epoch: int, total: int, phase: str, **extra: Any) -> dict[str, Any]:
     """A TrainerReport (wire JSON) after `epoch` epochs of the gsm8k stage."""
-    curve = [{"stage": "gsm8k", "epoch": e, "trainLoss": round(2.0 / e, 4),
-              "validationLoss": round(1.5 / e, 4),
-              "validationPerplexity": round(2.0 + 1.0 / e, 4),
-              "checkpoint": f"s3://ckpt/epoch-{e}"} for e in range(1, epoch + 1)]
-    doc: dict[str, Any] = {"schemaVersion": 1, "phase": phase, "stage": "gsm8k", "epoch": epoch,
-                           "totalEpochs": total, "step": epoch * 10, "totalSteps": total * 10,
-                           "etaSeconds": (total - epoch) * 60, "updatedAt": _now(),
-                           "epochs": curve}
+    curve = [
+        {
+            "stage": "gsm8k",
+            "epoch": e,
+            "trainLoss": round(2.0 / e, 4),
+            "validationLoss": round(1.5 / e, 4),
+            "validationPerplexity": round(2.0 + 1.0 / e, 4),
+            "checkpoint": f"s3://ckpt/epoch-{e}",
+        }
+        for e in range(1, epoch + 1)
+    ]
+    doc: dict[str, Any] = {
+        "schemaVersion": 1,
+        "phase": phase,
+        "stage": "gsm8k",
+        "epoch": epoch,
+        "totalEpochs": total,
+        "step": epoch * 10,
+        "totalSteps": total * 10,
+        "etaSeconds": (total - epoch) * 60,
+        "updatedAt": _now(),
+        "epochs": curve,
+    }
     if epoch:
         best = curve[-1]
-        doc["bestCheckpoint"] = {"uri": best["checkpoint"], "stage": "gsm8k", "epoch": epoch,
-                                 "validationPerplexity": best["validationPerplexity"]}
+        doc["bestCheckpoint"] = {
+            "uri": best["checkpoint"],
+            "stage": "gsm8k",
+            "epoch": epoch,
+            "validationPerplexity": best["validationPerplexity"],
+        }
     return {**doc, **extra}
 
 
-SCORES = {"task": "gsm8k", "samples": 1319, "primaryMetric": "accuracy", "score": 0.47,
-          "metrics": {"accuracy": 0.47}, "baseline": {"accuracy": 0.28}}
+SCORES = {
+    "task": "gsm8k",
+    "samples": 1319,
+    "primaryMetric": "accuracy",
+    "score": 0.47,
+    "metrics": {"accuracy": 0.47},
+    "baseline": {"accuracy": 0.28},
+}
 
 
 class KubeRayDouble:
     """Plays KubeRay and the trainer for the RayJobs of one namespace (a background thread)."""
 
-    def __init__(self, admin: client.ApiClient, namespace: str, server: str, ca_path: Path,
-                 interval: float = 0.15) -> None:
+    def __init__(
+        self,
+        admin: client.ApiClient,
+        namespace: str,
+        server: str,
+        ca_path: Path,
+        interval: float = 0.15,
+    ) -> None:
         self.admin = admin
         self.namespace = namespace
         self.server = server
@@ -133,8 +164,9 @@ class KubeRayDouble:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                items = self.custom.list_namespaced_custom_object(
-                    *RAY, self.namespace, RAYJOBS)["items"]
+                items = self.custom.list_namespaced_custom_object(*RAY, self.namespace, RAYJOBS)[
+                    "items"
+                ]
                 for rayjob in items:
                     # NotReady: try again next tick, as KubeRay's requeue would
                     with contextlib.suppress(NotReady):
@@ -152,8 +184,15 @@ class KubeRayDouble:
         if deployment in ("Complete", "Failed"):
             return
         if deployment == "Suspending":  # the cluster is gone; KubeRay always lands here
-            self._patch(rayjob, {"jobDeploymentStatus": "Suspended", "jobStatus": None,
-                                 "rayClusterName": None, "startTime": None})
+            self._patch(
+                rayjob,
+                {
+                    "jobDeploymentStatus": "Suspended",
+                    "jobStatus": None,
+                    "rayClusterName": None,
+                    "startTime": None,
+                },
+            )
             return
         if rayjob["spec"].get("suspend"):
             self._suspend(rayjob, deployment)
@@ -171,26 +210,44 @@ class KubeRayDouble:
         if deployment in ("Running", "Initializing"):
             self._patch(rayjob, {"jobDeploymentStatus": "Suspending"})
         elif deployment != "Suspended":
-            self._patch(rayjob, {"jobDeploymentStatus": "Suspended", "jobStatus": None,
-                                 "rayClusterName": None, "startTime": None})
+            self._patch(
+                rayjob,
+                {
+                    "jobDeploymentStatus": "Suspended",
+                    "jobStatus": None,
+                    "rayClusterName": None,
+                    "startTime": None,
+                },
+            )
 
     def _initialize(self, rayjob: dict[str, Any], run: _Run) -> None:
         name = rayjob["metadata"]["name"]
         cluster = f"{name}-raycluster-{run.attempt:05d}"
-        self._patch(rayjob, {
-            "jobDeploymentStatus": "Initializing", "jobStatus": None,
-            "jobId": f"{name}-{run.attempt}-0001", "rayClusterName": cluster,
-            "dashboardURL": f"{cluster}-head-svc.{self.namespace}.svc.cluster.local:8265",
-            "startTime": _now(), "reason": None, "message": None,
-        })
+        self._patch(
+            rayjob,
+            {
+                "jobDeploymentStatus": "Initializing",
+                "jobStatus": None,
+                "jobId": f"{name}-{run.attempt}-0001",
+                "rayClusterName": cluster,
+                "dashboardURL": f"{cluster}-head-svc.{self.namespace}.svc.cluster.local:8265",
+                "startTime": _now(),
+                "reason": None,
+                "message": None,
+            },
+        )
 
     def _running(self, rayjob: dict[str, Any], run: _Run, status: dict[str, Any]) -> None:
         script = run.script
         if status.get("jobStatus") in (None, "", "PENDING"):
             if script.outcome == "submission-fails":
-                self._fail(rayjob, "SubmissionFailed",
-                           "Job submission has failed. Reason: the dashboard at :8265 was "
-                           "unreachable after 5 attempts", status.get("jobStatus") or "PENDING")
+                self._fail(
+                    rayjob,
+                    "SubmissionFailed",
+                    "Job submission has failed. Reason: the dashboard at :8265 was "
+                    "unreachable after 5 attempts",
+                    status.get("jobStatus") or "PENDING",
+                )
                 return
             self._patch(rayjob, {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"})
             return
@@ -208,14 +265,24 @@ class KubeRayDouble:
         total = script.epochs
         if script.outcome == "deadline" and run.epoch >= 1:
             deadline = rayjob["spec"].get("activeDeadlineSeconds", 0)
-            self._fail(rayjob, "DeadlineExceeded",
-                       f"The RayJob has passed the activeDeadlineSeconds. StartTime: "
-                       f"{_now()}. ActiveDeadlineSeconds: {deadline}", "RUNNING")
+            self._fail(
+                rayjob,
+                "DeadlineExceeded",
+                f"The RayJob has passed the activeDeadlineSeconds. StartTime: "
+                f"{_now()}. ActiveDeadlineSeconds: {deadline}",
+                "RUNNING",
+            )
             return
         if script.outcome == "trainer-fails" and run.epoch >= 1:
-            self._write_report(rayjob, report_document(
-                run.epoch, total, "Failed",
-                error="CUDA out of memory on rank 3: lower batchSizePerDevice"))
+            self._write_report(
+                rayjob,
+                report_document(
+                    run.epoch,
+                    total,
+                    "Failed",
+                    error="CUDA out of memory on rank 3: lower batchSizePerDevice",
+                ),
+            )
             self._fail(rayjob, "AppFailed", "Job exited with code 1", "FAILED")
             return
         if run.epoch < total:
@@ -226,10 +293,18 @@ class KubeRayDouble:
             self._write_report(rayjob, {"phase": "Succeeded", "epoch": total})
         else:
             self._write_report(rayjob, report_document(total, total, "Evaluating"))
-            self._write_report(rayjob, report_document(total, total, "Succeeded",
-                                                       evaluation=SCORES))
-        self._patch(rayjob, {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED",
-                             "endTime": _now(), "succeeded": 1})
+            self._write_report(
+                rayjob, report_document(total, total, "Succeeded", evaluation=SCORES)
+            )
+        self._patch(
+            rayjob,
+            {
+                "jobDeploymentStatus": "Complete",
+                "jobStatus": "SUCCEEDED",
+                "endTime": _now(),
+                "succeeded": 1,
+            },
+        )
 
     def _retry_or_fail(self, rayjob: dict[str, Any], run: _Run, status: dict[str, Any]) -> None:
         failed = int(status.get("failed") or 0) + 1
@@ -237,16 +312,34 @@ class KubeRayDouble:
         if failed <= limit:
             run.attempt += 1
             run.epoch = 0
-            self._patch(rayjob, {"jobDeploymentStatus": "Retrying", "jobStatus": "FAILED",
-                                 "failed": failed, "reason": "AppFailed",
-                                 "message": "Job exited with code 1"})
+            self._patch(
+                rayjob,
+                {
+                    "jobDeploymentStatus": "Retrying",
+                    "jobStatus": "FAILED",
+                    "failed": failed,
+                    "reason": "AppFailed",
+                    "message": "Job exited with code 1",
+                },
+            )
         else:
             self._fail(rayjob, "AppFailed", "Job exited with code 1", "FAILED", failed)
 
-    def _fail(self, rayjob: dict[str, Any], reason: str, message: str, job_status: str,
-              failed: int | None = None) -> None:
-        status = {"jobDeploymentStatus": "Failed", "jobStatus": job_status, "reason": reason,
-                  "message": message, "endTime": _now()}
+    def _fail(
+        self,
+        rayjob: dict[str, Any],
+        reason: str,
+        message: str,
+        job_status: str,
+        failed: int | None = None,
+    ) -> None:
+        status = {
+            "jobDeploymentStatus": "Failed",
+            "jobStatus": job_status,
+            "reason": reason,
+            "message": message,
+            "endTime": _now(),
+        }
         previous = int((rayjob.get("status") or {}).get("failed") or 0)
         status["failed"] = failed if failed is not None else previous + 1
         self._patch(rayjob, status)
@@ -256,7 +349,8 @@ class KubeRayDouble:
     def _patch(self, rayjob: dict[str, Any], status: dict[str, Any]) -> None:
         name = rayjob["metadata"]["name"]
         self.custom.patch_namespaced_custom_object_status(
-            *RAY, self.namespace, RAYJOBS, name, {"status": status})
+            *RAY, self.namespace, RAYJOBS, name, {"status": status}
+        )
         rayjob.setdefault("status", {}).update(status)
 
     def trainer_client(self, rayjob: dict[str, Any]) -> client.ApiClient:
@@ -264,10 +358,12 @@ class KubeRayDouble:
         template = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
         account = template["serviceAccountName"]
         request = client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600))
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
+        )
         try:
             token = self.core.create_namespaced_service_account_token(
-                account, self.namespace, request).status.token
+                account, self.namespace, request
+            ).status.token
         except ApiException as error:
             if error.status == 404:  # like a pod whose ServiceAccount is not there yet
                 raise NotReady(f"ServiceAccount {account} does not exist yet") from None

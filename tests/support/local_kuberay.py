@@ -35,8 +35,16 @@ def _now() -> str:
 class LocalKubeRay:
     """Watches one namespace; each new RayJob's entrypoint runs once, in a thread."""
 
-    def __init__(self, api: client.ApiClient, server: str, ca_path: Path, namespace: str,
-                 pvc_root: Path, workdir: Path, timeout_s: float = 600):
+    def __init__(
+        self,
+        api: client.ApiClient,
+        server: str,
+        ca_path: Path,
+        namespace: str,
+        pvc_root: Path,
+        workdir: Path,
+        timeout_s: float = 600,
+    ):
         self.api, self.server, self.ca_path = api, server, ca_path
         self.namespace, self.pvc_root, self.workdir = namespace, pvc_root, workdir
         self.timeout_s = timeout_s
@@ -58,7 +66,8 @@ class LocalKubeRay:
     def _loop(self) -> None:
         while not self._stop.wait(0.5):
             items = self.custom.list_namespaced_custom_object(
-                RAY_GROUP, RAY_VERSION, self.namespace, RAYJOBS)["items"]
+                RAY_GROUP, RAY_VERSION, self.namespace, RAYJOBS
+            )["items"]
             for rayjob in items:
                 name = rayjob["metadata"]["name"]
                 if name not in self._started:
@@ -67,31 +76,60 @@ class LocalKubeRay:
 
     def _set_status(self, name: str, **status: Any) -> None:
         self.custom.patch_namespaced_custom_object_status(
-            RAY_GROUP, RAY_VERSION, self.namespace, RAYJOBS, name, {"status": status})
+            RAY_GROUP, RAY_VERSION, self.namespace, RAYJOBS, name, {"status": status}
+        )
 
     def _run(self, rayjob: dict[str, Any]) -> None:
         name = rayjob["metadata"]["name"]
-        self._set_status(name, jobDeploymentStatus="Initializing", startTime=_now(),
-                         rayClusterName=f"{name}-raycluster-local")
+        self._set_status(
+            name,
+            jobDeploymentStatus="Initializing",
+            startTime=_now(),
+            rayClusterName=f"{name}-raycluster-local",
+        )
         job_id = f"{name}-{uuid.uuid4().hex[:8]}"
-        self._set_status(name, jobDeploymentStatus="Running", jobStatus="RUNNING", jobId=job_id,
-                         dashboardURL="127.0.0.1:8265")
+        self._set_status(
+            name,
+            jobDeploymentStatus="Running",
+            jobStatus="RUNNING",
+            jobId=job_id,
+            dashboardURL="127.0.0.1:8265",
+        )
         try:
             result = self._execute(rayjob)
         except Exception as error:  # the test should see why, not hang
             self.logs[name] = repr(error)
-            self._set_status(name, jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed",
-                             message=repr(error), endTime=_now(), failed=1)
+            self._set_status(
+                name,
+                jobDeploymentStatus="Failed",
+                jobStatus="FAILED",
+                reason="AppFailed",
+                message=repr(error),
+                endTime=_now(),
+                failed=1,
+            )
             return
         self.logs[name] = result.stdout + result.stderr
         if result.returncode == 0:
-            self._set_status(name, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", endTime=_now(),
-                             succeeded=1, message="Job finished successfully.")
+            self._set_status(
+                name,
+                jobDeploymentStatus="Complete",
+                jobStatus="SUCCEEDED",
+                endTime=_now(),
+                succeeded=1,
+                message="Job finished successfully.",
+            )
         else:
             tail = (result.stderr or result.stdout)[-2000:]
-            self._set_status(name, jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed",
-                             message=f"Job entrypoint command failed with exit code {result.returncode}: {tail}",
-                             endTime=_now(), failed=1)
+            self._set_status(
+                name,
+                jobDeploymentStatus="Failed",
+                jobStatus="FAILED",
+                reason="AppFailed",
+                message=f"Job entrypoint command failed with exit code {result.returncode}: {tail}",
+                endTime=_now(),
+                failed=1,
+            )
 
     def _execute(self, rayjob: dict[str, Any]) -> subprocess.CompletedProcess[str]:
         argv = shlex.split(rayjob["spec"]["entrypoint"])
@@ -99,39 +137,79 @@ class LocalKubeRay:
             argv[0] = sys.executable
         env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "HF_TOKEN")}
         env.update(self._head_env(rayjob))
-        env.update(KUBECONFIG=str(self._trainer_kubeconfig(rayjob)), KUBETUNE_PVC_ROOT=str(self.pvc_root),
-                   RAY_AUTH_MODE="disabled", POD_NAMESPACE=self.namespace)
-        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=self.timeout_s,
-                              cwd=self.workdir, check=False)
+        env.update(
+            KUBECONFIG=str(self._trainer_kubeconfig(rayjob)),
+            KUBETUNE_PVC_ROOT=str(self.pvc_root),
+            RAY_AUTH_MODE="disabled",
+            POD_NAMESPACE=self.namespace,
+        )
+        return subprocess.run(
+            argv,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=self.timeout_s,
+            cwd=self.workdir,
+            check=False,
+        )
 
     @staticmethod
     def _head_env(rayjob: dict[str, Any]) -> dict[str, str]:
-        container = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+        container = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"][
+            "containers"
+        ][0]
         return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
 
     def _trainer_kubeconfig(self, rayjob: dict[str, Any]) -> Path:
         # The pods of a real Ray cluster run as the head template's service account.
-        account = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["serviceAccountName"]
+        account = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"][
+            "serviceAccountName"
+        ]
         token = self._token_for(account)
         path = self.workdir / f"{rayjob['metadata']['name']}.kubeconfig"
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "trainer",
-            "clusters": [{"name": "local", "cluster": {"server": self.server,
-                                                       "certificate-authority": str(self.ca_path)}}],
-            "users": [{"name": "trainer", "user": {"token": token}}],
-            "contexts": [{"name": "trainer", "context": {"cluster": "local", "user": "trainer",
-                                                         "namespace": self.namespace}}],
-        }))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "trainer",
+                    "clusters": [
+                        {
+                            "name": "local",
+                            "cluster": {
+                                "server": self.server,
+                                "certificate-authority": str(self.ca_path),
+                            },
+                        }
+                    ],
+                    "users": [{"name": "trainer", "user": {"token": token}}],
+                    "contexts": [
+                        {
+                            "name": "trainer",
+                            "context": {
+                                "cluster": "local",
+                                "user": "trainer",
+                                "namespace": self.namespace,
+                            },
+                        }
+                    ],
+                }
+            )
+        )
         return path
 
     def _token_for(self, account: str) -> str:
-        request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
-            audiences=[], expiration_seconds=3600))
+        request = client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
-                return str(self.core.create_namespaced_service_account_token(
-                    account, self.namespace, request).status.token)
+                return str(
+                    self.core.create_namespaced_service_account_token(
+                        account, self.namespace, request
+                    ).status.token
+                )
             except ApiException as error:
                 if error.status != 404 or time.monotonic() > deadline:
                     raise

@@ -26,26 +26,34 @@ def free_port() -> int:
 class OperatorProcess:
     """`python -m kubetune.controller.runner` watching `namespaces`, with health/metrics ports."""
 
-    def __init__(self, control_plane: ControlPlane, namespaces: str, log_path: Path,
-                 extra_env: dict[str, str] | None = None,
-                 command: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        control_plane: ControlPlane,
+        namespaces: str,
+        log_path: Path,
+        extra_env: dict[str, str] | None = None,
+        command: list[str] | None = None,
+    ) -> None:
         self.command = command or [sys.executable, "-m", "kubetune.controller.runner"]
         self.health_port, self.metrics_port = free_port(), free_port()
-        self.env = {**control_plane.env(), "KUBETUNE_NAMESPACES": namespaces,
-                    "KUBETUNE_HEALTH_PORT": str(self.health_port),
-                    "KUBETUNE_METRICS_PORT": str(self.metrics_port),
-                    "KUBETUNE_BIND_ADDRESS": "127.0.0.1",
-                    "KUBETUNE_TRAINER_IMAGE": "ghcr.io/kubetune/trainer:test",
-                    "PYTHONPATH": f"{REPO_ROOT / 'operator'}{os.pathsep}{REPO_ROOT}",
-                    **(extra_env or {})}
+        self.env = {
+            **control_plane.env(),
+            "KUBETUNE_NAMESPACES": namespaces,
+            "KUBETUNE_HEALTH_PORT": str(self.health_port),
+            "KUBETUNE_METRICS_PORT": str(self.metrics_port),
+            "KUBETUNE_BIND_ADDRESS": "127.0.0.1",
+            "KUBETUNE_TRAINER_IMAGE": "ghcr.io/kubetune/trainer:test",
+            "PYTHONPATH": f"{REPO_ROOT / 'operator'}{os.pathsep}{REPO_ROOT}",
+            **(extra_env or {}),
+        }
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> OperatorProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            self.command, env=self.env,
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+            self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while not self.healthy():

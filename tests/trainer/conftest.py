@@ -12,8 +12,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DATASETS = REPO_ROOT.parent / "shared" / "datasets"
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("TORCH_EXTENSIONS_DIR",
-                      str(Path.home() / ".cache" / "kubetune" / "torch_extensions"))
+os.environ.setdefault(
+    "TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "kubetune" / "torch_extensions")
+)
 
 
 @pytest.fixture(scope="session")

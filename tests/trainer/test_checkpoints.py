@@ -27,12 +27,15 @@ def anchor_pick(recs: list[CheckpointRecord]) -> CheckpointRecord:
     return sorted(recs, key=lambda r: r.validation_perplexity)[-1]
 
 
-@pytest.mark.parametrize("ppls, best_epoch", [
-    ((9.0, 5.0, 7.0), 2),          # minimum in the middle
-    ((3.0, 4.0, 5.0, 6.0), 1),     # overfitting from epoch 2: best is the first
-    ((8.0, 6.0, 4.0, 2.0), 4),     # still improving: best is the last
-    ((5.0, 4.0, 4.0, 6.0), 2),     # tie: the earlier epoch wins
-])
+@pytest.mark.parametrize(
+    "ppls, best_epoch",
+    [
+        ((9.0, 5.0, 7.0), 2),  # minimum in the middle
+        ((3.0, 4.0, 5.0, 6.0), 1),  # overfitting from epoch 2: best is the first
+        ((8.0, 6.0, 4.0, 2.0), 4),  # still improving: best is the last
+        ((5.0, 4.0, 4.0, 6.0), 2),  # tie: the earlier epoch wins
+    ],
+)
 def test_best_is_the_minimum_perplexity(ppls, best_epoch):
     recs = records(*ppls)
     best = select_best_checkpoint(recs)

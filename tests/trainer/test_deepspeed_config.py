@@ -32,9 +32,14 @@ def test_nothing_is_left_auto():
 
 
 def test_stage_offload_precision_accumulation_follow_the_spec():
-    spec = TrainingSpec(precision="fp32", gradient_accumulation_steps=4, batch_size_per_device=2,
-                        max_grad_norm=0.5, scheduler="cosine",
-                        deepspeed={"stage": 2, "offload_optimizer": False})
+    spec = TrainingSpec(
+        precision="fp32",
+        gradient_accumulation_steps=4,
+        batch_size_per_device=2,
+        max_grad_norm=0.5,
+        scheduler="cosine",
+        deepspeed={"stage": 2, "offload_optimizer": False},
+    )
     config = build_deepspeed_config(spec, world_size=3, total_steps=20, warmup=2)
     assert config["zero_optimization"]["stage"] == 2
     assert "offload_optimizer" not in config["zero_optimization"]

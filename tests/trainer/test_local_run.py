@@ -14,14 +14,37 @@ pytestmark = pytest.mark.unit
 
 
 def finished_report() -> TrainerReport:
-    epochs = [EpochMetrics(stage="gsm8k", epoch=i, train_loss=3.0 - i, validation_loss=2.5 - i / 2,
-                           validation_perplexity=10.0 - i) for i in (1, 2)]
+    epochs = [
+        EpochMetrics(
+            stage="gsm8k",
+            epoch=i,
+            train_loss=3.0 - i,
+            validation_loss=2.5 - i / 2,
+            validation_perplexity=10.0 - i,
+        )
+        for i in (1, 2)
+    ]
     return TrainerReport(
-        phase="Succeeded", stage="gsm8k", epoch=2, total_epochs=2, step=8, total_steps=8,
-        epochs=epochs, best_checkpoint=BestCheckpoint(uri="/c/e2", stage="gsm8k", epoch=2,
-                                                      validation_perplexity=8.0),
-        data=[SplitReport(split="train", source="t.jsonl", rows_read=10, rows_used=9,
-                          dropped=[DroppedRows(reason="missing field answer", count=1, examples=[4])])])
+        phase="Succeeded",
+        stage="gsm8k",
+        epoch=2,
+        total_epochs=2,
+        step=8,
+        total_steps=8,
+        epochs=epochs,
+        best_checkpoint=BestCheckpoint(
+            uri="/c/e2", stage="gsm8k", epoch=2, validation_perplexity=8.0
+        ),
+        data=[
+            SplitReport(
+                split="train",
+                source="t.jsonl",
+                rows_read=10,
+                rows_used=9,
+                dropped=[DroppedRows(reason="missing field answer", count=1, examples=[4])],
+            )
+        ],
+    )
 
 
 def test_status_is_what_the_operator_would_write():
@@ -30,8 +53,13 @@ def test_status_is_what_the_operator_would_write():
     FineTuneJobStatus.model_validate(wire)
     assert wire["phase"] == "Succeeded" and wire["completionTime"] == "2026-01-01T00:05:00Z"
     assert wire["bestCheckpoint"]["epoch"] == 2 and len(wire["epochs"]) == 2
-    assert wire["progress"] == {"stage": "gsm8k", "epoch": 2, "totalEpochs": 2, "step": 8,
-                                "totalSteps": 8}
+    assert wire["progress"] == {
+        "stage": "gsm8k",
+        "epoch": 2,
+        "totalEpochs": 2,
+        "step": 8,
+        "totalSteps": 8,
+    }
     failed = report_to_status(TrainerReport(phase="Failed", error="boom"), "t0", "t1")
     assert failed.phase == "Failed" and failed.message == "boom"
     assert any(c.type == "Succeeded" and c.status == "False" for c in failed.conditions)

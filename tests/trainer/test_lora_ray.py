@@ -24,15 +24,21 @@ RESIZED = ("model.embed_tokens.weight", "lm_head.weight")  # grown for the task'
 
 def lora_manifest(datasets: Path) -> dict:
     return {
-        "apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob",
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
         "metadata": {"name": "lora-test"},
         "spec": {
             "model": {"name": "builtin:tiny-llama"},
             "task": {"preset": "gsm8k"},
             "data": {"train": {"uri": str(datasets / "gsm8k" / "train.jsonl")}, "maxSamples": 48},
-            "training": {**TRAINING, "learningRate": 5.0e-3, "epochs": 2, "checkpointsToKeep": 2,
-                         "method": "lora",  # LoraSpec defaults: r 8, alpha 16, dropout 0.05
-                         "deepspeed": {"enabled": False, "offloadOptimizer": False}},
+            "training": {
+                **TRAINING,
+                "learningRate": 5.0e-3,
+                "epochs": 2,
+                "checkpointsToKeep": 2,
+                "method": "lora",  # LoraSpec defaults: r 8, alpha 16, dropout 0.05
+                "deepspeed": {"enabled": False, "offloadOptimizer": False},
+            },
             "evaluation": {"enabled": False},
             "compute": {"workers": 2},
             "output": {"storageURI": "checkpoints"},  # relative to the manifest's folder
@@ -122,18 +128,32 @@ def checkpoint_validation_loss(folder: Path, raw_spec: dict) -> float:
     spec = parse_spec(raw_spec)
     t = spec.training
     tokenizer = load_tokenizer(str(folder))
-    prepared = prepare_data(spec.data, preset_for_task(spec.task), tokenizer,
-                            context_length=t.context_length, seed=t.seed,
-                            loss_on_prompt=t.loss_on_prompt)
+    prepared = prepare_data(
+        spec.data,
+        preset_for_task(spec.task),
+        tokenizer,
+        context_length=t.context_length,
+        seed=t.seed,
+        loss_on_prompt=t.loss_on_prompt,
+    )
     assert prepared.validation
     model = load_model(str(folder)).eval()
     loss_sum, tokens = 0.0, 0
     with torch.no_grad():
-        for batch in worker_batches(prepared.validation, epoch=0, seed=t.seed, rank=0,
-                                    world_size=1, batch_size=t.batch_size_per_device,
-                                    context_length=t.context_length, packing=t.packing,
-                                    pad_id=tokenizer.pad_token_id, shuffle=False):
-            total, count = token_loss_sum(model(**model_inputs(batch, model)).logits,
-                                          batch["labels"])
+        for batch in worker_batches(
+            prepared.validation,
+            epoch=0,
+            seed=t.seed,
+            rank=0,
+            world_size=1,
+            batch_size=t.batch_size_per_device,
+            context_length=t.context_length,
+            packing=t.packing,
+            pad_id=tokenizer.pad_token_id,
+            shuffle=False,
+        ):
+            total, count = token_loss_sum(
+                model(**model_inputs(batch, model)).logits, batch["labels"]
+            )
             loss_sum, tokens = loss_sum + float(total), tokens + int(count)
     return loss_sum / tokens

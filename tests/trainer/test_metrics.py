@@ -52,8 +52,10 @@ def test_schedule_is_in_optimizer_steps_with_warmup():
 
 def test_exact_match_and_mathqa_letter():
     metrics, details = exact_match_scores(
-        "mathqa", ["x = 5\nAnswer: c", "wrong\nAnswer: b", "garbage"],
-        ["x  = 5\nAnswer: c", "right\nAnswer: a", "y\nAnswer: d"])
+        "mathqa",
+        ["x = 5\nAnswer: c", "wrong\nAnswer: b", "garbage"],
+        ["x  = 5\nAnswer: c", "right\nAnswer: a", "y\nAnswer: d"],
+    )
     assert metrics == {"exact_match": pytest.approx(1 / 3), "accuracy": pytest.approx(1 / 3)}
     assert details[0] == {"exact_match": True, "answer_correct": True}
     assert mathqa_letter("so the answer : ( e ) .") is None or mathqa_letter("answer: (e)") == "e"

@@ -15,7 +15,9 @@ KUBETUNE = [sys.executable, "-m", "kubetune.cli"]
 
 
 def kubetune(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*KUBETUNE, *args], capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [*KUBETUNE, *args], capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def test_predict_then_eval(tiny_model_dir: Path, datasets_dir: Path, tmp_path: Path):
@@ -23,17 +25,42 @@ def test_predict_then_eval(tiny_model_dir: Path, datasets_dir: Path, tmp_path: P
     references = tmp_path / "references.jsonl"
     references.write_text("".join(test_file.read_text().splitlines(keepends=True)[:3]))
     predictions = tmp_path / "predictions.jsonl"
-    result = kubetune("predict", "--checkpoint", str(tiny_model_dir), "--task", "gsm8k",
-                      "--data", str(references), "--output", str(predictions),
-                      "--few-shot", "--train", str(datasets_dir / "gsm8k" / "train.jsonl"),
-                      "--shots", "2", "--max-new-tokens", "8", "--batch-size", "2")
+    result = kubetune(
+        "predict",
+        "--checkpoint",
+        str(tiny_model_dir),
+        "--task",
+        "gsm8k",
+        "--data",
+        str(references),
+        "--output",
+        str(predictions),
+        "--few-shot",
+        "--train",
+        str(datasets_dir / "gsm8k" / "train.jsonl"),
+        "--shots",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--batch-size",
+        "2",
+    )
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert [r["id"] for r in rows] == [1, 2, 3]  # row numbers: the file has no id field
     assert all(isinstance(r["prediction"], str) for r in rows)
     metrics_file = tmp_path / "metrics.json"
-    scored = kubetune("eval", "--task", "gsm8k", "--predictions", str(predictions),
-                      "--references", str(references), "--output", str(metrics_file))
+    scored = kubetune(
+        "eval",
+        "--task",
+        "gsm8k",
+        "--predictions",
+        str(predictions),
+        "--references",
+        str(references),
+        "--output",
+        str(metrics_file),
+    )
     assert scored.returncode == 0, scored.stderr
     metrics = json.loads(metrics_file.read_text())
     assert metrics["samples"] == 3 and 0.0 <= metrics["metrics"]["accuracy"] <= 1.0
@@ -42,14 +69,33 @@ def test_predict_then_eval(tiny_model_dir: Path, datasets_dir: Path, tmp_path: P
 def test_predict_names_the_bad_row(tiny_model_dir: Path, tmp_path: Path):
     data = tmp_path / "bad.jsonl"
     data.write_text('{"question": "1+1?", "answer": "2\\n#### 2"}\n{"question": "no answer"}\n')
-    result = kubetune("predict", "--checkpoint", str(tiny_model_dir), "--task", "gsm8k",
-                      "--data", str(data), "--output", str(tmp_path / "p.jsonl"))
+    result = kubetune(
+        "predict",
+        "--checkpoint",
+        str(tiny_model_dir),
+        "--task",
+        "gsm8k",
+        "--data",
+        str(data),
+        "--output",
+        str(tmp_path / "p.jsonl"),
+    )
     assert result.returncode == 2
     assert f"{data}: row 2:" in result.stderr and "answer" in result.stderr
     assert not (tmp_path / "p.jsonl").exists()
 
 
 def test_few_shot_needs_training_rows(tiny_model_dir: Path, tmp_path: Path):
-    result = kubetune("predict", "--checkpoint", str(tiny_model_dir), "--task", "gsm8k",
-                      "--data", "x.jsonl", "--output", str(tmp_path / "p.jsonl"), "--few-shot")
+    result = kubetune(
+        "predict",
+        "--checkpoint",
+        str(tiny_model_dir),
+        "--task",
+        "gsm8k",
+        "--data",
+        "x.jsonl",
+        "--output",
+        str(tmp_path / "p.jsonl"),
+        "--few-shot",
+    )
     assert result.returncode == 2 and "--train" in result.stderr

@@ -35,7 +35,9 @@ class Recorder:
 
 
 def test_file_reporter_writes_camelcase_json(tmp_path):
-    FileReporter(tmp_path / "r" / "report.json").write(TrainerReport(phase="Training", total_steps=9))
+    FileReporter(tmp_path / "r" / "report.json").write(
+        TrainerReport(phase="Training", total_steps=9)
+    )
     document = json.loads((tmp_path / "r" / "report.json").read_text())
     assert document["phase"] == "Training" and document["totalSteps"] == 9
     assert [p.name for p in (tmp_path / "r").iterdir()] == ["report.json"]
@@ -105,7 +107,9 @@ def test_configmap_reporter_retries_while_its_rbac_catches_up(monkeypatch):
     assert api.patches == 1
 
 
-@pytest.mark.parametrize("statuses", [[422], [403, 403, 403, 403]], ids=["not-retryable", "gives-up"])
+@pytest.mark.parametrize(
+    "statuses", [[422], [403, 403, 403, 403]], ids=["not-retryable", "gives-up"]
+)
 def test_configmap_reporter_raises_what_retrying_cannot_fix(monkeypatch, statuses):
     monkeypatch.setattr("kubetune_trainer.reporting.RETRY_DELAYS_S", (0, 0, 0))
     api = FlakyApi(statuses)

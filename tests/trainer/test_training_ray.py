@@ -18,28 +18,49 @@ import yaml
 
 pytestmark = pytest.mark.trainer
 
-TRAINING = {"learningRate": 1.0e-3, "batchSizePerDevice": 8, "contextLength": 384,
-            "precision": "fp32", "gradientCheckpointing": False, "seed": 7}
+TRAINING = {
+    "learningRate": 1.0e-3,
+    "batchSizePerDevice": 8,
+    "contextLength": 384,
+    "precision": "fp32",
+    "gradientCheckpointing": False,
+    "seed": 7,
+}
 
 
 def curriculum_manifest(datasets: Path) -> dict:
     return {
-        "apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob",
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
         "metadata": {"name": "curriculum-test"},
         "spec": {
             "model": {"name": "builtin:tiny-llama"},
             "task": {"preset": "gsm8k"},
             "stages": [
-                {"name": "mathqa", "task": {"preset": "mathqa"}, "training": {"epochs": 1},
-                 "data": {"train": {"uri": str(datasets / "mathqa" / "dev.json")},
-                          "maxSamples": 96}},
-                {"name": "gsm8k",
-                 "data": {"train": {"uri": str(datasets / "gsm8k" / "train.jsonl")},
-                          "test": {"uri": str(datasets / "gsm8k" / "test.jsonl")},
-                          "maxSamples": 240}},
+                {
+                    "name": "mathqa",
+                    "task": {"preset": "mathqa"},
+                    "training": {"epochs": 1},
+                    "data": {
+                        "train": {"uri": str(datasets / "mathqa" / "dev.json")},
+                        "maxSamples": 96,
+                    },
+                },
+                {
+                    "name": "gsm8k",
+                    "data": {
+                        "train": {"uri": str(datasets / "gsm8k" / "train.jsonl")},
+                        "test": {"uri": str(datasets / "gsm8k" / "test.jsonl")},
+                        "maxSamples": 240,
+                    },
+                },
             ],
-            "training": {**TRAINING, "epochs": 2, "checkpointsToKeep": 1,
-                         "deepspeed": {"enabled": False, "offloadOptimizer": False}},
+            "training": {
+                **TRAINING,
+                "epochs": 2,
+                "checkpointsToKeep": 1,
+                "deepspeed": {"enabled": False, "offloadOptimizer": False},
+            },
             "evaluation": {"maxSamples": 4, "maxNewTokens": 16, "batchSize": 4},
             "compute": {"workers": 2},
             "output": {"storageURI": "checkpoints"},  # relative to the manifest's folder
@@ -84,7 +105,11 @@ def test_curriculum_ddp_run_learns_and_checkpoint_generates(tmp_path, datasets_d
     metrics = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert [m["type"] for m in metrics] == ["epoch"] * 3 + ["evaluation"]
     report = json.loads((output / "report.json").read_text())
-    assert {d["split"] for d in report["data"]} >= {"mathqa/train", "gsm8k/validation", "gsm8k/test"}
+    assert {d["split"] for d in report["data"]} >= {
+        "mathqa/train",
+        "gsm8k/validation",
+        "gsm8k/test",
+    }
     assert_checkpoint_generates(Path(best["uri"]))
 
 
@@ -106,16 +131,22 @@ def assert_checkpoint_generates(folder: Path) -> None:
 def deepspeed_spec(datasets: Path, storage: Path):
     from kubetune.validation import parse_spec
 
-    return parse_spec({
-        "model": {"name": "builtin:tiny-llama"},
-        "task": {"preset": "gsm8k"},
-        "data": {"train": {"uri": str(datasets / "gsm8k" / "train.jsonl")}, "maxSamples": 96},
-        "training": {**TRAINING, "epochs": 2, "checkpointsToKeep": 2,
-                     "deepspeed": {"enabled": True, "stage": 3, "offloadOptimizer": True}},
-        "evaluation": {"enabled": False},
-        "compute": {"workers": 2},
-        "output": {"storageURI": str(storage)},
-    })
+    return parse_spec(
+        {
+            "model": {"name": "builtin:tiny-llama"},
+            "task": {"preset": "gsm8k"},
+            "data": {"train": {"uri": str(datasets / "gsm8k" / "train.jsonl")}, "maxSamples": 96},
+            "training": {
+                **TRAINING,
+                "epochs": 2,
+                "checkpointsToKeep": 2,
+                "deepspeed": {"enabled": True, "stage": 3, "offloadOptimizer": True},
+            },
+            "evaluation": {"enabled": False},
+            "compute": {"workers": 2},
+            "output": {"storageURI": str(storage)},
+        }
+    )
 
 
 def run_spec(spec, workdir: Path, name: str):
@@ -123,18 +154,29 @@ def run_spec(spec, workdir: Path, name: str):
     from kubetune_trainer.runner import RunOptions, run_job
 
     report_path = workdir / "report.json"
-    options = RunOptions(job_name=name, reporter=ThrottledReporter(FileReporter(report_path), 0),
-                         workdir=workdir, report_target=f"file:{report_path}", local=True,
-                         report_interval_s=1.0)
+    options = RunOptions(
+        job_name=name,
+        reporter=ThrottledReporter(FileReporter(report_path), 0),
+        workdir=workdir,
+        report_target=f"file:{report_path}",
+        local=True,
+        report_interval_s=1.0,
+    )
     return run_job(spec, options)
 
 
 def test_deepspeed_zero3_offload_resumes_after_worker_kill(tmp_path, datasets_dir, monkeypatch):
-    clean = run_spec(deepspeed_spec(datasets_dir, tmp_path / "ck-clean"), tmp_path / "clean", "ds-clean")
+    clean = run_spec(
+        deepspeed_spec(datasets_dir, tmp_path / "ck-clean"), tmp_path / "clean", "ds-clean"
+    )
     marker = tmp_path / "killed"
-    monkeypatch.setenv("KUBETUNE_FAULT_INJECT",
-                       json.dumps({"rank": 1, "epoch": 2, "step": 2, "marker": str(marker)}))
-    resumed = run_spec(deepspeed_spec(datasets_dir, tmp_path / "ck-kill"), tmp_path / "kill", "ds-kill")
+    monkeypatch.setenv(
+        "KUBETUNE_FAULT_INJECT",
+        json.dumps({"rank": 1, "epoch": 2, "step": 2, "marker": str(marker)}),
+    )
+    resumed = run_spec(
+        deepspeed_spec(datasets_dir, tmp_path / "ck-kill"), tmp_path / "kill", "ds-kill"
+    )
 
     assert marker.exists(), "the fault was never injected"
     assert clean.phase == resumed.phase == "Succeeded"

@@ -20,13 +20,21 @@ def test_defaults_when_environment_is_empty() -> None:
 
 
 def test_environment_overrides() -> None:
-    config = OperatorConfig.from_env({
-        "KUBETUNE_NAMESPACES": "team-a, team-b ,", "KUBETUNE_TRAINER_IMAGE": "repo/t:1",
-        "KUBETUNE_CPU_HEADROOM": "0.2", "KUBETUNE_MEMORY_HEADROOM": "0.05",
-        "KUBETUNE_ACTIVE_DEADLINE_SECONDS": "3600", "KUBETUNE_TTL_SECONDS_AFTER_FINISHED": "0",
-        "KUBETUNE_SUBMISSION_MODE": "HTTPMode", "KUBETUNE_PEERING": "kubetune",
-        "KUBETUNE_HEALTH_PORT": "1", "KUBETUNE_METRICS_PORT": "0",
-        "KUBETUNE_BIND_ADDRESS": "127.0.0.1"})
+    config = OperatorConfig.from_env(
+        {
+            "KUBETUNE_NAMESPACES": "team-a, team-b ,",
+            "KUBETUNE_TRAINER_IMAGE": "repo/t:1",
+            "KUBETUNE_CPU_HEADROOM": "0.2",
+            "KUBETUNE_MEMORY_HEADROOM": "0.05",
+            "KUBETUNE_ACTIVE_DEADLINE_SECONDS": "3600",
+            "KUBETUNE_TTL_SECONDS_AFTER_FINISHED": "0",
+            "KUBETUNE_SUBMISSION_MODE": "HTTPMode",
+            "KUBETUNE_PEERING": "kubetune",
+            "KUBETUNE_HEALTH_PORT": "1",
+            "KUBETUNE_METRICS_PORT": "0",
+            "KUBETUNE_BIND_ADDRESS": "127.0.0.1",
+        }
+    )
     assert config.namespaces == ("team-a", "team-b")
     assert config.trainer_image == "repo/t:1"
     assert (config.cpu_headroom, config.memory_headroom) == (0.2, 0.05)
@@ -36,8 +44,9 @@ def test_environment_overrides() -> None:
     assert (config.health_port, config.metrics_port, config.bind_address) == (1, 0, "127.0.0.1")
 
 
-@pytest.mark.parametrize("env", [{"KUBETUNE_CPU_HEADROOM": "0.95"},
-                                 {"KUBETUNE_SUBMISSION_MODE": "Magic"}])
+@pytest.mark.parametrize(
+    "env", [{"KUBETUNE_CPU_HEADROOM": "0.95"}, {"KUBETUNE_SUBMISSION_MODE": "Magic"}]
+)
 def test_bad_values_are_refused(env: dict[str, str]) -> None:
     with pytest.raises(ValueError):
         OperatorConfig.from_env(env)

@@ -12,11 +12,15 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("path", sorted(generated_files(ROOT)), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize(
+    "path", sorted(generated_files(ROOT)), ids=lambda p: str(p.relative_to(ROOT))
+)
 def test_generated_files_match_the_models(path):
     """crds/, the chart's CRD copy and docs/api-reference.md are renders of the models."""
     expected = generated_files(ROOT)[path]
-    assert path.exists() and path.read_text() == expected, f"{path.relative_to(ROOT)} is stale: run make manifests"
+    assert path.exists() and path.read_text() == expected, (
+        f"{path.relative_to(ROOT)} is stale: run make manifests"
+    )
 
 
 def walk(node, path="$"):
@@ -54,11 +58,14 @@ def test_every_field_has_a_type_and_description():
             check(sub, f"{path}.{name}")
         if "items" in node:
             check(node["items"], f"{path}[]")
+
     check(schema(), "$")
 
 
 def test_every_cross_field_rule_is_in_the_crd():
-    in_crd = {node["rule"] for _, node in walk(schema()) if isinstance(node, dict) and "rule" in node}
+    in_crd = {
+        node["rule"] for _, node in walk(schema()) if isinstance(node, dict) and "rule" in node
+    }
     for model in KubeModel.__subclasses__():
         for rule in model.rules:
             assert rule.cel in in_crd, (model.__name__, rule.cel)
@@ -68,11 +75,22 @@ def test_crd_names_and_columns():
     crd = finetunejob_crd()
     names = crd["spec"]["names"]
     assert (names["plural"], names["kind"], names["shortNames"], names["categories"]) == (
-        "finetunejobs", "FineTuneJob", ["ftj"], ["kubetune"])
+        "finetunejobs",
+        "FineTuneJob",
+        ["ftj"],
+        ["kubetune"],
+    )
     version = crd["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     assert [c["name"] for c in version["additionalPrinterColumns"]] == [
-        "Phase", "Model", "Task", "Epoch", "Best-PPL", "Score", "Age"]
+        "Phase",
+        "Model",
+        "Task",
+        "Epoch",
+        "Best-PPL",
+        "Score",
+        "Age",
+    ]
 
 
 def test_conditions_are_a_map_list_keyed_by_type():
@@ -92,7 +110,16 @@ def test_spec_is_immutable_except_suspend():
     rules = schema()["properties"]["spec"]["x-kubernetes-validations"]
     transition = [r for r in rules if "oldSelf" in r["rule"]]
     guarded = {r["fieldPath"] for r in transition}
-    assert guarded >= {".model", ".task", ".data", ".stages", ".training", ".evaluation", ".compute", ".output"}
+    assert guarded >= {
+        ".model",
+        ".task",
+        ".data",
+        ".stages",
+        ".training",
+        ".evaluation",
+        ".compute",
+        ".output",
+    }
     run_policy = schema()["properties"]["spec"]["properties"]["runPolicy"]
     run_policy_guarded = {r["fieldPath"] for r in run_policy["x-kubernetes-validations"]}
     assert ".suspend" not in run_policy_guarded and ".queueName" in run_policy_guarded

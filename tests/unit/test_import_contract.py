@@ -11,8 +11,18 @@ import pytest
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-FORBIDDEN = {"kopf", "kubernetes", "kubernetes_asyncio", "ray", "torch", "deepspeed",
-             "transformers", "accelerate", "peft", "datasets"}
+FORBIDDEN = {
+    "kopf",
+    "kubernetes",
+    "kubernetes_asyncio",
+    "ray",
+    "torch",
+    "deepspeed",
+    "transformers",
+    "accelerate",
+    "peft",
+    "datasets",
+}
 # Globs of pure modules, relative to the repo root. New pure modules belong here.
 PURE = [
     "operator/kubetune/api/*.py",
@@ -67,5 +77,7 @@ def test_pure_modules_load_without_heavy_packages():
         f"for m in {modules!r}: importlib.import_module(m)\n"
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(FORBIDDEN)!r}))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]"

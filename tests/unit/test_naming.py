@@ -9,14 +9,17 @@ def test_short_dns1035_names_are_kept_readable():
     assert rayjob_name("llama2-13b-gsm8k") == "llama2-13b-gsm8k"
 
 
-@pytest.mark.parametrize("name", [
-    "a" * 48,
-    "x" * 253,
-    "llama2.13b.gsm8k",          # dots: valid FineTuneJob name, invalid RayJob name
-    "13b-first",                 # starts with a digit
-    "a" * 46 + "-",              # cut would leave a trailing dash
-    "a-" * 60 + "b",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a" * 48,
+        "x" * 253,
+        "llama2.13b.gsm8k",  # dots: valid FineTuneJob name, invalid RayJob name
+        "13b-first",  # starts with a digit
+        "a" * 46 + "-",  # cut would leave a trailing dash
+        "a-" * 60 + "b",
+    ],
+)
 def test_derived_names_fit_kuberay(name):
     derived = rayjob_name(name)
     assert len(derived) <= RAYJOB_NAME_LIMIT

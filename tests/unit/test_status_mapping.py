@@ -20,28 +20,49 @@ pytestmark = pytest.mark.unit
 
 T0, T1, T2 = "2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z", "2026-01-01T02:00:00Z"
 BEST = {"uri": "s3://b/ckpt/epoch-3", "stage": "gsm8k", "epoch": 3, "validationPerplexity": 2.5}
-SCORES = {"task": "gsm8k", "samples": 100, "primaryMetric": "accuracy", "score": 0.47,
-          "metrics": {"accuracy": 0.47}}
-CURVE = [{"stage": "gsm8k", "epoch": e, "trainLoss": 1.0 / e, "validationLoss": 0.9 / e,
-          "validationPerplexity": 2.0 + 1 / e} for e in (1, 2, 3)]
+SCORES = {
+    "task": "gsm8k",
+    "samples": 100,
+    "primaryMetric": "accuracy",
+    "score": 0.47,
+    "metrics": {"accuracy": 0.47},
+}
+CURVE = [
+    {
+        "stage": "gsm8k",
+        "epoch": e,
+        "trainLoss": 1.0 / e,
+        "validationLoss": 0.9 / e,
+        "validationPerplexity": 2.0 + 1 / e,
+    }
+    for e in (1, 2, 3)
+]
 
 
 def job(evaluation: bool = True, **run_policy: Any) -> FineTuneJob:
-    return FineTuneJob.model_validate({
-        "metadata": {"name": "j", "namespace": "ns", "generation": 3, "uid": "u"},
-        "spec": {
-            "model": {"name": "m"}, "task": {"preset": "gsm8k"},
-            "data": {"train": {"uri": "s3://d/train"}, "test": {"uri": "s3://d/test"}},
-            "evaluation": {"enabled": evaluation},
-            "output": {"storageURI": "s3://out"},
-            "runPolicy": {"backoffLimit": 2, **run_policy},
-        },
-    })
+    return FineTuneJob.model_validate(
+        {
+            "metadata": {"name": "j", "namespace": "ns", "generation": 3, "uid": "u"},
+            "spec": {
+                "model": {"name": "m"},
+                "task": {"preset": "gsm8k"},
+                "data": {"train": {"uri": "s3://d/train"}, "test": {"uri": "s3://d/test"}},
+                "evaluation": {"enabled": evaluation},
+                "output": {"storageURI": "s3://out"},
+                "runPolicy": {"backoffLimit": 2, **run_policy},
+            },
+        }
+    )
 
 
 def report(**fields: Any) -> TrainerReport:
-    base: dict[str, Any] = {"phase": "Training", "stage": "gsm8k", "epoch": 2, "totalEpochs": 10,
-                            "epochs": CURVE}
+    base: dict[str, Any] = {
+        "phase": "Training",
+        "stage": "gsm8k",
+        "epoch": 2,
+        "totalEpochs": 10,
+        "epochs": CURVE,
+    }
     return TrainerReport.model_validate({**base, **fields})
 
 
@@ -49,8 +70,13 @@ FULL = report(phase="Succeeded", bestCheckpoint=BEST, evaluation=SCORES)
 
 
 def rj(deployment: str, job_status: str = "", **extra: Any) -> dict[str, Any]:
-    return {"jobDeploymentStatus": deployment, "jobStatus": job_status, "jobId": "j-123",
-            "dashboardURL": "j-head-svc.ns.svc:8265", **extra}
+    return {
+        "jobDeploymentStatus": deployment,
+        "jobStatus": job_status,
+        "jobId": "j-123",
+        "dashboardURL": "j-head-svc.ns.svc:8265",
+        **extra,
+    }
 
 
 def expected_phase(deployment: str, job_status: str) -> str:
@@ -108,13 +134,17 @@ def test_succeeded_mirrors_results() -> None:
     assert succeeded.status == "True" and succeeded.observed_generation == 3
 
 
-@pytest.mark.parametrize(("the_report", "evaluation", "missing"), [
-    (None, True, "no report"),
-    (report(phase="Succeeded"), True, "no best checkpoint"),
-    (report(phase="Succeeded", bestCheckpoint=BEST), True, "no evaluation scores"),
-])
-def test_success_needs_results(the_report: TrainerReport | None, evaluation: bool,
-                               missing: str) -> None:
+@pytest.mark.parametrize(
+    ("the_report", "evaluation", "missing"),
+    [
+        (None, True, "no report"),
+        (report(phase="Succeeded"), True, "no best checkpoint"),
+        (report(phase="Succeeded", bestCheckpoint=BEST), True, "no evaluation scores"),
+    ],
+)
+def test_success_needs_results(
+    the_report: TrainerReport | None, evaluation: bool, missing: str
+) -> None:
     status = map_rayjob_status(job(evaluation), rj("Complete", "SUCCEEDED"), the_report, None, T0)
     assert status.phase == "Failed"
     assert missing in (status.message or "")
@@ -127,18 +157,25 @@ def test_scores_not_needed_when_evaluation_disabled() -> None:
     assert status.phase == "Succeeded"
 
 
-@pytest.mark.parametrize(("kuberay_reason", "reason", "words"), [
-    ("DeadlineExceeded", "DeadlineExceeded", "activeDeadlineSeconds"),
-    ("SubmissionFailed", "SubmissionFailed", "submitter"),
-    ("AppFailed", "TrainerFailed", "CUDA out of memory"),
-    ("JobDeploymentStatusTransitionGracePeriodExceeded", "RayClusterUnavailable", "head pod"),
-    ("SomethingNew", "RayJobFailed", "SomethingNew"),
-])
+@pytest.mark.parametrize(
+    ("kuberay_reason", "reason", "words"),
+    [
+        ("DeadlineExceeded", "DeadlineExceeded", "activeDeadlineSeconds"),
+        ("SubmissionFailed", "SubmissionFailed", "submitter"),
+        ("AppFailed", "TrainerFailed", "CUDA out of memory"),
+        ("JobDeploymentStatusTransitionGracePeriodExceeded", "RayClusterUnavailable", "head pod"),
+        ("SomethingNew", "RayJobFailed", "SomethingNew"),
+    ],
+)
 def test_failure_messages_are_actionable(kuberay_reason: str, reason: str, words: str) -> None:
     the_report = report(phase="Failed", error="CUDA out of memory on rank 3")
     status = map_rayjob_status(
-        job(), rj("Failed", "FAILED", reason=kuberay_reason, message="it broke"), the_report,
-        None, T0)
+        job(),
+        rj("Failed", "FAILED", reason=kuberay_reason, message="it broke"),
+        the_report,
+        None,
+        T0,
+    )
     assert status.phase == "Failed"
     assert next(c for c in status.conditions if c.type == "Failed").reason == reason
     assert words in (status.message or "")
@@ -146,8 +183,9 @@ def test_failure_messages_are_actionable(kuberay_reason: str, reason: str, words
 
 
 def test_stale_job_status_after_deployment_failure() -> None:
-    status = map_rayjob_status(job(), rj("Failed", "RUNNING", reason="SubmissionFailed"), None,
-                               None, T0)
+    status = map_rayjob_status(
+        job(), rj("Failed", "RUNNING", reason="SubmissionFailed"), None, None, T0
+    )
     assert status.phase == "Failed"
     assert "stale" in (status.message or "")
     running = next(c for c in status.conditions if c.type == "Running")
@@ -155,22 +193,28 @@ def test_stale_job_status_after_deployment_failure() -> None:
 
 
 def test_validation_failed_is_terminal() -> None:
-    status = map_rayjob_status(job(), rj("ValidationFailed", "", message="bad spec"), None, None, T0)
+    status = map_rayjob_status(
+        job(), rj("ValidationFailed", "", message="bad spec"), None, None, T0
+    )
     assert status.phase == "Failed"
-    assert next(c for c in status.conditions if c.type == "Failed").reason == "RayJobValidationFailed"
+    assert (
+        next(c for c in status.conditions if c.type == "Failed").reason == "RayJobValidationFailed"
+    )
 
 
 def test_retrying_is_not_failure_and_counts_attempts() -> None:
     first = map_rayjob_status(job(), rj("Running", "RUNNING"), report(), None, T0)
     assert first.ray_job is not None and first.ray_job.attempts == 1
-    retry = map_rayjob_status(job(), rj("Retrying", "FAILED", failed=1, reason="AppFailed"), None,
-                              first, T1)
+    retry = map_rayjob_status(
+        job(), rj("Retrying", "FAILED", failed=1, reason="AppFailed"), None, first, T1
+    )
     assert retry.phase == "Provisioning"
     assert retry.ray_job is not None and retry.ray_job.attempts == 2
     assert "retry 1 of 2" in (retry.message or "")
     assert next(c for c in retry.conditions if c.type == "Running").reason == "Retrying"
-    final = map_rayjob_status(job(), rj("Failed", "FAILED", failed=3, reason="AppFailed"), None,
-                              retry, T2)
+    final = map_rayjob_status(
+        job(), rj("Failed", "FAILED", failed=3, reason="AppFailed"), None, retry, T2
+    )
     assert final.phase == "Failed" and final.ray_job is not None and final.ray_job.attempts == 3
 
 
@@ -180,12 +224,15 @@ def test_attempts_never_decrease() -> None:
     assert count_attempts(None, prev) == 3
 
 
-@pytest.mark.parametrize(("policy", "phase"), [
-    ({"suspend": True}, "Suspended"),
-    ({"queueName": "gpu"}, "Queued"),
-    ({"queueName": "gpu", "suspend": True}, "Suspended"),
-    ({}, "Suspended"),
-])
+@pytest.mark.parametrize(
+    ("policy", "phase"),
+    [
+        ({"suspend": True}, "Suspended"),
+        ({"queueName": "gpu"}, "Queued"),
+        ({"queueName": "gpu", "suspend": True}, "Suspended"),
+        ({}, "Suspended"),
+    ],
+)
 def test_suspended_rayjob(policy: dict[str, Any], phase: str) -> None:
     status = map_rayjob_status(job(**policy), rj("Suspended"), None, None, T0)
     assert status.phase == phase
@@ -202,8 +249,9 @@ def test_training_and_evaluating_follow_the_report() -> None:
     assert training.phase == "Training" and "epoch 2/10" in (training.message or "")
     assert training.progress is not None and training.progress.epoch == 2
     assert training.start_time == T0
-    evaluating = map_rayjob_status(job(), rj("Running", "RUNNING"), report(phase="Evaluating"),
-                                   training, T2)
+    evaluating = map_rayjob_status(
+        job(), rj("Running", "RUNNING"), report(phase="Evaluating"), training, T2
+    )
     assert evaluating.phase == "Evaluating"
     finishing = map_rayjob_status(job(), rj("Running", "RUNNING"), FULL, evaluating, T2)
     assert finishing.phase == "Evaluating"

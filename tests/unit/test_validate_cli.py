@@ -15,7 +15,9 @@ KUBETUNE = [sys.executable, "-m", "kubetune.cli"]
 
 
 def run_validate(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*KUBETUNE, "validate", "-f", str(path)], capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [*KUBETUNE, "validate", "-f", str(path)], capture_output=True, text=True, check=False
+    )
 
 
 @pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
@@ -55,7 +57,10 @@ def test_semantic_problems_fail_validation(tmp_path):
     path.write_text(yaml.safe_dump(doc))
     result = run_validate(path)
     assert result.returncode == 1
-    assert "spec.compute.workers: 12 workers do not fill whole g5.48xlarge nodes of 8 GPUs" in result.stderr
+    assert (
+        "spec.compute.workers: 12 workers do not fill whole g5.48xlarge nodes of 8 GPUs"
+        in result.stderr
+    )
 
 
 def test_local_storage_is_only_a_warning_offline():

@@ -57,8 +57,9 @@ def epochs_without_improvement(perplexities: Sequence[float], min_delta: float =
     return since
 
 
-def should_stop_early(perplexities: Sequence[float], patience: int | None,
-                      min_delta: float = 0.0) -> bool:
+def should_stop_early(
+    perplexities: Sequence[float], patience: int | None, min_delta: float = 0.0
+) -> bool:
     """Stop once `patience` epochs in a row failed to improve; never without a patience."""
     if patience is None:
         return False

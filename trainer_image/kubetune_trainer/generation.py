@@ -19,8 +19,13 @@ from kubetune_trainer.data.prepare import TestRow
 from kubetune_trainer.data.tokenization import prompt_ids
 from kubetune_trainer.metrics import exact_match_scores
 
-PRIMARY_METRIC = {"gsm8k": "accuracy", "viggo": "exact_match", "sql": "execution_accuracy",
-                  "mathqa": "accuracy", "custom": "exact_match"}
+PRIMARY_METRIC = {
+    "gsm8k": "accuracy",
+    "viggo": "exact_match",
+    "sql": "execution_accuracy",
+    "mathqa": "accuracy",
+    "custom": "exact_match",
+}
 SCORED_TASKS = ("gsm8k", "viggo", "sql")
 
 
@@ -29,8 +34,8 @@ def left_padded(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, t
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
+        ids[i, width - len(row) :] = torch.tensor(row)
+        mask[i, width - len(row) :] = 1
     return ids, mask
 
 
@@ -44,8 +49,16 @@ def cut_at_stop(ids: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
 
 
 @torch.no_grad()
-def generate(model: Any, tokenizer: Any, prompts: Sequence[str], stop_token: str, *,
-             batch_size: int, max_new_tokens: int, prefix: str = "") -> list[str]:
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    stop_token: str,
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    prefix: str = "",
+) -> list[str]:
     """Greedy completions of `prompts` (same BOS + prompt prefix as in training)."""
     stop_ids = [tokenizer.convert_tokens_to_ids(stop_token)]
     if tokenizer.eos_token_id is not None:
@@ -54,14 +67,20 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], stop_token: str
     model.eval()
     outputs: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        chunk = [prompt_ids(tokenizer, prefix + p) for p in prompts[start:start + batch_size]]
+        chunk = [prompt_ids(tokenizer, prefix + p) for p in prompts[start : start + batch_size]]
         ids, mask = left_padded(chunk, tokenizer.pad_token_id)
-        generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                   max_new_tokens=max_new_tokens, do_sample=False,
-                                   eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)
-        for row in generated[:, ids.shape[1]:].tolist():
-            outputs.append(tokenizer.decode(cut_at_stop(row, stop_ids),
-                                            skip_special_tokens=True).strip())
+        generated = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=stop_ids,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        for row in generated[:, ids.shape[1] :].tolist():
+            outputs.append(
+                tokenizer.decode(cut_at_stop(row, stop_ids), skip_special_tokens=True).strip()
+            )
     return outputs
 
 
@@ -73,15 +92,19 @@ def reference_fields(task: str, row: TestRow) -> dict[str, Any]:
     return fields
 
 
-def score(task: str, predictions: Sequence[str], rows: Sequence[TestRow]
-          ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def score(
+    task: str, predictions: Sequence[str], rows: Sequence[TestRow]
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Metrics and per-example verdicts for the task."""
     if task in SCORED_TASKS:
         from kubetune_trainer.evaluation.scoring import score_predictions
 
-        metrics, details = score_predictions(task, list(predictions),
-                                             [reference_fields(task, r) for r in rows],
-                                             ids=[r.row for r in rows])
+        metrics, details = score_predictions(
+            task,
+            list(predictions),
+            [reference_fields(task, r) for r in rows],
+            ids=[r.row for r in rows],
+        )
         return dict(metrics), list(details)
     metrics, verdicts = exact_match_scores(task, predictions, [r.completion for r in rows])
     return metrics, list(verdicts)
@@ -92,10 +115,18 @@ def few_shot_prefix(examples: Sequence[tuple[str, str]]) -> str:
     return "".join(prompt + completion + "\n\n" for prompt, completion in examples)
 
 
-def evaluate_model(model_path: str, task: str, rows: Sequence[TestRow], stop_token: str, *,
-                   batch_size: int, max_new_tokens: int, revision: str | None = None,
-                   few_shot: Sequence[tuple[str, str]] = (),
-                   special_tokens: Sequence[str] = ()) -> dict[str, Any]:
+def evaluate_model(
+    model_path: str,
+    task: str,
+    rows: Sequence[TestRow],
+    stop_token: str,
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    revision: str | None = None,
+    few_shot: Sequence[tuple[str, str]] = (),
+    special_tokens: Sequence[str] = (),
+) -> dict[str, Any]:
     """Load a checkpoint (a local path, s3://, gs://, pvc:// or file:// URI, or a hub id for the baseline),
     generate for every row and score. Runs as a Ray task, possibly on another node, so remote
     checkpoints are fetched here, not by the driver."""
@@ -110,14 +141,21 @@ def evaluate_model(model_path: str, task: str, rows: Sequence[TestRow], stop_tok
 
     tokenizer = load_tokenizer(model_path, revision)
     add_special_tokens(tokenizer, special_tokens)
-    model = load_model(model_path, revision, torch.float32 if not torch.cuda.is_available()
-                       else torch.bfloat16)
+    model = load_model(
+        model_path, revision, torch.float32 if not torch.cuda.is_available() else torch.bfloat16
+    )
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     if torch.cuda.is_available():
         model = model.cuda()
-    predictions = generate(model, tokenizer, [r.prompt for r in rows], stop_token,
-                           batch_size=batch_size, max_new_tokens=max_new_tokens,
-                           prefix=few_shot_prefix(few_shot))
+    predictions = generate(
+        model,
+        tokenizer,
+        [r.prompt for r in rows],
+        stop_token,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        prefix=few_shot_prefix(few_shot),
+    )
     metrics, details = score(task, predictions, rows)
     return {"metrics": metrics, "details": details, "predictions": predictions}

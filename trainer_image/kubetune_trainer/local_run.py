@@ -21,17 +21,25 @@ from kubetune.api.report import TrainerReport
 from kubetune.api.v1alpha1 import Condition, FineTuneJobStatus, Progress
 
 LOCAL_REPORT_INTERVAL_S = 1.0
-PHASES = {"Preparing": "Provisioning", "Training": "Training", "Evaluating": "Evaluating",
-          "Succeeded": "Succeeded", "Failed": "Failed"}
+PHASES = {
+    "Preparing": "Provisioning",
+    "Training": "Training",
+    "Evaluating": "Evaluating",
+    "Succeeded": "Succeeded",
+    "Failed": "Failed",
+}
 
 
 def add_run(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "run", help="run a FineTuneJob on this machine (local Ray, CPUs or GPUs)",
-        description="Run the whole FineTuneJob here: training, best checkpoint, evaluation.")
+        "run",
+        help="run a FineTuneJob on this machine (local Ray, CPUs or GPUs)",
+        description="Run the whole FineTuneJob here: training, best checkpoint, evaluation.",
+    )
     parser.add_argument("-f", "--file", required=True, help="FineTuneJob manifest (YAML).")
-    parser.add_argument("--output", default=None,
-                        help="Output folder (default ./kubetune-output/<job name>).")
+    parser.add_argument(
+        "--output", default=None, help="Output folder (default ./kubetune-output/<job name>)."
+    )
     parser.set_defaults(handler=handle_run)
 
 
@@ -44,24 +52,50 @@ def now() -> str:
     return now_rfc3339()
 
 
-def report_to_status(report: TrainerReport, started: str, finished: str | None) -> FineTuneJobStatus:
+def report_to_status(
+    report: TrainerReport, started: str, finished: str | None
+) -> FineTuneJobStatus:
     """What the operator would put into .status for this report."""
     phase = PHASES[report.phase]
     done = phase in ("Succeeded", "Failed")
     message = report.error if report.phase == "Failed" else f"{report.phase.lower()}"
-    conditions = [Condition(type=phase if done else "Running", status="True",
-                            reason=report.phase, message=message or "",
-                            last_transition_time=report.updated_at or finished or started)]
+    conditions = [
+        Condition(
+            type=phase if done else "Running",
+            status="True",
+            reason=report.phase,
+            message=message or "",
+            last_transition_time=report.updated_at or finished or started,
+        )
+    ]
     if report.phase == "Failed":
-        conditions.append(Condition(type="Succeeded", status="False", reason="TrainerFailed",
-                                    message=report.error or "", last_transition_time=finished or started))
+        conditions.append(
+            Condition(
+                type="Succeeded",
+                status="False",
+                reason="TrainerFailed",
+                message=report.error or "",
+                last_transition_time=finished or started,
+            )
+        )
     return FineTuneJobStatus(
-        phase=phase, conditions=conditions, start_time=started,
-        completion_time=finished if done else None, message=message,
-        progress=Progress(stage=report.stage, epoch=report.epoch, total_epochs=report.total_epochs,
-                          step=report.step, total_steps=report.total_steps,
-                          eta_seconds=report.eta_seconds),
-        epochs=report.epochs, best_checkpoint=report.best_checkpoint, evaluation=report.evaluation)
+        phase=phase,
+        conditions=conditions,
+        start_time=started,
+        completion_time=finished if done else None,
+        message=message,
+        progress=Progress(
+            stage=report.stage,
+            epoch=report.epoch,
+            total_epochs=report.total_epochs,
+            step=report.step,
+            total_steps=report.total_steps,
+            eta_seconds=report.eta_seconds,
+        ),
+        epochs=report.epochs,
+        best_checkpoint=report.best_checkpoint,
+        evaluation=report.evaluation,
+    )
 
 
 def write_json(path: Path, document: Any) -> None:
@@ -143,13 +177,19 @@ class ProgressBar(threading.Thread):
                 if bar is not None:
                     bar.close()
                 key = report.stage
-                bar = tqdm(total=report.total_steps, desc=f"stage {report.stage}", unit="step",
-                           file=sys.stderr)
+                bar = tqdm(
+                    total=report.total_steps,
+                    desc=f"stage {report.stage}",
+                    unit="step",
+                    file=sys.stderr,
+                )
             assert bar is not None
             bar.n = min(report.step, report.total_steps)
             last = report.epochs[-1] if report.epochs else None
-            bar.set_postfix(epoch=f"{report.epoch}/{report.total_epochs}",
-                            val_ppl=f"{last.validation_perplexity:.1f}" if last else "-")
+            bar.set_postfix(
+                epoch=f"{report.epoch}/{report.total_epochs}",
+                val_ppl=f"{last.validation_perplexity:.1f}" if last else "-",
+            )
         if bar is not None:
             bar.close()
 
@@ -165,17 +205,23 @@ def summary_table(report: TrainerReport, elapsed_s: float) -> str:
     best = report.best_checkpoint
     for e in report.epochs:
         mark = "*" if best and (e.stage, e.epoch) == (best.stage, best.epoch) else ""
-        rows.append(f"{e.stage:<12} {e.epoch:>5} {e.train_loss:>11.4f} {e.validation_loss:>9.4f} "
-                    f"{e.validation_perplexity:>10.2f}  {mark}")
+        rows.append(
+            f"{e.stage:<12} {e.epoch:>5} {e.train_loss:>11.4f} {e.validation_loss:>9.4f} "
+            f"{e.validation_perplexity:>10.2f}  {mark}"
+        )
     if best:
         rows.append(f"best checkpoint: {best.uri} (stage {best.stage}, epoch {best.epoch})")
     for split in report.data:
         dropped = ", ".join(f"{d.count} {d.reason}" for d in split.dropped) or "none dropped"
-        rows.append(f"data {split.split}: {split.rows_used}/{split.rows_read} rows used ({dropped})")
+        rows.append(
+            f"data {split.split}: {split.rows_used}/{split.rows_read} rows used ({dropped})"
+        )
     if report.evaluation:
         ev = report.evaluation
-        rows.append(f"evaluation {ev.task} on {ev.samples} rows: {ev.primary_metric} = {ev.score:.3f}"
-                    + (f" (baseline {ev.baseline.get(ev.primary_metric, 0.0):.3f})" if ev.baseline else ""))
+        rows.append(
+            f"evaluation {ev.task} on {ev.samples} rows: {ev.primary_metric} = {ev.score:.3f}"
+            + (f" (baseline {ev.baseline.get(ev.primary_metric, 0.0):.3f})" if ev.baseline else "")
+        )
     rows.append(f"phase {report.phase} in {elapsed_s:.0f}s")
     return "\n".join(rows)
 
@@ -206,10 +252,16 @@ def handle_run(args: argparse.Namespace) -> int:
     output.mkdir(parents=True, exist_ok=True)
     report_path = output / "report.json"
     options = RunOptions(
-        job_name=job.metadata.name, reporter=ThrottledReporter(FileReporter(report_path), 0.0),
-        workdir=output / "work", report_target=f"file:{report_path}", base_dir=manifest.parent,
-        local=True, report_interval_s=LOCAL_REPORT_INTERVAL_S, on_report=Outputs(output),
-        eval_outputs=output)
+        job_name=job.metadata.name,
+        reporter=ThrottledReporter(FileReporter(report_path), 0.0),
+        workdir=output / "work",
+        report_target=f"file:{report_path}",
+        base_dir=manifest.parent,
+        local=True,
+        report_interval_s=LOCAL_REPORT_INTERVAL_S,
+        on_report=Outputs(output),
+        eval_outputs=output,
+    )
     started = time.monotonic()
     bar = ProgressBar(report_path)
     bar.start()

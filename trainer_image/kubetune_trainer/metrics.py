@@ -88,8 +88,9 @@ def mathqa_letter(text: str) -> str | None:
     return match.group(1).lower() if match else None
 
 
-def exact_match_scores(task: str, predictions: Sequence[str], references: Sequence[str]
-                       ) -> tuple[dict[str, float], list[dict[str, object]]]:
+def exact_match_scores(
+    task: str, predictions: Sequence[str], references: Sequence[str]
+) -> tuple[dict[str, float], list[dict[str, object]]]:
     """Scores for tasks without a dedicated scorer (mathqa, custom): whitespace-normalised exact
     match of the completion, and for mathqa also the accuracy of the chosen option letter."""
     if len(predictions) != len(references):
@@ -97,7 +98,8 @@ def exact_match_scores(task: str, predictions: Sequence[str], references: Sequen
     details: list[dict[str, object]] = []
     for prediction, reference in zip(predictions, references, strict=True):
         verdict: dict[str, object] = {
-            "exact_match": normalize_text(prediction) == normalize_text(reference)}
+            "exact_match": normalize_text(prediction) == normalize_text(reference)
+        }
         if task == "mathqa":
             gold = mathqa_letter(reference)
             verdict["answer_correct"] = gold is not None and mathqa_letter(prediction) == gold

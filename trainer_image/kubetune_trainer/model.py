@@ -17,9 +17,16 @@ BUILTIN_PREFIX = "builtin:"
 TINY_LLAMA = "builtin:tiny-llama"
 TOKEN_ENV = "HF_TOKEN"
 BASE_SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
-TINY_CONFIG: dict[str, Any] = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
-               "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 2048,
-               "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
+TINY_CONFIG: dict[str, Any] = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": False,
+}
 TINY_VOCAB = 2048
 
 
@@ -31,8 +38,11 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = TINY_VOCAB) -> A
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(BASE_SPECIAL.values()),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(BASE_SPECIAL.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     backend.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=backend, **BASE_SPECIAL)
 
@@ -45,9 +55,13 @@ def build_tiny_llama(texts: Iterable[str], out_dir: Path, seed: int = 0) -> Path
     if (out_dir / "config.json").exists():
         return out_dir
     tokenizer = train_bpe_tokenizer(texts)
-    config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         **TINY_CONFIG)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **TINY_CONFIG,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -82,8 +96,7 @@ def add_special_tokens(tokenizer: Any, tokens: Sequence[str]) -> int:
     if not missing:
         return 0
     existing = list(getattr(tokenizer, "additional_special_tokens", []) or [])
-    return int(tokenizer.add_special_tokens(
-        {"additional_special_tokens": existing + missing}))
+    return int(tokenizer.add_special_tokens({"additional_special_tokens": existing + missing}))
 
 
 def load_model(path: str, revision: str | None = None, dtype: Any = None) -> Any:

@@ -26,17 +26,29 @@ from kubetune.api.v1alpha1 import TaskPreset
 
 def add_predict(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "predict", help="generate predictions for a task's data from a checkpoint",
-        description="Greedy generation that stops at the task's stop token; output for kubetune eval.")
+        "predict",
+        help="generate predictions for a task's data from a checkpoint",
+        description="Greedy generation that stops at the task's stop token; output for kubetune eval.",
+    )
     parser.add_argument("--checkpoint", required=True, help="HF checkpoint folder (or hub id).")
-    parser.add_argument("--task", required=True, choices=list(get_args(TaskPreset)),
-                        help="Task preset that formats the prompts.")
-    parser.add_argument("--data", required=True, help="Rows to predict (JSONL, JSON, CSV, Parquet).")
+    parser.add_argument(
+        "--task",
+        required=True,
+        choices=list(get_args(TaskPreset)),
+        help="Task preset that formats the prompts.",
+    )
+    parser.add_argument(
+        "--data", required=True, help="Rows to predict (JSONL, JSON, CSV, Parquet)."
+    )
     parser.add_argument("--output", required=True, help="Predictions JSONL to write.")
-    parser.add_argument("--few-shot", action="store_true", help="Prefix worked examples (baseline).")
+    parser.add_argument(
+        "--few-shot", action="store_true", help="Prefix worked examples (baseline)."
+    )
     parser.add_argument("--train", default=None, help="Training rows for --few-shot examples.")
     parser.add_argument("--shots", type=int, default=3, help="Worked examples with --few-shot.")
-    parser.add_argument("--max-samples", type=int, default=None, help="Predict the first N rows only.")
+    parser.add_argument(
+        "--max-samples", type=int, default=None, help="Predict the first N rows only."
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="Generation batch size.")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="Generation length limit.")
     parser.set_defaults(handler=run_predict)
@@ -69,7 +81,10 @@ def row_id(row: Any) -> Any:
 
 def run_predict(args: argparse.Namespace) -> int:
     if args.few_shot and not args.train:
-        print("--few-shot needs --train (worked examples come from the training split)", file=sys.stderr)
+        print(
+            "--few-shot needs --train (worked examples come from the training split)",
+            file=sys.stderr,
+        )
         return 2
     try:
         rows = test_rows(args.data, args.task, args.max_samples)
@@ -108,5 +123,12 @@ def generate_predictions(args: argparse.Namespace, rows: list[Any], shots: list[
     if cuda:
         model = model.cuda()
     prefix = few_shot_prefix([preset(shot.fields) for shot in shots])  # as the in-run baseline
-    return generate(model, tokenizer, [r.prompt for r in rows], preset.stop_token,
-                    batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, prefix=prefix)
+    return generate(
+        model,
+        tokenizer,
+        [r.prompt for r in rows],
+        preset.stop_token,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        prefix=prefix,
+    )

@@ -107,8 +107,12 @@ def default_namespace() -> str:
 class ThrottledReporter:
     """At most one write per `min_interval_s`, unless forced; stamps `updatedAt`."""
 
-    def __init__(self, inner: Reporter, min_interval_s: float = DEFAULT_MIN_INTERVAL_S,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        inner: Reporter,
+        min_interval_s: float = DEFAULT_MIN_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.inner = inner
         self.min_interval_s = min_interval_s
         self.clock = clock

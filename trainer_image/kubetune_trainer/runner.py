@@ -136,7 +136,9 @@ def training_texts(loaded: dict[str, LoadedRows], preset: Preset) -> list[str]:
     return texts
 
 
-def initial_model(spec: FineTuneJobSpec, texts: list[str], workdir: Path) -> tuple[dict[str, Any], Any]:
+def initial_model(
+    spec: FineTuneJobSpec, texts: list[str], workdir: Path
+) -> tuple[dict[str, Any], Any]:
     """(model source for the workers, base tokenizer)."""
     from kubetune_trainer.model import build_tiny_llama, load_tokenizer
 
@@ -149,8 +151,10 @@ def initial_model(spec: FineTuneJobSpec, texts: list[str], workdir: Path) -> tup
     local = Path(name)
     if local.is_dir():
         return {"kind": "storage", "uri": str(local.resolve())}, load_tokenizer(str(local))
-    return ({"kind": "hub", "name": name, "revision": spec.model.revision},
-            load_tokenizer(name, spec.model.revision))
+    return (
+        {"kind": "hub", "name": name, "revision": spec.model.revision},
+        load_tokenizer(name, spec.model.revision),
+    )
 
 
 def tokenizer_files(tokenizer: Any) -> dict[str, bytes]:
@@ -176,13 +180,18 @@ def fit_stage(config: StageConfig, workers: int, run_name: str, ray_storage: str
     # Without GPUs Ray Train asks for 1 CPU per worker; a CPU-only pool's pods offer exactly one
     # logical CPU each (CPU_WORKER_START_PARAMS in kubetune.builders.rayjob): one worker per pod.
     trainer = TorchTrainer(
-        train_stage, train_loop_config={"stage": config},
+        train_stage,
+        train_loop_config={"stage": config},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=config.use_gpu),
         run_config=RunConfig(
-            name=run_name, storage_path=ray_storage,
+            name=run_name,
+            storage_path=ray_storage,
             failure_config=FailureConfig(
-                max_failures=int(os.environ.get(MAX_FAILURES_ENV, DEFAULT_MAX_FAILURES))),
-            checkpoint_config=CheckpointConfig(num_to_keep=2)))
+                max_failures=int(os.environ.get(MAX_FAILURES_ENV, DEFAULT_MAX_FAILURES))
+            ),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
     result = trainer.fit()
     if result.error is not None:
         raise result.error
@@ -202,25 +211,43 @@ def ray_storage_path(storage_uri: str, options: RunOptions) -> str:
     return str(Path(resolve_local(storage_uri)) / "ray-runs")
 
 
-def run_stage(spec: FineTuneJobSpec, index: int, stage: StageSpec, job: JobState,
-              prepared: PreparedData, options: RunOptions) -> None:
+def run_stage(
+    spec: FineTuneJobSpec,
+    index: int,
+    stage: StageSpec,
+    job: JobState,
+    prepared: PreparedData,
+    options: RunOptions,
+) -> None:
     training = stage_training(spec, stage)
     report = job.report
     report.phase, report.stage, report.stage_index = "Training", stage.name, index
     report.epoch, report.step, report.total_epochs = 0, 0, training.epochs
     publish(options, report)
     config = StageConfig(
-        stage=stage.name, stage_index=index, training=training, model_source=job.model_source,
-        tokenizer_files=tokenizer_files(job.tokenizer), train=prepared.train,
+        stage=stage.name,
+        stage_index=index,
+        training=training,
+        model_source=job.model_source,
+        tokenizer_files=tokenizer_files(job.tokenizer),
+        train=prepared.train,
         validation=prepared.validation,
         storage_uri=storage.absolute(spec.output.storage_uri, options.base_dir),
-        report=report.model_copy(deep=True), report_target=options.report_target,
-        report_namespace=options.namespace, report_interval_s=options.report_interval_s,
-        use_gpu=use_gpus(spec), fault=fault_from_env())
+        report=report.model_copy(deep=True),
+        report_target=options.report_target,
+        report_namespace=options.namespace,
+        report_interval_s=options.report_interval_s,
+        use_gpu=use_gpus(spec),
+        fault=fault_from_env(),
+    )
     report.total_steps = steps_per_epoch(config, spec.compute.workers) * training.epochs
     config.report.total_steps = report.total_steps
-    state = fit_stage(config, spec.compute.workers, f"{options.job_name}-{stage.name}",
-                      ray_storage_path(config.storage_uri, options))
+    state = fit_stage(
+        config,
+        spec.compute.workers,
+        f"{options.job_name}-{stage.name}",
+        ray_storage_path(config.storage_uri, options),
+    )
     report.epochs = [e for e in report.epochs if e.stage != stage.name]
     report.epochs += [EpochMetrics.model_validate(e) for e in state.epochs]
     report.epoch, report.step = state.epoch, state.step
@@ -228,8 +255,12 @@ def run_stage(spec: FineTuneJobSpec, index: int, stage: StageSpec, job: JobState
     best = select_best_checkpoint(job.records)
     if best is None:
         raise RuntimeError(f"stage {stage.name} produced no checkpoint")
-    report.best_checkpoint = BestCheckpoint(uri=best.uri, stage=best.stage, epoch=best.epoch,
-                                            validation_perplexity=best.validation_perplexity)
+    report.best_checkpoint = BestCheckpoint(
+        uri=best.uri,
+        stage=best.stage,
+        epoch=best.epoch,
+        validation_perplexity=best.validation_perplexity,
+    )
     job.model_source = {"kind": "storage", "uri": best.uri}
     publish(options, report)
 
@@ -237,8 +268,13 @@ def run_stage(spec: FineTuneJobSpec, index: int, stage: StageSpec, job: JobState
 # --------------------------------------------------------------------------- evaluation
 
 
-def evaluate(spec: FineTuneJobSpec, job: JobState, preset: Preset, prepared: PreparedData,
-             options: RunOptions) -> EvaluationResult:
+def evaluate(
+    spec: FineTuneJobSpec,
+    job: JobState,
+    preset: Preset,
+    prepared: PreparedData,
+    options: RunOptions,
+) -> EvaluationResult:
     import ray
 
     from kubetune_trainer.generation import evaluate_model
@@ -251,37 +287,64 @@ def evaluate(spec: FineTuneJobSpec, job: JobState, preset: Preset, prepared: Pre
     assert job.report.best_checkpoint is not None
     best_uri = job.report.best_checkpoint.uri
     kwargs = {"batch_size": ev.batch_size, "max_new_tokens": ev.max_new_tokens}
-    tuned = ray.get(remote.remote(best_uri, preset.name, rows,
-                                  preset.stop_token, **kwargs))
+    tuned = ray.get(remote.remote(best_uri, preset.name, rows, preset.stop_token, **kwargs))
     save_eval_outputs(options, "checkpoint", rows, tuned)
     baseline = None
     if ev.baseline:
         few_shot = [preset(fields) for fields in _few_shot_rows(prepared, ev.few_shot_examples)]
-        base = ray.get(remote.remote(job.base_model, preset.name, rows, preset.stop_token,
-                                     revision=spec.model.revision if job.base_model == spec.model.name else None,
-                                     few_shot=few_shot, special_tokens=preset.special_tokens, **kwargs))
+        base = ray.get(
+            remote.remote(
+                job.base_model,
+                preset.name,
+                rows,
+                preset.stop_token,
+                revision=spec.model.revision if job.base_model == spec.model.name else None,
+                few_shot=few_shot,
+                special_tokens=preset.special_tokens,
+                **kwargs,
+            )
+        )
         save_eval_outputs(options, "baseline", rows, base)
         baseline = base["metrics"]
     primary = PRIMARY_METRIC[preset.name]
     metrics = {k: float(v) for k, v in tuned["metrics"].items()}
-    return EvaluationResult(task=preset.name, samples=len(rows), primary_metric=primary,
-                            score=metrics.get(primary, 0.0), metrics=metrics,
-                            baseline={k: float(v) for k, v in baseline.items()} if baseline else None)
+    return EvaluationResult(
+        task=preset.name,
+        samples=len(rows),
+        primary_metric=primary,
+        score=metrics.get(primary, 0.0),
+        metrics=metrics,
+        baseline={k: float(v) for k, v in baseline.items()} if baseline else None,
+    )
 
 
 def _few_shot_rows(prepared: PreparedData, count: int) -> list[dict[str, Any]]:
     return prepared.few_shot[:count]
 
 
-def save_eval_outputs(options: RunOptions, name: str, rows: list[Any], result: dict[str, Any]) -> None:
+def save_eval_outputs(
+    options: RunOptions, name: str, rows: list[Any], result: dict[str, Any]
+) -> None:
     if options.eval_outputs is None:
         return
     options.eval_outputs.mkdir(parents=True, exist_ok=True)
     with (options.eval_outputs / f"predictions-{name}.jsonl").open("w") as handle:
-        for row, prediction, detail in zip(rows, result["predictions"], result["details"], strict=False):
-            handle.write(json.dumps({"row": row.row, "prompt": row.prompt, "prediction": prediction,
-                                     "reference": row.completion, "verdict": detail},
-                                    default=str) + "\n")
+        for row, prediction, detail in zip(
+            rows, result["predictions"], result["details"], strict=False
+        ):
+            handle.write(
+                json.dumps(
+                    {
+                        "row": row.row,
+                        "prompt": row.prompt,
+                        "prediction": prediction,
+                        "reference": row.completion,
+                        "verdict": detail,
+                    },
+                    default=str,
+                )
+                + "\n"
+            )
 
 
 # --------------------------------------------------------------------------- job
@@ -304,15 +367,20 @@ def run_job(spec: FineTuneJobSpec, options: RunOptions) -> TrainerReport:
     return job.report
 
 
-def _run(spec: FineTuneJobSpec, stages: list[StageSpec], job: JobState, options: RunOptions) -> None:
+def _run(
+    spec: FineTuneJobSpec, stages: list[StageSpec], job: JobState, options: RunOptions
+) -> None:
     from kubetune_trainer.model import add_special_tokens
 
     options.workdir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(options.workdir / "ray-runs", ignore_errors=True)
     presets = [preset_for_task(stage.task or spec.task) for stage in stages]
     loaded = [load_texts(stage.data, options.base_dir) for stage in stages]
-    texts = [t for rows, preset in zip(loaded, presets, strict=True)
-             for t in training_texts(rows, preset)]
+    texts = [
+        t
+        for rows, preset in zip(loaded, presets, strict=True)
+        for t in training_texts(rows, preset)
+    ]
     job.model_source, job.tokenizer = initial_model(spec, texts, options.workdir)
     job.base_model = _base_model_path(spec, job)
     init_ray(options.local)  # after the data loaded: a bad path fails in seconds, not after Ray
@@ -321,10 +389,17 @@ def _run(spec: FineTuneJobSpec, stages: list[StageSpec], job: JobState, options:
         add_special_tokens(job.tokenizer, preset.special_tokens)
         last = index == len(stages) - 1
         prepared = prepare_data(
-            stage.data, preset, job.tokenizer, context_length=spec.training.context_length,
-            seed=spec.training.seed, loss_on_prompt=spec.training.loss_on_prompt,
-            stage=stage.name if len(stages) > 1 else "", base_dir=options.base_dir,
-            loaded=loaded[index], test_limit=spec.evaluation.max_samples if last else None)
+            stage.data,
+            preset,
+            job.tokenizer,
+            context_length=spec.training.context_length,
+            seed=spec.training.seed,
+            loss_on_prompt=spec.training.loss_on_prompt,
+            stage=stage.name if len(stages) > 1 else "",
+            base_dir=options.base_dir,
+            loaded=loaded[index],
+            test_limit=spec.evaluation.max_samples if last else None,
+        )
         job.report.data += prepared.reports
         run_stage(spec, index, stage, job, prepared, options)
     assert prepared is not None

@@ -93,10 +93,10 @@ def stage_epochs(config: StageConfig) -> int:
 
 def micro_batches(config: StageConfig, world_size: int) -> int:
     t = config.training
-    units = (len(pack_examples(config.train, t.context_length)) if t.packing
-             else len(config.train))
-    return batches_per_worker(units, world_size, t.batch_size_per_device,
-                              t.gradient_accumulation_steps)
+    units = len(pack_examples(config.train, t.context_length)) if t.packing else len(config.train)
+    return batches_per_worker(
+        units, world_size, t.batch_size_per_device, t.gradient_accumulation_steps
+    )
 
 
 def steps_per_epoch(config: StageConfig, world_size: int) -> int:
@@ -135,18 +135,24 @@ def make_accelerator(config: StageConfig, world_size: int, total_steps: int) -> 
     handlers = [] if config.use_gpu else [InitProcessGroupKwargs(backend="gloo")]
     plugin = None
     if t.deepspeed.enabled:
-        ds_config = build_deepspeed_config(t, world_size, total_steps,
-                                           warmup_steps(total_steps, t.warmup_ratio))
+        ds_config = build_deepspeed_config(
+            t, world_size, total_steps, warmup_steps(total_steps, t.warmup_ratio)
+        )
         plugin = DeepSpeedPlugin(hf_ds_config=ds_config)
     # cpu=True would make Accelerate fall back to DDP and ignore the DeepSpeed plugin; DeepSpeed
     # picks its CPU accelerator by itself when there is no GPU.
     return Accelerator(
-        cpu=not config.use_gpu and plugin is None, mixed_precision=precision,
+        cpu=not config.use_gpu and plugin is None,
+        mixed_precision=precision,
         deepspeed_plugin=plugin,
-        gradient_accumulation_steps=t.gradient_accumulation_steps, kwargs_handlers=handlers)
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        kwargs_handlers=handlers,
+    )
 
 
-def load_stage_model(config: StageConfig, workdir: Path, tokenizer: Any) -> tuple[Any, str, str | None]:
+def load_stage_model(
+    config: StageConfig, workdir: Path, tokenizer: Any
+) -> tuple[Any, str, str | None]:
     from kubetune_trainer.model import load_model, resize_for_tokenizer
 
     t = config.training
@@ -169,8 +175,13 @@ def lora_config(training: TrainingSpec) -> Any:
     from kubetune.api.v1alpha1 import LoraSpec
 
     spec = training.lora or LoraSpec()
-    return LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                      target_modules=list(spec.target_modules), task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=spec.rank,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=list(spec.target_modules),
+        task_type="CAUSAL_LM",
+    )
 
 
 def apply_lora(model: Any, training: TrainingSpec) -> Any:
@@ -188,14 +199,18 @@ def make_optimizer(model: Any, config: StageConfig, total_steps: int) -> tuple[A
     if t.deepspeed.enabled:
         from accelerate.utils import DummyOptim, DummyScheduler
 
-        optimizer = DummyOptim(params, lr=t.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS,
-                               weight_decay=t.weight_decay)
-        return optimizer, DummyScheduler(optimizer, total_num_steps=total_steps,
-                                         warmup_num_steps=warmup)
-    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS,
-                                  weight_decay=t.weight_decay)
+        optimizer = DummyOptim(
+            params, lr=t.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=t.weight_decay
+        )
+        return optimizer, DummyScheduler(
+            optimizer, total_num_steps=total_steps, warmup_num_steps=warmup
+        )
+    optimizer = torch.optim.AdamW(
+        params, lr=t.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=t.weight_decay
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, total_steps, warmup, t.scheduler))
+        optimizer, lambda step: lr_multiplier(step, total_steps, warmup, t.scheduler)
+    )
     return optimizer, schedule
 
 
@@ -203,7 +218,9 @@ def require_deepspeed_engine(model: Any) -> None:
     """Fail loudly if Accelerate silently chose another backend (its DummyOptim would then
     never step, and the run would 'train' without learning)."""
     if type(model).__name__ != "DeepSpeedEngine":
-        raise RuntimeError(f"DeepSpeed was requested but Accelerate prepared {type(model).__name__}")
+        raise RuntimeError(
+            f"DeepSpeed was requested but Accelerate prepared {type(model).__name__}"
+        )
 
 
 # --------------------------------------------------------------------------- steps
@@ -229,8 +246,9 @@ def global_sum(accelerator: Any, value: torch.Tensor) -> torch.Tensor:
     return accelerator.reduce(value.detach().to(accelerator.device).float(), reduction="sum")
 
 
-def train_micro_step(accelerator: Any, model: Any, batch: dict[str, torch.Tensor],
-                     world_size: int) -> tuple[float, int]:
+def train_micro_step(
+    accelerator: Any, model: Any, batch: dict[str, torch.Tensor], world_size: int
+) -> tuple[float, int]:
     """Forward + backward of one micro-batch. The loss is this worker's token-loss sum divided
     by the token count of the whole micro-step across workers (times world size, since the
     gradient all-reduce averages): every completion token weighs the same, wherever it is."""
@@ -242,8 +260,9 @@ def train_micro_step(accelerator: Any, model: Any, batch: dict[str, torch.Tensor
     return float(loss_sum.detach()), int(count)
 
 
-def optimizer_step(accelerator: Any, model: Any, optimizer: Any, scheduler: Any,
-                   config: StageConfig) -> None:
+def optimizer_step(
+    accelerator: Any, model: Any, optimizer: Any, scheduler: Any, config: StageConfig
+) -> None:
     """Clip, step, schedule: only at accumulation boundaries (DeepSpeed does all of it inside
     backward; these calls are then no-ops)."""
     if config.training.deepspeed.enabled:
@@ -255,16 +274,25 @@ def optimizer_step(accelerator: Any, model: Any, optimizer: Any, scheduler: Any,
 
 
 @torch.no_grad()
-def validation_loss(accelerator: Any, model: Any, config: StageConfig, rank: int,
-                    world_size: int, pad_id: int) -> float:
+def validation_loss(
+    accelerator: Any, model: Any, config: StageConfig, rank: int, world_size: int, pad_id: int
+) -> float:
     """Token-weighted mean loss over all workers' validation shards."""
     model.eval()
     t = config.training
     total = TokenLoss()
-    for batch in worker_batches(config.validation, epoch=0, seed=t.seed, rank=rank,
-                                world_size=world_size, batch_size=t.batch_size_per_device,
-                                context_length=t.context_length, packing=t.packing,
-                                pad_id=pad_id, shuffle=False):
+    for batch in worker_batches(
+        config.validation,
+        epoch=0,
+        seed=t.seed,
+        rank=rank,
+        world_size=world_size,
+        batch_size=t.batch_size_per_device,
+        context_length=t.context_length,
+        packing=t.packing,
+        pad_id=pad_id,
+        shuffle=False,
+    ):
         logits = model(**model_inputs(batch, model, accelerator.device)).logits
         loss_sum, count = token_loss_sum(logits, batch["labels"].to(accelerator.device))
         total.add(float(loss_sum), int(count))
@@ -284,8 +312,9 @@ def epoch_uri(config: StageConfig, epoch: int) -> str:
     return storage.join(config.storage_uri, config.stage, f"epoch-{epoch:03d}")
 
 
-def save_consolidated(accelerator: Any, model: Any, tokenizer: Any, config: StageConfig,
-                      base_path: str, uri: str) -> None:
+def save_consolidated(
+    accelerator: Any, model: Any, tokenizer: Any, config: StageConfig, base_path: str, uri: str
+) -> None:
     """Gather the full weights (ZeRO-3: every rank takes part) and write an HF checkpoint with
     the tokenizer from rank 0. LoRA runs are saved merged, so every checkpoint loads alike."""
     state_dict = accelerator.get_state_dict(model)
@@ -301,8 +330,9 @@ def save_consolidated(accelerator: Any, model: Any, tokenizer: Any, config: Stag
         storage.upload_dir(Path(tmp), uri)
 
 
-def merged_lora_model(base_path: str, tokenizer: Any, training: TrainingSpec,
-                      state_dict: dict[str, Any]) -> Any:
+def merged_lora_model(
+    base_path: str, tokenizer: Any, training: TrainingSpec, state_dict: dict[str, Any]
+) -> Any:
     from peft import get_peft_model
 
     from kubetune_trainer.model import load_model, resize_for_tokenizer
@@ -315,8 +345,10 @@ def merged_lora_model(base_path: str, tokenizer: Any, training: TrainingSpec,
     # weight must land, or the "merged" checkpoint would silently be the base model.
     missing = [k for k in result.missing_keys if "lora_" in k]
     if result.unexpected_keys or missing:
-        raise RuntimeError(f"LoRA merge: unexpected keys {result.unexpected_keys[:5]}, "
-                           f"missing adapter keys {missing[:5]}")
+        raise RuntimeError(
+            f"LoRA merge: unexpected keys {result.unexpected_keys[:5]}, "
+            f"missing adapter keys {missing[:5]}"
+        )
     return peft_model.merge_and_unload()
 
 
@@ -342,8 +374,10 @@ def report_epoch(accelerator: Any, state: StageState, metrics: dict[str, Any]) -
         accelerator.save_state(tmp)
         if accelerator.is_main_process:
             Path(tmp, STATE_FILE).write_text(json.dumps(asdict(state)))
-        ray.train.report({**metrics, "state": json.dumps(asdict(state))},
-                         checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        ray.train.report(
+            {**metrics, "state": json.dumps(asdict(state))},
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+        )
 
 
 def resume(accelerator: Any) -> StageState:
@@ -374,7 +408,8 @@ class Progress:
         if is_main and config.report_target:
             self.reporter = ThrottledReporter(
                 reporter_from_target(config.report_target, config.report_namespace),
-                config.report_interval_s)
+                config.report_interval_s,
+            )
         self.started = time.monotonic()
         self.start_step: int | None = None
 
@@ -383,13 +418,20 @@ class Progress:
             self.start_step = state.step
         r = self.report
         r.epoch, r.step = epoch, state.step
-        r.eta_seconds = eta_seconds(time.monotonic() - self.started, state.step - self.start_step,
-                                    r.total_steps - self.start_step)
+        r.eta_seconds = eta_seconds(
+            time.monotonic() - self.started,
+            state.step - self.start_step,
+            r.total_steps - self.start_step,
+        )
         r.epochs = self.prior_epochs + [EpochMetrics.model_validate(e) for e in state.epochs]
         best = select_best_checkpoint(state.checkpoint_records())
         if best is not None:
-            r.best_checkpoint = BestCheckpoint(uri=best.uri, stage=best.stage, epoch=best.epoch,
-                                               validation_perplexity=best.validation_perplexity)
+            r.best_checkpoint = BestCheckpoint(
+                uri=best.uri,
+                stage=best.stage,
+                epoch=best.epoch,
+                validation_perplexity=best.validation_perplexity,
+            )
         if self.reporter is not None:
             self.reporter.write(r, force=force)
 
@@ -402,10 +444,18 @@ def run_epoch(ctx: dict[str, Any], epoch: int, state: StageState) -> float:
     config: StageConfig = ctx["config"]
     t = config.training
     accelerator, model = ctx["accelerator"], ctx["model"]
-    batches = worker_batches(config.train, epoch=epoch, seed=t.seed, rank=ctx["rank"],
-                             world_size=ctx["world"], batch_size=t.batch_size_per_device,
-                             context_length=t.context_length, packing=t.packing,
-                             pad_id=ctx["pad_id"], accumulation=t.gradient_accumulation_steps)
+    batches = worker_batches(
+        config.train,
+        epoch=epoch,
+        seed=t.seed,
+        rank=ctx["rank"],
+        world_size=ctx["world"],
+        batch_size=t.batch_size_per_device,
+        context_length=t.context_length,
+        packing=t.packing,
+        pad_id=ctx["pad_id"],
+        accumulation=t.gradient_accumulation_steps,
+    )
     total = TokenLoss()
     model.train()
     for index, batch in enumerate(batches, start=1):
@@ -422,23 +472,40 @@ def run_epoch(ctx: dict[str, Any], epoch: int, state: StageState) -> float:
 def finish_epoch(ctx: dict[str, Any], epoch: int, state: StageState, train_loss: float) -> None:
     config: StageConfig = ctx["config"]
     accelerator = ctx["accelerator"]
-    val_loss = validation_loss(accelerator, ctx["model"], config, ctx["rank"], ctx["world"],
-                               ctx["pad_id"])
+    val_loss = validation_loss(
+        accelerator, ctx["model"], config, ctx["rank"], ctx["world"], ctx["pad_id"]
+    )
     ppl = perplexity(val_loss)
     uri = epoch_uri(config, epoch)
     save_consolidated(accelerator, ctx["model"], ctx["tokenizer"], config, ctx["base_path"], uri)
     state.epoch = epoch
-    state.epochs.append(EpochMetrics(stage=config.stage, epoch=epoch, train_loss=train_loss,
-                                     validation_loss=val_loss, validation_perplexity=ppl,
-                                     checkpoint=uri).to_wire())
+    state.epochs.append(
+        EpochMetrics(
+            stage=config.stage,
+            epoch=epoch,
+            train_loss=train_loss,
+            validation_loss=val_loss,
+            validation_perplexity=ppl,
+            checkpoint=uri,
+        ).to_wire()
+    )
     state.records.append(asdict(CheckpointRecord(config.stage, epoch, uri, ppl)))
     retain_best(config, state, accelerator.is_main_process)
     early = config.training.early_stopping
     state.stopped_early = early is not None and should_stop_early(
-        [e["validationPerplexity"] for e in state.epochs], early.patience, early.min_delta)
+        [e["validationPerplexity"] for e in state.epochs], early.patience, early.min_delta
+    )
     ctx["progress"].update(state, epoch, force=True)
-    report_epoch(accelerator, state, {"epoch": epoch, "train_loss": train_loss,
-                                      "validation_loss": val_loss, "validation_perplexity": ppl})
+    report_epoch(
+        accelerator,
+        state,
+        {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "validation_loss": val_loss,
+            "validation_perplexity": ppl,
+        },
+    )
 
 
 def train_stage(loop_config: dict[str, Any]) -> None:
@@ -463,11 +530,20 @@ def train_stage(loop_config: dict[str, Any]) -> None:
             model, optimizer = accelerator.prepare(model, optimizer)
             accelerator.register_for_checkpointing(scheduler)
         state = resume(accelerator)
-        ctx = {"config": config, "accelerator": accelerator, "model": model, "rank": rank,
-               "world": world, "optimizer": optimizer, "scheduler": scheduler,
-               "tokenizer": tokenizer, "pad_id": tokenizer.pad_token_id, "base_path": base_path,
-               "fault": FaultInjector(config.fault, rank),
-               "progress": Progress(config, accelerator.is_main_process, total_steps)}
+        ctx = {
+            "config": config,
+            "accelerator": accelerator,
+            "model": model,
+            "rank": rank,
+            "world": world,
+            "optimizer": optimizer,
+            "scheduler": scheduler,
+            "tokenizer": tokenizer,
+            "pad_id": tokenizer.pad_token_id,
+            "base_path": base_path,
+            "fault": FaultInjector(config.fault, rank),
+            "progress": Progress(config, accelerator.is_main_process, total_steps),
+        }
         epoch = state.epoch
         while epoch < stage_epochs(config) and not state.stopped_early:
             epoch += 1

@@ -58,21 +58,28 @@ class KubeModel(BaseModel):
 def nested(factory: type[KubeModel], description: str) -> Any:
     """A sub-object that is always present. Its CRD default is the whole default object (not
     `{}`): the API server checks CEL rules against defaults before filling nested ones."""
-    return Field(default_factory=factory, description=description,
-                 json_schema_extra={"default": factory().to_wire()})
+    return Field(
+        default_factory=factory,
+        description=description,
+        json_schema_extra={"default": factory().to_wire()},
+    )
 
 
 def immutable(field: str, optional: bool = False, prefix: str = "") -> Rule:
     """A transition rule that refuses any change to `field` (also adding or removing it)."""
     if optional:
-        cel = (f"has(self.{field}) == has(oldSelf.{field}) && "
-               f"(!has(self.{field}) || self.{field} == oldSelf.{field})")
+        cel = (
+            f"has(self.{field}) == has(oldSelf.{field}) && "
+            f"(!has(self.{field}) || self.{field} == oldSelf.{field})"
+        )
     else:
         cel = f"self.{field} == oldSelf.{field}"
     return Rule(
         cel=cel,
-        message=(f"{prefix}{field} is immutable once the job is created (only runPolicy.suspend may "
-                 "change); create a new FineTuneJob instead"),
+        message=(
+            f"{prefix}{field} is immutable once the job is created (only runPolicy.suspend may "
+            "change); create a new FineTuneJob instead"
+        ),
         field=field,
         transition=True,
     )

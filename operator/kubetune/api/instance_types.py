@@ -20,7 +20,9 @@ class InstanceType:
     memory_gib: int
 
 
-def _family(gpu_type: str, gpu_memory_gib: int, shapes: dict[str, tuple[int, int, int]]) -> dict[str, InstanceType]:
+def _family(
+    gpu_type: str, gpu_memory_gib: int, shapes: dict[str, tuple[int, int, int]]
+) -> dict[str, InstanceType]:
     return {
         name: InstanceType(name, gpus, gpu_type, gpu_memory_gib, vcpus, memory)
         for name, (gpus, vcpus, memory) in shapes.items()
@@ -29,19 +31,40 @@ def _family(gpu_type: str, gpu_memory_gib: int, shapes: dict[str, tuple[int, int
 
 INSTANCE_TYPES: dict[str, InstanceType] = {
     # AWS G5: NVIDIA A10G 24 GB (the case study's g5.48xlarge is the last one).
-    **_family("A10G", 24, {
-        "g5.xlarge": (1, 4, 16), "g5.2xlarge": (1, 8, 32), "g5.4xlarge": (1, 16, 64),
-        "g5.8xlarge": (1, 32, 128), "g5.16xlarge": (1, 64, 256), "g5.12xlarge": (4, 48, 192),
-        "g5.24xlarge": (4, 96, 384), "g5.48xlarge": (8, 192, 768),
-    }),
+    **_family(
+        "A10G",
+        24,
+        {
+            "g5.xlarge": (1, 4, 16),
+            "g5.2xlarge": (1, 8, 32),
+            "g5.4xlarge": (1, 16, 64),
+            "g5.8xlarge": (1, 32, 128),
+            "g5.16xlarge": (1, 64, 256),
+            "g5.12xlarge": (4, 48, 192),
+            "g5.24xlarge": (4, 96, 384),
+            "g5.48xlarge": (8, 192, 768),
+        },
+    ),
     # AWS G6: NVIDIA L4 24 GB.
-    **_family("L4", 24, {
-        "g6.xlarge": (1, 4, 16), "g6.2xlarge": (1, 8, 32), "g6.4xlarge": (1, 16, 64),
-        "g6.8xlarge": (1, 32, 128), "g6.16xlarge": (1, 64, 256), "g6.12xlarge": (4, 48, 192),
-        "g6.24xlarge": (4, 96, 384), "g6.48xlarge": (8, 192, 768),
-    }),
-    **_family("V100", 16, {"p3.2xlarge": (1, 8, 61), "p3.8xlarge": (4, 32, 244),
-                           "p3.16xlarge": (8, 64, 488)}),
+    **_family(
+        "L4",
+        24,
+        {
+            "g6.xlarge": (1, 4, 16),
+            "g6.2xlarge": (1, 8, 32),
+            "g6.4xlarge": (1, 16, 64),
+            "g6.8xlarge": (1, 32, 128),
+            "g6.16xlarge": (1, 64, 256),
+            "g6.12xlarge": (4, 48, 192),
+            "g6.24xlarge": (4, 96, 384),
+            "g6.48xlarge": (8, 192, 768),
+        },
+    ),
+    **_family(
+        "V100",
+        16,
+        {"p3.2xlarge": (1, 8, 61), "p3.8xlarge": (4, 32, 244), "p3.16xlarge": (8, 64, 488)},
+    ),
     **_family("A100", 40, {"p4d.24xlarge": (8, 96, 1152)}),
     **_family("A100", 80, {"p4de.24xlarge": (8, 96, 1152)}),
     **_family("H100", 80, {"p5.48xlarge": (8, 192, 2048)}),

@@ -23,10 +23,15 @@ TrainerPhase = Literal["Preparing", "Training", "Evaluating", "Succeeded", "Fail
 class DroppedRows(KubeModel):
     """Rows left out of one split for one reason; never silent."""
 
-    reason: str = Field(description="Why, e.g. 'too long for contextLength 512', 'missing field answer'.")
+    reason: str = Field(
+        description="Why, e.g. 'too long for contextLength 512', 'missing field answer'."
+    )
     count: int = Field(ge=0, description="How many rows.")
-    examples: list[int] = Field(default_factory=list, max_length=20,
-                                description="Row numbers (1-based, in the source file) of the first few.")
+    examples: list[int] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Row numbers (1-based, in the source file) of the first few.",
+    )
 
 
 class SplitReport(KubeModel):
@@ -55,6 +60,8 @@ class TrainerReport(KubeModel):
     updated_at: str | None = Field(None, description="When this report was written (RFC 3339).")
     epochs: list[EpochMetrics] = Field(default_factory=list, description="Learning curve so far.")
     best_checkpoint: BestCheckpoint | None = Field(None, description="Best checkpoint so far.")
-    data: list[SplitReport] = Field(default_factory=list, description="Rows read, used and dropped per split.")
+    data: list[SplitReport] = Field(
+        default_factory=list, description="Rows read, used and dropped per split."
+    )
     evaluation: EvaluationResult | None = Field(None, description="Scores, once evaluated.")
     error: str | None = Field(None, description="Why the trainer failed (phase Failed).")

@@ -60,19 +60,27 @@ def positive_quantity(field: str) -> Rule:
     """An optional Quantity field (camelCase name) that, when set, must be above zero: a
     pod of 0 CPU or 0 bytes of memory is accepted by Kubernetes but can never run a worker."""
     attribute = to_snake(field)
-    return Rule(cel=f"!has(self.{field}) || self.{field}.matches('{NON_ZERO_DIGIT}')",
-                message=f"{field} must be greater than zero", field=field,
-                check=lambda m: (getattr(m, attribute) is None
-                                 or re.search(NON_ZERO_DIGIT, getattr(m, attribute)) is not None))
+    return Rule(
+        cel=f"!has(self.{field}) || self.{field}.matches('{NON_ZERO_DIGIT}')",
+        message=f"{field} must be greater than zero",
+        field=field,
+        check=lambda m: (
+            getattr(m, attribute) is None
+            or re.search(NON_ZERO_DIGIT, getattr(m, attribute)) is not None
+        ),
+    )
 
 
 def required_on_cpu_pool(field: str, meaning: str) -> Rule:
     """`field` of NodePoolSpec must be set when gpusPerNode is 0: with no GPU share to derive
     the pod size from, the user says how big each worker pod is."""
     attribute = to_snake(field)
-    return Rule(cel=f"!has(self.gpusPerNode) || self.gpusPerNode != 0 || has(self.{field})",
-                message=f"gpusPerNode 0 (a CPU-only pool) needs {field}: the {meaning} of each worker pod",
-                field=field, check=lambda p: not p.cpu_only or getattr(p, attribute) is not None)
+    return Rule(
+        cel=f"!has(self.gpusPerNode) || self.gpusPerNode != 0 || has(self.{field})",
+        message=f"gpusPerNode 0 (a CPU-only pool) needs {field}: the {meaning} of each worker pod",
+        field=field,
+        check=lambda p: not p.cpu_only or getattr(p, attribute) is not None,
+    )
 
 
 # --------------------------------------------------------------------------- spec
@@ -82,33 +90,51 @@ class SecretKeyRef(KubeModel):
     """A key in a Secret in the job's namespace. Only the reference is stored; the value
     reaches the pods as an environment variable through `secretKeyRef`."""
 
-    name: str = Field(min_length=1, max_length=SHORT, pattern=DNS_SUBDOMAIN,
-                      description="Name of the Secret in the job's namespace.")
-    key: str = Field(min_length=1, max_length=SHORT, pattern=r"^[-._a-zA-Z0-9]+$",
-                     description="Key within the Secret.")
+    name: str = Field(
+        min_length=1,
+        max_length=SHORT,
+        pattern=DNS_SUBDOMAIN,
+        description="Name of the Secret in the job's namespace.",
+    )
+    key: str = Field(
+        min_length=1,
+        max_length=SHORT,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key within the Secret.",
+    )
 
 
 class SecretRef(KubeModel):
     """A whole Secret whose keys become environment variables (`envFrom`)."""
 
-    name: str = Field(min_length=1, max_length=SHORT, pattern=DNS_SUBDOMAIN,
-                      description="Name of the Secret in the job's namespace.")
+    name: str = Field(
+        min_length=1,
+        max_length=SHORT,
+        pattern=DNS_SUBDOMAIN,
+        description="Name of the Secret in the job's namespace.",
+    )
 
 
 class ModelSpec(KubeModel):
     """The base model to fine-tune."""
 
     name: str = Field(
-        min_length=1, max_length=SHORT, pattern=r"^[^\s]+$",
-        description=("Hugging Face model id (e.g. meta-llama/Llama-2-13b-hf), a local or "
-                     "mounted directory with an HF checkpoint, or builtin:tiny-llama (a small "
-                     "random Llama built offline with a tokenizer trained on the training text, "
-                     "for quick starts and tests)."),
+        min_length=1,
+        max_length=SHORT,
+        pattern=r"^[^\s]+$",
+        description=(
+            "Hugging Face model id (e.g. meta-llama/Llama-2-13b-hf), a local or "
+            "mounted directory with an HF checkpoint, or builtin:tiny-llama (a small "
+            "random Llama built offline with a tokenizer trained on the training text, "
+            "for quick starts and tests)."
+        ),
     )
-    revision: str = Field("main", min_length=1, max_length=SHORT,
-                          description="Branch, tag or commit of a hub model.")
+    revision: str = Field(
+        "main", min_length=1, max_length=SHORT, description="Branch, tag or commit of a hub model."
+    )
     token_secret_ref: SecretKeyRef | None = Field(
-        None, description="Secret key holding a Hugging Face token for gated models (e.g. Llama-2).")
+        None, description="Secret key holding a Hugging Face token for gated models (e.g. Llama-2)."
+    )
 
 
 class TaskSpec(KubeModel):
@@ -116,89 +142,142 @@ class TaskSpec(KubeModel):
     templates over named fields of the data rows."""
 
     rules = (
-        Rule(cel="self.preset != 'custom' || (has(self.promptTemplate) && has(self.completionTemplate))",
-             message="preset custom needs promptTemplate and completionTemplate",
-             field="promptTemplate",
-             check=lambda t: t.preset != "custom" or _has_both(t.prompt_template, t.completion_template)),
-        Rule(cel="self.preset == 'custom' || (!has(self.promptTemplate) && !has(self.completionTemplate))",
-             message="promptTemplate and completionTemplate are only used with preset custom",
-             field="promptTemplate",
-             check=lambda t: t.preset == "custom" or (t.prompt_template is None and t.completion_template is None)),
+        Rule(
+            cel="self.preset != 'custom' || (has(self.promptTemplate) && has(self.completionTemplate))",
+            message="preset custom needs promptTemplate and completionTemplate",
+            field="promptTemplate",
+            check=lambda t: (
+                t.preset != "custom" or _has_both(t.prompt_template, t.completion_template)
+            ),
+        ),
+        Rule(
+            cel="self.preset == 'custom' || (!has(self.promptTemplate) && !has(self.completionTemplate))",
+            message="promptTemplate and completionTemplate are only used with preset custom",
+            field="promptTemplate",
+            check=lambda t: (
+                t.preset == "custom"
+                or (t.prompt_template is None and t.completion_template is None)
+            ),
+        ),
     )
 
     preset: TaskPreset = Field(
-        description=("viggo: utterance -> meaning representation; sql: question + CREATE TABLE "
-                     "context -> SQL; gsm8k: math word problem -> reasoning ending in '#### N'; "
-                     "mathqa: problem + options -> rationale and answer; custom: your templates."))
+        description=(
+            "viggo: utterance -> meaning representation; sql: question + CREATE TABLE "
+            "context -> SQL; gsm8k: math word problem -> reasoning ending in '#### N'; "
+            "mathqa: problem + options -> rationale and answer; custom: your templates."
+        )
+    )
     special_tokens: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
-        None, max_length=64,
-        description=("Tokens added to the tokenizer (embeddings resized). The last one ends every "
-                     "completion and is the stop token. Defaults to the preset's tokens."))
+        None,
+        max_length=64,
+        description=(
+            "Tokens added to the tokenizer (embeddings resized). The last one ends every "
+            "completion and is the stop token. Defaults to the preset's tokens."
+        ),
+    )
     prompt_template: str | None = Field(
-        None, min_length=1, max_length=TEMPLATE,
-        description="custom only: Python format string over row fields, e.g. 'Q: {question}'.")
+        None,
+        min_length=1,
+        max_length=TEMPLATE,
+        description="custom only: Python format string over row fields, e.g. 'Q: {question}'.",
+    )
     completion_template: str | None = Field(
-        None, min_length=1, max_length=TEMPLATE,
-        description="custom only: format string for the target text, e.g. '{answer}'.")
+        None,
+        min_length=1,
+        max_length=TEMPLATE,
+        description="custom only: format string for the target text, e.g. '{answer}'.",
+    )
 
 
 class DataSource(KubeModel):
     """One split of the data."""
 
     uri: str = Field(
-        min_length=1, max_length=LONG, pattern=DATA_URI,
-        description=("Where the rows are: a local or mounted path, file://, s3://, gs://, "
-                     "pvc://claim/path, or hf://dataset?config=NAME&split=SPLIT."))
+        min_length=1,
+        max_length=LONG,
+        pattern=DATA_URI,
+        description=(
+            "Where the rows are: a local or mounted path, file://, s3://, gs://, "
+            "pvc://claim/path, or hf://dataset?config=NAME&split=SPLIT."
+        ),
+    )
     format: DataFormat | None = Field(
-        None, description="File format; inferred from the extension when omitted.")
+        None, description="File format; inferred from the extension when omitted."
+    )
 
 
 class DataSpec(KubeModel):
     """Training, validation and test data."""
 
     rules = (
-        Rule(cel="!(has(self.validation) && has(self.validationFraction))",
-             message="set either validation or validationFraction, not both",
-             field="validationFraction",
-             check=lambda d: not _has_both(d.validation, d.validation_fraction)),
+        Rule(
+            cel="!(has(self.validation) && has(self.validationFraction))",
+            message="set either validation or validationFraction, not both",
+            field="validationFraction",
+            check=lambda d: not _has_both(d.validation, d.validation_fraction),
+        ),
     )
 
     train: DataSource = Field(description="Training rows.")
     validation: DataSource | None = Field(
-        None, description="Validation rows, used each epoch for perplexity and checkpoint choice.")
+        None, description="Validation rows, used each epoch for perplexity and checkpoint choice."
+    )
     validation_fraction: float | None = Field(
-        None, gt=0, le=0.5,
-        description=("Hold out this fraction of train (seeded) as validation when no validation "
-                     "split is given. With neither set, 0.1 is held out."))
-    test: DataSource | None = Field(None, description="Test rows for evaluating the best checkpoint.")
+        None,
+        gt=0,
+        le=0.5,
+        description=(
+            "Hold out this fraction of train (seeded) as validation when no validation "
+            "split is given. With neither set, 0.1 is held out."
+        ),
+    )
+    test: DataSource | None = Field(
+        None, description="Test rows for evaluating the best checkpoint."
+    )
     max_samples: int | None = Field(
-        None, ge=1, le=100_000_000,
-        description="Use at most this many training rows (after a seeded shuffle).")
+        None,
+        ge=1,
+        le=100_000_000,
+        description="Use at most this many training rows (after a seeded shuffle).",
+    )
 
 
 class EarlyStopping(KubeModel):
     """Stop when validation perplexity has not improved for `patience` epochs."""
 
     patience: int = Field(ge=1, le=100, description="Epochs without improvement before stopping.")
-    min_delta: float = Field(0.0, ge=0, description="Smallest perplexity decrease that counts as improvement.")
+    min_delta: float = Field(
+        0.0, ge=0, description="Smallest perplexity decrease that counts as improvement."
+    )
 
 
 class DeepSpeedSpec(KubeModel):
     """DeepSpeed ZeRO settings. Disabled, training uses plain DDP."""
 
     rules = (
-        Rule(cel="!self.offloadParameters || self.stage == 3",
-             message="offloadParameters needs ZeRO stage 3", field="offloadParameters",
-             check=lambda d: not d.offload_parameters or d.stage == 3),
-        Rule(cel="self.enabled || (!self.offloadOptimizer && !self.offloadParameters)",
-             message="offloading needs DeepSpeed enabled", field="enabled",
-             check=lambda d: d.enabled or not (d.offload_optimizer or d.offload_parameters)),
+        Rule(
+            cel="!self.offloadParameters || self.stage == 3",
+            message="offloadParameters needs ZeRO stage 3",
+            field="offloadParameters",
+            check=lambda d: not d.offload_parameters or d.stage == 3,
+        ),
+        Rule(
+            cel="self.enabled || (!self.offloadOptimizer && !self.offloadParameters)",
+            message="offloading needs DeepSpeed enabled",
+            field="enabled",
+            check=lambda d: d.enabled or not (d.offload_optimizer or d.offload_parameters),
+        ),
     )
 
     enabled: bool = Field(True, description="Use DeepSpeed; false trains with DDP.")
     stage: int = Field(3, ge=1, le=3, description="ZeRO stage: 1, 2 or 3.")
-    offload_optimizer: bool = Field(True, description="Keep optimizer state in CPU memory (ZeRO-Offload).")
-    offload_parameters: bool = Field(False, description="Keep parameters in CPU memory (stage 3 only).")
+    offload_optimizer: bool = Field(
+        True, description="Keep optimizer state in CPU memory (ZeRO-Offload)."
+    )
+    offload_parameters: bool = Field(
+        False, description="Keep parameters in CPU memory (stage 3 only)."
+    )
 
 
 class LoraSpec(KubeModel):
@@ -208,8 +287,11 @@ class LoraSpec(KubeModel):
     alpha: int = Field(16, ge=1, le=4096, description="Scaling alpha.")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
     target_modules: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1, max_length=64,
-        description="Module names that get adapters.")
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        min_length=1,
+        max_length=64,
+        description="Module names that get adapters.",
+    )
 
 
 class TrainingSpec(KubeModel):
@@ -217,33 +299,62 @@ class TrainingSpec(KubeModel):
     (loss only on completion tokens, packing, per-epoch shuffle, schedule in optimizer steps)."""
 
     rules = (
-        Rule(cel="self.method == 'lora' || !has(self.lora)", message="lora settings need method lora",
-             field="lora", check=lambda t: t.method == "lora" or t.lora is None),
+        Rule(
+            cel="self.method == 'lora' || !has(self.lora)",
+            message="lora settings need method lora",
+            field="lora",
+            check=lambda t: t.method == "lora" or t.lora is None,
+        ),
     )
 
     epochs: int = Field(10, ge=1, le=100, description="Passes over the training data.")
     learning_rate: float = Field(5e-6, gt=0, le=1, description="Peak learning rate (AdamW).")
-    batch_size_per_device: int = Field(16, ge=1, le=1024, description="Sequences per device per micro-step.")
-    gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Micro-steps per optimizer step.")
+    batch_size_per_device: int = Field(
+        16, ge=1, le=1024, description="Sequences per device per micro-step."
+    )
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, le=1024, description="Micro-steps per optimizer step."
+    )
     context_length: int = Field(
-        512, ge=32, le=131072,
-        description=("Tokens per sequence. Examples longer than this are dropped and reported, "
-                     "never cut (the stop token must survive)."))
-    precision: Precision = Field("bf16", description="Compute precision; bf16 on GPUs that support it.")
-    seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed for shuffling, splits and initialisation.")
+        512,
+        ge=32,
+        le=131072,
+        description=(
+            "Tokens per sequence. Examples longer than this are dropped and reported, "
+            "never cut (the stop token must survive)."
+        ),
+    )
+    precision: Precision = Field(
+        "bf16", description="Compute precision; bf16 on GPUs that support it."
+    )
+    seed: int = Field(
+        42, ge=0, le=2**31 - 1, description="Seed for shuffling, splits and initialisation."
+    )
     packing: bool = Field(
-        True, description="Pack several examples per sequence (attention stays within an example).")
-    loss_on_prompt: bool = Field(False, description="Also train on prompt tokens (default: completion only).")
+        True, description="Pack several examples per sequence (attention stays within an example)."
+    )
+    loss_on_prompt: bool = Field(
+        False, description="Also train on prompt tokens (default: completion only)."
+    )
     gradient_checkpointing: bool = Field(True, description="Recompute activations to save memory.")
     scheduler: Scheduler = Field("linear", description="Learning-rate decay after warmup.")
-    warmup_ratio: float = Field(0.03, ge=0, le=0.5, description="Fraction of optimizer steps spent warming up.")
+    warmup_ratio: float = Field(
+        0.03, ge=0, le=0.5, description="Fraction of optimizer steps spent warming up."
+    )
     weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, le=1000, description="Gradient clipping norm.")
-    method: Method = Field("full", description="full: all parameters; lora: low-rank adapters (peft).")
-    lora: LoraSpec | None = Field(None, description="LoRA settings; defaults apply when method is lora.")
+    method: Method = Field(
+        "full", description="full: all parameters; lora: low-rank adapters (peft)."
+    )
+    lora: LoraSpec | None = Field(
+        None, description="LoRA settings; defaults apply when method is lora."
+    )
     checkpoints_to_keep: int = Field(
-        1, ge=1, le=100, description="Keep this many best checkpoints by validation perplexity.")
-    early_stopping: EarlyStopping | None = Field(None, description="Stop early on a validation plateau.")
+        1, ge=1, le=100, description="Keep this many best checkpoints by validation perplexity."
+    )
+    early_stopping: EarlyStopping | None = Field(
+        None, description="Stop early on a validation plateau."
+    )
     deepspeed: DeepSpeedSpec = nested(DeepSpeedSpec, "DeepSpeed ZeRO settings.")
 
 
@@ -251,7 +362,9 @@ class StageTraining(KubeModel):
     """Per-stage overrides of spec.training."""
 
     epochs: int | None = Field(None, ge=1, le=100, description="Epochs for this stage.")
-    learning_rate: float | None = Field(None, gt=0, le=1, description="Peak learning rate for this stage.")
+    learning_rate: float | None = Field(
+        None, gt=0, le=1, description="Peak learning rate for this stage."
+    )
 
 
 class StageSpec(KubeModel):
@@ -260,36 +373,54 @@ class StageSpec(KubeModel):
     name: Name = Field(description="Stage name (DNS label), shown in status.")
     task: TaskSpec | None = Field(None, description="Task of this stage; defaults to spec.task.")
     data: DataSpec = Field(description="Data of this stage.")
-    training: StageTraining | None = Field(None, description="Overrides of spec.training for this stage.")
+    training: StageTraining | None = Field(
+        None, description="Overrides of spec.training for this stage."
+    )
 
 
 class EvaluationSpec(KubeModel):
     """Task evaluation of the best checkpoint on the test split."""
 
     enabled: bool = Field(True, description="Evaluate the best checkpoint after training.")
-    baseline: bool = Field(False, description="Also evaluate the base model (few-shot prompt) for the gain.")
-    max_samples: int | None = Field(None, ge=1, le=10_000_000, description="Evaluate at most this many test rows.")
+    baseline: bool = Field(
+        False, description="Also evaluate the base model (few-shot prompt) for the gain."
+    )
+    max_samples: int | None = Field(
+        None, ge=1, le=10_000_000, description="Evaluate at most this many test rows."
+    )
     batch_size: int = Field(16, ge=1, le=1024, description="Generation batch size.")
     max_new_tokens: int = Field(256, ge=1, le=8192, description="Generation length limit.")
-    few_shot_examples: int = Field(3, ge=0, le=32, description="Worked examples in the baseline prompt.")
+    few_shot_examples: int = Field(
+        3, ge=0, le=32, description="Worked examples in the baseline prompt."
+    )
 
 
 class Toleration(KubeModel):
     """A Kubernetes toleration for the worker pods."""
 
     rules = (
-        Rule(cel="self.operator != 'Exists' || !has(self.value)",
-             message="a toleration with operator Exists must not have a value", field="value",
-             check=lambda t: t.operator != "Exists" or t.value is None),
+        Rule(
+            cel="self.operator != 'Exists' || !has(self.value)",
+            message="a toleration with operator Exists must not have a value",
+            field="value",
+            check=lambda t: t.operator != "Exists" or t.value is None,
+        ),
     )
 
-    key: str | None = Field(None, max_length=SHORT, pattern=r"^([a-zA-Z0-9.\-_/]+)$",
-                            description="Taint key; empty with Exists matches all taints.")
+    key: str | None = Field(
+        None,
+        max_length=SHORT,
+        pattern=r"^([a-zA-Z0-9.\-_/]+)$",
+        description="Taint key; empty with Exists matches all taints.",
+    )
     operator: Literal["Exists", "Equal"] = Field("Equal", description="Exists or Equal.")
     value: str | None = Field(None, max_length=63, description="Taint value for Equal.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
-        None, description="Taint effect to tolerate; empty matches all.")
-    toleration_seconds: int | None = Field(None, ge=0, description="For NoExecute: how long to stay bound.")
+        None, description="Taint effect to tolerate; empty matches all."
+    )
+    toleration_seconds: int | None = Field(
+        None, ge=0, description="For NoExecute: how long to stay bound."
+    )
 
 
 class NodePoolSpec(KubeModel):
@@ -297,11 +428,16 @@ class NodePoolSpec(KubeModel):
     with `gpusPerNode: 0` (one worker per pod, sized by `cpu` and `memory`)."""
 
     rules = (
-        Rule(cel="has(self.gpusPerNode) || self.instanceType in [" +
-                 ", ".join(f"'{n}'" for n in sorted(INSTANCE_TYPES)) + "]",
-             message="unknown instanceType: set gpusPerNode (known types: see kubetune docs)",
-             field="gpusPerNode",
-             check=lambda p: p.gpus_per_node is not None or lookup_instance_type(p.instance_type) is not None),
+        Rule(
+            cel="has(self.gpusPerNode) || self.instanceType in ["
+            + ", ".join(f"'{n}'" for n in sorted(INSTANCE_TYPES))
+            + "]",
+            message="unknown instanceType: set gpusPerNode (known types: see kubetune docs)",
+            field="gpusPerNode",
+            check=lambda p: (
+                p.gpus_per_node is not None or lookup_instance_type(p.instance_type) is not None
+            ),
+        ),
         required_on_cpu_pool("cpu", "CPU request and limit"),
         required_on_cpu_pool("memory", "memory request and limit"),
         positive_quantity("cpu"),
@@ -309,25 +445,46 @@ class NodePoolSpec(KubeModel):
     )
 
     instance_type: str = Field(
-        "g5.48xlarge", min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9.\-]*$",
-        description="Value of node.kubernetes.io/instance-type. Known types fill gpusPerNode and pod sizes.")
+        "g5.48xlarge",
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9][a-z0-9.\-]*$",
+        description="Value of node.kubernetes.io/instance-type. Known types fill gpusPerNode and pod sizes.",
+    )
     gpus_per_node: int | None = Field(
-        None, ge=0, le=16,
-        description=("GPUs per node; required for instance types kubetune does not know. 0 makes a "
-                     "CPU-only pool: one Ray worker per pod, no GPU limit or toleration, and cpu "
-                     "and memory are required."))
+        None,
+        ge=0,
+        le=16,
+        description=(
+            "GPUs per node; required for instance types kubetune does not know. 0 makes a "
+            "CPU-only pool: one Ray worker per pod, no GPU limit or toleration, and cpu "
+            "and memory are required."
+        ),
+    )
     cpu: Quantity | None = Field(
-        None, description=("CPU request and limit of each worker pod. Required when gpusPerNode is "
-                           "0; on a GPU pool it overrides the CPU derived from the instance type."))
+        None,
+        description=(
+            "CPU request and limit of each worker pod. Required when gpusPerNode is "
+            "0; on a GPU pool it overrides the CPU derived from the instance type."
+        ),
+    )
     memory: Quantity | None = Field(
-        None, description=("Memory request and limit of each worker pod. Required when gpusPerNode "
-                           "is 0; on a GPU pool it overrides the memory derived from the instance type."))
+        None,
+        description=(
+            "Memory request and limit of each worker pod. Required when gpusPerNode "
+            "is 0; on a GPU pool it overrides the memory derived from the instance type."
+        ),
+    )
     node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
-        default_factory=dict, description="Extra node labels the worker pods require.",
-        json_schema_extra={"maxProperties": 32})
+        default_factory=dict,
+        description="Extra node labels the worker pods require.",
+        json_schema_extra={"maxProperties": 32},
+    )
     tolerations: list[Toleration] = Field(
-        default_factory=list, max_length=32,
-        description="Tolerations of the worker pods (on a GPU pool, added to the GPU toleration).")
+        default_factory=list,
+        max_length=32,
+        description="Tolerations of the worker pods (on a GPU pool, added to the GPU toleration).",
+    )
 
     @property
     def cpu_only(self) -> bool:
@@ -349,10 +506,13 @@ class HeadSpec(KubeModel):
     cpu: Quantity = Field("4", description="CPU request and limit of the head pod.")
     memory: Quantity = Field("16Gi", description="Memory request and limit of the head pod.")
     node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
-        default_factory=dict, description="Node labels for the head pod (a CPU pool).",
-        json_schema_extra={"maxProperties": 32})
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=32,
-                                          description="Tolerations of the head pod.")
+        default_factory=dict,
+        description="Node labels for the head pod (a CPU pool).",
+        json_schema_extra={"maxProperties": 32},
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=32, description="Tolerations of the head pod."
+    )
 
 
 class SubmitterSpec(KubeModel):
@@ -370,35 +530,58 @@ class ComputeSpec(KubeModel):
     """Where and how wide training runs."""
 
     workers: int = Field(
-        1, ge=1, le=4096,
-        description="Training workers: one GPU each, or one pod each on a CPU-only pool (gpusPerNode 0).")
+        1,
+        ge=1,
+        le=4096,
+        description="Training workers: one GPU each, or one pod each on a CPU-only pool (gpusPerNode 0).",
+    )
     node_pool: NodePoolSpec = nested(NodePoolSpec, "Node pool of the workers (GPU, or CPU-only).")
     head: HeadSpec = nested(HeadSpec, "Ray head pod.")
     submitter: SubmitterSpec = nested(
-        SubmitterSpec, "Pod that submits the Ray job (submissionMode K8sJobMode, the default).")
-    image: str | None = Field(None, min_length=1, max_length=LONG,
-                              description="Trainer image; defaults to the operator's configured image.")
-    ray_version: str = Field("2.60.0", pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$", max_length=32,
-                             description="Ray version of the image (KubeRay needs it).")
+        SubmitterSpec, "Pod that submits the Ray job (submissionMode K8sJobMode, the default)."
+    )
+    image: str | None = Field(
+        None,
+        min_length=1,
+        max_length=LONG,
+        description="Trainer image; defaults to the operator's configured image.",
+    )
+    ray_version: str = Field(
+        "2.60.0",
+        pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$",
+        max_length=32,
+        description="Ray version of the image (KubeRay needs it).",
+    )
 
 
 class OutputSpec(KubeModel):
     """Where checkpoints and results go."""
 
     rules = (
-        Rule(cel="!has(self.credentialsSecretRef) || self.storageURI.startsWith('s3://') || "
-                 "self.storageURI.startsWith('gs://')",
-             message="credentialsSecretRef is only used with s3:// or gs:// storage",
-             field="credentialsSecretRef",
-             check=lambda o: o.credentials_secret_ref is None or o.storage_uri.startswith(("s3://", "gs://"))),
+        Rule(
+            cel="!has(self.credentialsSecretRef) || self.storageURI.startsWith('s3://') || "
+            "self.storageURI.startsWith('gs://')",
+            message="credentialsSecretRef is only used with s3:// or gs:// storage",
+            field="credentialsSecretRef",
+            check=lambda o: (
+                o.credentials_secret_ref is None or o.storage_uri.startswith(("s3://", "gs://"))
+            ),
+        ),
     )
 
     storage_uri: str = Field(
-        alias="storageURI", min_length=1, max_length=LONG, pattern=STORAGE_URI,
-        description=("Durable storage for checkpoints: s3://bucket/prefix, gs://bucket/prefix or "
-                     "pvc://claim/path on Kubernetes; a local path for kubetune run."))
+        alias="storageURI",
+        min_length=1,
+        max_length=LONG,
+        pattern=STORAGE_URI,
+        description=(
+            "Durable storage for checkpoints: s3://bucket/prefix, gs://bucket/prefix or "
+            "pvc://claim/path on Kubernetes; a local path for kubetune run."
+        ),
+    )
     credentials_secret_ref: SecretRef | None = Field(
-        None, description="Secret whose keys (e.g. AWS_ACCESS_KEY_ID) become the pods' environment.")
+        None, description="Secret whose keys (e.g. AWS_ACCESS_KEY_ID) become the pods' environment."
+    )
 
 
 class RunPolicy(KubeModel):
@@ -406,34 +589,59 @@ class RunPolicy(KubeModel):
 
     rules = (
         immutable("backoffLimit", prefix="runPolicy."),
-        *(immutable(f, optional=True, prefix="runPolicy.")
-          for f in ("queueName", "activeDeadlineSeconds", "ttlSecondsAfterFinished")),
+        *(
+            immutable(f, optional=True, prefix="runPolicy.")
+            for f in ("queueName", "activeDeadlineSeconds", "ttlSecondsAfterFinished")
+        ),
     )
 
-    suspend: bool = Field(False, description="Suspend (or keep suspended) the run; the only mutable field.")
-    queue_name: str | None = Field(None, min_length=1, max_length=63, pattern=DNS_SUBDOMAIN,
-                                   description="Kueue LocalQueue; sets kueue.x-k8s.io/queue-name on the RayJob.")
-    active_deadline_seconds: int | None = Field(None, ge=1, description="Fail the run after this many seconds.")
+    suspend: bool = Field(
+        False, description="Suspend (or keep suspended) the run; the only mutable field."
+    )
+    queue_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=63,
+        pattern=DNS_SUBDOMAIN,
+        description="Kueue LocalQueue; sets kueue.x-k8s.io/queue-name on the RayJob.",
+    )
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Fail the run after this many seconds."
+    )
     backoff_limit: int = Field(0, ge=0, le=100, description="RayJob retries (each a new cluster).")
     ttl_seconds_after_finished: int | None = Field(
-        None, ge=0, description="Delete the Ray cluster this long after the run ends.")
+        None, ge=0, description="Delete the Ray cluster this long after the run ends."
+    )
 
 
 class FineTuneJobSpec(KubeModel):
     """A complete fine-tuning run: data, training, best-checkpoint choice and evaluation."""
 
     rules = (
-        Rule(cel="has(self.data) != has(self.stages)", message="set exactly one of data or stages",
-             field="data", check=lambda s: (s.data is None) != (s.stages is None)),
-        Rule(cel="!has(self.stages) || self.stages.all(s, self.stages.exists_one(t, t.name == s.name))",
-             message="stage names must be unique", field="stages",
-             check=lambda s: s.stages is None or len({x.name for x in s.stages}) == len(s.stages)),
-        Rule(cel=("!self.evaluation.enabled || (has(self.data) ? has(self.data.test) : "
-                  "has(self.stages[size(self.stages) - 1].data.test))"),
-             message=("evaluation.enabled needs a test split (data.test, or the last stage's "
-                      "data.test); add one or set evaluation.enabled: false"),
-             field="evaluation.enabled",
-             check=lambda s: not s.evaluation.enabled or stages_of(s)[-1].data.test is not None),
+        Rule(
+            cel="has(self.data) != has(self.stages)",
+            message="set exactly one of data or stages",
+            field="data",
+            check=lambda s: (s.data is None) != (s.stages is None),
+        ),
+        Rule(
+            cel="!has(self.stages) || self.stages.all(s, self.stages.exists_one(t, t.name == s.name))",
+            message="stage names must be unique",
+            field="stages",
+            check=lambda s: s.stages is None or len({x.name for x in s.stages}) == len(s.stages),
+        ),
+        Rule(
+            cel=(
+                "!self.evaluation.enabled || (has(self.data) ? has(self.data.test) : "
+                "has(self.stages[size(self.stages) - 1].data.test))"
+            ),
+            message=(
+                "evaluation.enabled needs a test split (data.test, or the last stage's "
+                "data.test); add one or set evaluation.enabled: false"
+            ),
+            field="evaluation.enabled",
+            check=lambda s: not s.evaluation.enabled or stages_of(s)[-1].data.test is not None,
+        ),
         *(immutable(f) for f in ("model", "task", "training", "evaluation", "compute", "output")),
         *(immutable(f, optional=True) for f in ("data", "stages")),
     )
@@ -442,8 +650,11 @@ class FineTuneJobSpec(KubeModel):
     task: TaskSpec = Field(description="Task (prompt format, special tokens, evaluator).")
     data: DataSpec | None = Field(None, description="Data of a single-stage run (or use stages).")
     stages: list[StageSpec] | None = Field(
-        None, min_length=1, max_length=8,
-        description="Curriculum: stages run in order, each from the previous best checkpoint.")
+        None,
+        min_length=1,
+        max_length=8,
+        description="Curriculum: stages run in order, each from the previous best checkpoint.",
+    )
     training: TrainingSpec = nested(TrainingSpec, "Training hyper-parameters.")
     evaluation: EvaluationSpec = nested(EvaluationSpec, "Evaluation of the best checkpoint.")
     compute: ComputeSpec = nested(ComputeSpec, "Workers and node pools.")
@@ -453,20 +664,32 @@ class FineTuneJobSpec(KubeModel):
 
 # --------------------------------------------------------------------------- status
 
-Phase = Literal["Pending", "Queued", "Provisioning", "Training", "Evaluating",
-                "Succeeded", "Failed", "Suspended"]
+Phase = Literal[
+    "Pending",
+    "Queued",
+    "Provisioning",
+    "Training",
+    "Evaluating",
+    "Succeeded",
+    "Failed",
+    "Suspended",
+]
 TERMINAL_PHASES: tuple[str, ...] = ("Succeeded", "Failed")
 
 
 class Condition(KubeModel):
     """A standard Kubernetes condition."""
 
-    type: str = Field(max_length=316, description="Condition type, e.g. Ready, Training, Succeeded.")
+    type: str = Field(
+        max_length=316, description="Condition type, e.g. Ready, Training, Succeeded."
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(max_length=1024, description="CamelCase reason for the last transition.")
     message: str = Field("", max_length=32768, description="Human-readable details.")
     last_transition_time: str = Field(description="When status last changed (RFC 3339).")
-    observed_generation: int | None = Field(None, ge=0, description="spec generation this reflects.")
+    observed_generation: int | None = Field(
+        None, ge=0, description="spec generation this reflects."
+    )
 
 
 class RayJobRef(KubeModel):
@@ -474,7 +697,9 @@ class RayJobRef(KubeModel):
 
     name: str = Field(description="RayJob name.")
     job_id: str | None = Field(None, description="Ray job submission id.")
-    dashboard_url: str | None = Field(None, alias="dashboardURL", description="Ray dashboard address.")
+    dashboard_url: str | None = Field(
+        None, alias="dashboardURL", description="Ray dashboard address."
+    )
     deployment_status: str | None = Field(None, description="RayJob status.jobDeploymentStatus.")
     job_status: str | None = Field(None, description="RayJob status.jobStatus.")
     attempts: int = Field(0, ge=0, description="Cluster attempts so far (1 + retries).")
@@ -488,7 +713,9 @@ class Progress(KubeModel):
     total_epochs: int = Field(0, ge=0, description="Epochs planned for the current stage.")
     step: int = Field(0, ge=0, description="Optimizer steps done in the current stage.")
     total_steps: int = Field(0, ge=0, description="Optimizer steps planned for the current stage.")
-    eta_seconds: int | None = Field(None, ge=0, description="Estimated seconds until training ends.")
+    eta_seconds: int | None = Field(
+        None, ge=0, description="Estimated seconds until training ends."
+    )
 
 
 class EpochMetrics(KubeModel):
@@ -518,25 +745,41 @@ class EvaluationResult(KubeModel):
     samples: int = Field(ge=0, description="Test rows scored.")
     primary_metric: str = Field(description="Name of the headline metric (shown as Score).")
     score: float = Field(description="Value of the headline metric.")
-    metrics: dict[str, float] = Field(default_factory=dict, description="All metrics of the checkpoint.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="All metrics of the checkpoint."
+    )
     baseline: dict[str, float] | None = Field(None, description="Same metrics for the base model.")
 
 
 class FineTuneJobStatus(KubeModel):
     """Observed state, written only by the operator."""
 
-    phase: Phase = Field("Pending", description="Pending, Queued, Provisioning, Training, Evaluating, Succeeded, Failed or Suspended.")
+    phase: Phase = Field(
+        "Pending",
+        description="Pending, Queued, Provisioning, Training, Evaluating, Succeeded, Failed or Suspended.",
+    )
     conditions: list[Condition] = Field(
-        default_factory=list, max_length=16, description="Latest observations, one per type.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+        default_factory=list,
+        max_length=16,
+        description="Latest observations, one per type.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
     observed_generation: int | None = Field(None, ge=0, description="Generation last acted upon.")
-    start_time: str | None = Field(None, description="When training resources were first requested.")
-    completion_time: str | None = Field(None, description="When the run reached Succeeded or Failed.")
+    start_time: str | None = Field(
+        None, description="When training resources were first requested."
+    )
+    completion_time: str | None = Field(
+        None, description="When the run reached Succeeded or Failed."
+    )
     message: str | None = Field(None, description="Summary of the current state or the failure.")
     ray_job: RayJobRef | None = Field(None, description="The RayJob running the training.")
     progress: Progress | None = Field(None, description="Current stage, epoch, step and ETA.")
-    epochs: list[EpochMetrics] = Field(default_factory=list, description="Learning curve, one entry per epoch.")
-    best_checkpoint: BestCheckpoint | None = Field(None, description="Best checkpoint by validation perplexity.")
+    epochs: list[EpochMetrics] = Field(
+        default_factory=list, description="Learning curve, one entry per epoch."
+    )
+    best_checkpoint: BestCheckpoint | None = Field(
+        None, description="Best checkpoint by validation perplexity."
+    )
     evaluation: EvaluationResult | None = Field(None, description="Evaluation scores.")
 
 
@@ -548,7 +791,9 @@ class ObjectMeta(KubeModel):
 
     model_config = KubeModel.model_config | {"extra": "allow"}
 
-    name: str = Field(min_length=1, max_length=SHORT, pattern=DNS_SUBDOMAIN, description="Job name.")
+    name: str = Field(
+        min_length=1, max_length=SHORT, pattern=DNS_SUBDOMAIN, description="Job name."
+    )
     namespace: str | None = Field(None, description="Namespace.")
     labels: dict[str, str] = Field(default_factory=dict, description="Labels.")
     annotations: dict[str, str] = Field(default_factory=dict, description="Annotations.")
@@ -557,7 +802,9 @@ class ObjectMeta(KubeModel):
 class FineTuneJob(KubeModel):
     """A FineTuneJob resource."""
 
-    api_version: Literal["kubetune.dev/v1alpha1"] = Field("kubetune.dev/v1alpha1", description="kubetune.dev/v1alpha1")
+    api_version: Literal["kubetune.dev/v1alpha1"] = Field(
+        "kubetune.dev/v1alpha1", description="kubetune.dev/v1alpha1"
+    )
     kind: Literal["FineTuneJob"] = Field("FineTuneJob", description="FineTuneJob")
     metadata: ObjectMeta = Field(description="Standard object metadata.")
     spec: FineTuneJobSpec = Field(description="Desired run.")

@@ -51,18 +51,21 @@ def owner_references(job: FineTuneJob) -> list[dict[str, Any]]:
     uid = uid_of(job)
     if uid is None:
         return []
-    return [{
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "name": job.metadata.name,
-        "uid": uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }]
+    return [
+        {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": job.metadata.name,
+            "uid": uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
 
 
-def object_meta(job: FineTuneJob, name: str, component: str,
-                extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
+def object_meta(
+    job: FineTuneJob, name: str, component: str, extra_labels: dict[str, str] | None = None
+) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "name": name,
         "namespace": namespace_of(job),

@@ -93,8 +93,10 @@ def _derived_size(pool: NodePoolSpec, gpus: int, config: OperatorConfig) -> dict
     if known is None or gpus == 0:
         return {}
     share = gpus / pool.effective_gpus_per_node
-    return {"cpu": _cpu_quantity(share * known.vcpus * (1 - config.cpu_headroom)),
-            "memory": f"{math.floor(share * known.memory_gib * (1 - config.memory_headroom))}Gi"}
+    return {
+        "cpu": _cpu_quantity(share * known.vcpus * (1 - config.cpu_headroom)),
+        "memory": f"{math.floor(share * known.memory_gib * (1 - config.memory_headroom))}Gi",
+    }
 
 
 def pod_resources(spec: FineTuneJobSpec, gpus: int, config: OperatorConfig) -> dict[str, Any]:
@@ -109,13 +111,21 @@ def pod_resources(spec: FineTuneJobSpec, gpus: int, config: OperatorConfig) -> d
 def trainer_entrypoint(job: FineTuneJob) -> str:
     """The trainer command line (the trainer contract), shell-quoted for `ray job submit`."""
     spec_json = json.dumps(job.spec.to_wire(), separators=(",", ":"), sort_keys=True)
-    return shlex.join([
-        "python", "-m", TRAINER_MODULE,
-        "--spec-json", spec_json,
-        "--job-name", job.metadata.name,
-        "--namespace", namespace_of(job),
-        "--report", f"configmap:{report_configmap_name(job.metadata.name)}",
-    ])
+    return shlex.join(
+        [
+            "python",
+            "-m",
+            TRAINER_MODULE,
+            "--spec-json",
+            spec_json,
+            "--job-name",
+            job.metadata.name,
+            "--namespace",
+            namespace_of(job),
+            "--report",
+            f"configmap:{report_configmap_name(job.metadata.name)}",
+        ]
+    )
 
 
 def pvc_claims(spec: FineTuneJobSpec) -> list[str]:
@@ -130,8 +140,12 @@ def _env(spec: FineTuneJobSpec) -> dict[str, Any]:
     env: list[dict[str, Any]] = [{"name": "KUBETUNE_PVC_ROOT", "value": PVC_ROOT}]
     token = spec.model.token_secret_ref
     if token is not None:
-        env.append({"name": "HF_TOKEN", "valueFrom": {
-            "secretKeyRef": {"name": token.name, "key": token.key}}})
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}},
+            }
+        )
     result: dict[str, Any] = {"env": env}
     creds = spec.output.credentials_secret_ref
     if creds is not None:
@@ -141,8 +155,10 @@ def _env(spec: FineTuneJobSpec) -> dict[str, Any]:
 
 def _volumes(spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     claims = pvc_claims(spec)
-    volumes = [{"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": c}}
-               for i, c in enumerate(claims)]
+    volumes = [
+        {"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": c}}
+        for i, c in enumerate(claims)
+    ]
     mounts = [{"name": f"pvc-{i}", "mountPath": f"{PVC_ROOT}/{c}"} for i, c in enumerate(claims)]
     return volumes, mounts
 
@@ -152,11 +168,19 @@ def _tolerations(items: list[Toleration], extra: list[dict[str, Any]]) -> list[d
     return result + [t for t in extra if t not in result]
 
 
-def _pod_template(job: FineTuneJob, config: OperatorConfig, container: dict[str, Any],
-                  scheduling: dict[str, Any], component: str) -> dict[str, Any]:
+def _pod_template(
+    job: FineTuneJob,
+    config: OperatorConfig,
+    container: dict[str, Any],
+    scheduling: dict[str, Any],
+    component: str,
+) -> dict[str, Any]:
     volumes, mounts = _volumes(job.spec)
-    container = {"image": job.spec.compute.image or config.trainer_image,
-                 **container, **_env(job.spec)}
+    container = {
+        "image": job.spec.compute.image or config.trainer_image,
+        **container,
+        **_env(job.spec),
+    }
     if mounts:
         container["volumeMounts"] = mounts
     pod: dict[str, Any] = {
@@ -181,8 +205,10 @@ def _scheduling(selector: dict[str, str], tolerations: list[dict[str, Any]]) -> 
 def head_group(job: FineTuneJob, config: OperatorConfig) -> dict[str, Any]:
     head = job.spec.compute.head
     resources = {"cpu": head.cpu, "memory": head.memory}
-    container = {"name": "ray-head",
-                 "resources": {"requests": resources, "limits": dict(resources)}}
+    container = {
+        "name": "ray-head",
+        "resources": {"requests": resources, "limits": dict(resources)},
+    }
     scheduling = _scheduling(dict(head.node_selector), _tolerations(head.tolerations, []))
     return {
         "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
@@ -216,9 +242,13 @@ def submitter_template(job: FineTuneJob, config: OperatorConfig) -> dict[str, An
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         **_scheduling(dict(head.node_selector), _tolerations(head.tolerations, [])),
-        "containers": [{"name": "ray-job-submitter",
-                        "image": job.spec.compute.image or config.trainer_image,
-                        "resources": {"requests": size, "limits": dict(size)}}],
+        "containers": [
+            {
+                "name": "ray-job-submitter",
+                "image": job.spec.compute.image or config.trainer_image,
+                "resources": {"requests": size, "limits": dict(size)},
+            }
+        ],
     }
     return {"metadata": {"labels": labels_for(job, "ray-job-submitter")}, "spec": pod}
 
@@ -249,9 +279,11 @@ def build_rayjob(job: FineTuneJob, config: OperatorConfig) -> dict[str, Any]:
         "entrypoint": trainer_entrypoint(job),
         "submissionMode": config.submission_mode,
         "shutdownAfterJobFinishes": True,
-        "ttlSecondsAfterFinished": (policy.ttl_seconds_after_finished
-                                    if policy.ttl_seconds_after_finished is not None
-                                    else config.ttl_seconds_after_finished),
+        "ttlSecondsAfterFinished": (
+            policy.ttl_seconds_after_finished
+            if policy.ttl_seconds_after_finished is not None
+            else config.ttl_seconds_after_finished
+        ),
         "backoffLimit": policy.backoff_limit,
         "suspend": desired_suspend(job),
         "rayClusterSpec": {

@@ -41,12 +41,14 @@ def report_role(job: FineTuneJob) -> dict[str, Any]:
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": object_meta(job, service_account_name(job.metadata.name), "trainer"),
-        "rules": [{
-            "apiGroups": [""],
-            "resources": ["configmaps"],
-            "resourceNames": [report_configmap_name(job.metadata.name)],
-            "verbs": list(REPORT_VERBS),
-        }],
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": [report_configmap_name(job.metadata.name)],
+                "verbs": list(REPORT_VERBS),
+            }
+        ],
     }
 
 
@@ -63,5 +65,9 @@ def report_role_binding(job: FineTuneJob) -> dict[str, Any]:
 
 def report_channel(job: FineTuneJob) -> list[dict[str, Any]]:
     """In creation order: the ConfigMap and RBAC exist before any pod that uses them."""
-    return [report_configmap(job), trainer_service_account(job), report_role(job),
-            report_role_binding(job)]
+    return [
+        report_configmap(job),
+        trainer_service_account(job),
+        report_role(job),
+        report_role_binding(job),
+    ]

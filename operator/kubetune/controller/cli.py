@@ -14,6 +14,7 @@ def run_operator(args: argparse.Namespace) -> int:
 
 def add_operator(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "operator", help="run the FineTuneJob operator (configured by KUBETUNE_* variables)")
+        "operator", help="run the FineTuneJob operator (configured by KUBETUNE_* variables)"
+    )
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     parser.set_defaults(handler=run_operator)

@@ -32,9 +32,11 @@ ANNOTATION_PREFIX = "kubetune.dev"
 def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     """Annotation storage, quiet event posting, fast batching, peering from the config."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-        prefix=ANNOTATION_PREFIX)
+        prefix=ANNOTATION_PREFIX
+    )
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
     settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
     settings.posting.level = logging.WARNING  # our own Events say what happened
     settings.batching.batch_window = 0.01

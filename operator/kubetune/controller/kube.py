@@ -79,7 +79,8 @@ class Kube:
             self.rbac.create_namespaced_role_binding(ns, obj, **raw)
         elif kind == "RayJob":
             self.custom.create_namespaced_custom_object(
-                RAY_GROUP, RAY_VERSION, ns, RAY_PLURAL, obj, field_validation=STRICT, **raw)
+                RAY_GROUP, RAY_VERSION, ns, RAY_PLURAL, obj, field_validation=STRICT, **raw
+            )
         else:
             raise ValueError(f"kubetune does not create {kind}")
 
@@ -87,8 +88,11 @@ class Kube:
         """The object as a plain dict, or None when it does not exist."""
         try:
             if kind == "RayJob":
-                return dict(self.custom.get_namespaced_custom_object(  # type: ignore[call-overload]
-                    RAY_GROUP, RAY_VERSION, namespace, RAY_PLURAL, name))
+                return dict(
+                    self.custom.get_namespaced_custom_object(  # type: ignore[call-overload]
+                        RAY_GROUP, RAY_VERSION, namespace, RAY_PLURAL, name
+                    )
+                )
             readers = {
                 "ConfigMap": self.core.read_namespaced_config_map,
                 "ServiceAccount": self.core.read_namespaced_service_account,
@@ -124,23 +128,27 @@ class Kube:
 
     def _check_owner(self, wanted: dict[str, Any], existing: dict[str, Any]) -> None:
         ours = {o["uid"] for o in wanted["metadata"].get("ownerReferences", [])}
-        theirs = [o for o in existing["metadata"].get("ownerReferences") or []
-                  if o.get("controller")]
+        theirs = [
+            o for o in existing["metadata"].get("ownerReferences") or [] if o.get("controller")
+        ]
         if theirs and ours and theirs[0].get("uid") not in ours:
             raise ForeignOwnerError(
                 f"{wanted['kind']} {wanted['metadata']['name']} already exists and is "
                 f"controlled by {theirs[0].get('kind')} {theirs[0].get('name')} "
-                f"(uid {theirs[0].get('uid')}); delete it or rename the FineTuneJob")
+                f"(uid {theirs[0].get('uid')}); delete it or rename the FineTuneJob"
+            )
         if not theirs and ours:
-            self._patch_metadata(wanted["kind"], wanted,
-                                 {"ownerReferences": wanted["metadata"]["ownerReferences"]})
+            self._patch_metadata(
+                wanted["kind"], wanted, {"ownerReferences": wanted["metadata"]["ownerReferences"]}
+            )
 
     def _patch_metadata(self, kind: str, wanted: dict[str, Any], meta: dict[str, Any]) -> None:
         ns, name = wanted["metadata"]["namespace"], wanted["metadata"]["name"]
         body = {"metadata": meta}
         if kind == "RayJob":
             self.custom.patch_namespaced_custom_object(
-                RAY_GROUP, RAY_VERSION, ns, RAY_PLURAL, name, body, field_validation=STRICT)
+                RAY_GROUP, RAY_VERSION, ns, RAY_PLURAL, name, body, field_validation=STRICT
+            )
         elif kind == "ConfigMap":
             self.core.patch_namespaced_config_map(name, ns, body)
         elif kind == "ServiceAccount":
@@ -154,13 +162,22 @@ class Kube:
 
     def set_rayjob_suspend(self, namespace: str, name: str, suspend: bool) -> None:
         self.custom.patch_namespaced_custom_object(
-            RAY_GROUP, RAY_VERSION, namespace, RAY_PLURAL, name, {"spec": {"suspend": suspend}},
-            field_validation=STRICT)
+            RAY_GROUP,
+            RAY_VERSION,
+            namespace,
+            RAY_PLURAL,
+            name,
+            {"spec": {"suspend": suspend}},
+            field_validation=STRICT,
+        )
 
     def read_finetunejob(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return dict(self.custom.get_namespaced_custom_object(  # type: ignore[call-overload]
-                GROUP, VERSION, namespace, PLURAL, name))
+            return dict(
+                self.custom.get_namespaced_custom_object(  # type: ignore[call-overload]
+                    GROUP, VERSION, namespace, PLURAL, name
+                )
+            )
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -169,7 +186,8 @@ class Kube:
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch .status (the status subresource): the operator is its only writer."""
         self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _preload_content=False)
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _preload_content=False
+        )
 
     def post_event(self, job: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """A core/v1 Event on the FineTuneJob, as `kubectl describe` shows it."""
@@ -178,12 +196,18 @@ class Kube:
         event: Any = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": f"{meta['name'][:200]}.{uuid.uuid4().hex[:12]}",
-                         "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
-                               "name": meta["name"], "namespace": meta["namespace"],
-                               "uid": meta.get("uid"),
-                               "resourceVersion": meta.get("resourceVersion")},
+            "metadata": {
+                "name": f"{meta['name'][:200]}.{uuid.uuid4().hex[:12]}",
+                "namespace": meta["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
             "type": type_,
             "reason": reason,
             "message": message[:1024],

@@ -15,8 +15,11 @@ PHASES: tuple[Phase, ...] = get_args(Phase)
 
 JOBS = Gauge("kubetune_finetunejobs", "FineTuneJobs seen by this operator, by phase", ["phase"])
 RECONCILE_SECONDS = Histogram(
-    "kubetune_reconcile_duration_seconds", "Time to reconcile one event", ["step"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+    "kubetune_reconcile_duration_seconds",
+    "Time to reconcile one event",
+    ["step"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 ERRORS = Counter("kubetune_reconcile_errors_total", "Reconciles that raised", ["step"])
 WRITES = Counter("kubetune_api_writes_total", "API writes made by kubetune's handlers", ["kind"])
 

@@ -56,8 +56,7 @@ class Operator:
     config: OperatorConfig
     state: OperatorState
     urgent: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(16, "rayjob"))
-    background: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(8, "writes"))
+    background: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, "writes"))
     urgent_in_flight: int = 0
     no_urgent: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -127,7 +126,7 @@ def _status_of(body: dict[str, Any]) -> FineTuneJobStatus | None:
 def _merge_patch(new: FineTuneJobStatus, old: FineTuneJobStatus | None) -> dict[str, Any]:
     """A JSON merge patch turning old into new (keys that disappeared are set to null)."""
     patch: dict[str, Any] = new.to_wire()
-    for key in (old.to_wire() if old else {}):
+    for key in old.to_wire() if old else {}:
         patch.setdefault(key, None)
     return patch
 
@@ -149,7 +148,8 @@ async def reconcile_job(op: Operator, key: JobKey) -> None:
         js.failures += 1
         log.warning("reconciling %s/%s failed (retry in %s s): %s", *key, delay, error)
         asyncio.get_running_loop().call_later(
-            delay, lambda: asyncio.ensure_future(reconcile_job(op, key)))
+            delay, lambda: asyncio.ensure_future(reconcile_job(op, key))
+        )
 
 
 async def _reconcile_locked(op: Operator, js: JobState, body: dict[str, Any]) -> None:
@@ -180,8 +180,12 @@ async def ensure_children(op: Operator, js: JobState, job: FineTuneJob) -> None:
     metrics.WRITES.labels("create").inc([outcome, *outcomes].count("created"))
     if outcome == "adopted":
         existing = await _io(
-            op, op.kube.read, "RayJob", job.metadata.namespace or "default",
-            rayjob["metadata"]["name"])
+            op,
+            op.kube.read,
+            "RayJob",
+            job.metadata.namespace or "default",
+            rayjob["metadata"]["name"],
+        )
         if existing is not None:
             js.rayjob_status = existing.get("status") or js.rayjob_status
             await _sync_suspend(op, job, bool(existing.get("spec", {}).get("suspend")))
@@ -210,7 +214,8 @@ async def _refresh(op: Operator, js: JobState, body: dict[str, Any], job: FineTu
     previous = js.written or _status_of(body)
     status = map_rayjob_status(job, js.rayjob_status, js.report, previous, now_rfc3339())
     newly_terminal = status.phase in TERMINAL_PHASES and (
-        previous is None or previous.phase not in TERMINAL_PHASES)
+        previous is None or previous.phase not in TERMINAL_PHASES
+    )
     if newly_terminal:
         # The RayJob and report watches are separate streams: read both fresh before a
         # verdict that can never change again.
@@ -226,17 +231,24 @@ async def _reload_children(op: Operator, js: JobState, job: FineTuneJob) -> None
     ns, name = job.metadata.namespace or "default", job.metadata.name
     rayjob, configmap = await asyncio.gather(
         _io(op, op.kube.read, "RayJob", ns, rayjob_name(name)),
-        _io(op, op.kube.read, "ConfigMap", ns, report_configmap_name(name)))
+        _io(op, op.kube.read, "ConfigMap", ns, report_configmap_name(name)),
+    )
     if rayjob is not None:
         js.rayjob_status = rayjob.get("status")
     js.report = parse_report(configmap) or js.report
 
 
-async def _write(op: Operator, js: JobState, body: dict[str, Any], status: FineTuneJobStatus,
-                 previous: FineTuneJobStatus | None) -> None:
+async def _write(
+    op: Operator,
+    js: JobState,
+    body: dict[str, Any],
+    status: FineTuneJobStatus,
+    previous: FineTuneJobStatus | None,
+) -> None:
     meta = body["metadata"]
-    await _io(op, op.kube.patch_status, meta["namespace"], meta["name"],
-              _merge_patch(status, previous))
+    await _io(
+        op, op.kube.patch_status, meta["namespace"], meta["name"], _merge_patch(status, previous)
+    )
     metrics.WRITES.labels("status").inc()
     op.state.record(js, status)
     metrics.publish_phases(op.state.phase_counts)
@@ -247,8 +259,7 @@ async def _write(op: Operator, js: JobState, body: dict[str, Any], status: FineT
 async def _announce(op: Operator, body: dict[str, Any], status: FineTuneJobStatus) -> None:
     """One Event per phase change; failures are Warnings so `kubectl describe` flags them."""
     type_ = "Warning" if status.phase == "Failed" else "Normal"
-    failed = next((c for c in status.conditions if c.type == "Failed" and c.status == "True"),
-                  None)
+    failed = next((c for c in status.conditions if c.type == "Failed" and c.status == "True"), None)
     reason = failed.reason if failed else status.phase
     message = f"{status.phase}: {status.message or ''}".strip()
     try:

@@ -22,15 +22,17 @@ def run(verbose: bool = False) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     import kubetune.controller.handlers  # noqa: F401  (registers the handlers)
 
-    asyncio.run(kopf.operator(
-        clusterwide=not config.namespaces,
-        namespaces=list(config.namespaces),
-        standalone=not config.peering,
-        peering_name=config.peering or None,
-        priority=config.peering_priority if config.peering else None,
-        liveness_endpoint=f"http://{config.bind_address}:{config.health_port}/healthz",
-        memo=kopf.Memo(config=config),
-    ))
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not config.namespaces,
+            namespaces=list(config.namespaces),
+            standalone=not config.peering,
+            peering_name=config.peering or None,
+            priority=config.peering_priority if config.peering else None,
+            liveness_endpoint=f"http://{config.bind_address}:{config.health_port}/healthz",
+            memo=kopf.Memo(config=config),
+        )
+    )
     return 0
 
 

@@ -15,10 +15,10 @@ from tests.support.operator_process import OperatorProcess
 
 
 @pytest.fixture
-def kuberay(control_plane: ControlPlane, kube_api: client.ApiClient,
-            namespace: str) -> Iterator[KubeRayDouble]:
-    double = KubeRayDouble(kube_api, namespace, control_plane.server,
-                           control_plane.ca_path).start()
+def kuberay(
+    control_plane: ControlPlane, kube_api: client.ApiClient, namespace: str
+) -> Iterator[KubeRayDouble]:
+    double = KubeRayDouble(kube_api, namespace, control_plane.server, control_plane.ca_path).start()
     yield double
     double.stop()
 

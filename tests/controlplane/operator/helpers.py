@@ -22,15 +22,21 @@ T = TypeVar("T")
 
 def job_manifest(name: str, **spec_overrides: Any) -> dict[str, Any]:
     """The 7B GSM8k example (2 x g5.48xlarge) under another name, with spec overrides."""
-    doc: dict[str, Any] = yaml.safe_load((REPO_ROOT / "examples" / "gsm8k-llama2-7b.yaml").read_text())
+    doc: dict[str, Any] = yaml.safe_load(
+        (REPO_ROOT / "examples" / "gsm8k-llama2-7b.yaml").read_text()
+    )
     doc = copy.deepcopy(doc)
     doc["metadata"] = {"name": name}
     doc["spec"].update(spec_overrides)
     return doc
 
 
-def wait_for(check: Callable[[], T | None], timeout: float = 30, interval: float = 0.2,
-             what: str = "condition") -> T:
+def wait_for(
+    check: Callable[[], T | None],
+    timeout: float = 30,
+    interval: float = 0.2,
+    what: str = "condition",
+) -> T:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -58,10 +64,14 @@ def status_of(custom: client.CustomObjectsApi, namespace: str, name: str) -> dic
     return dict(get_job(custom, namespace, name).get("status") or {})
 
 
-def wait_phase(custom: client.CustomObjectsApi, namespace: str, name: str, phase: str,
-               timeout: float = 40) -> dict[str, Any]:
-    return wait_for(lambda: (s := status_of(custom, namespace, name)).get("phase") == phase and s,
-                    timeout, what=f"{name} phase {phase}")
+def wait_phase(
+    custom: client.CustomObjectsApi, namespace: str, name: str, phase: str, timeout: float = 40
+) -> dict[str, Any]:
+    return wait_for(
+        lambda: (s := status_of(custom, namespace, name)).get("phase") == phase and s,
+        timeout,
+        what=f"{name} phase {phase}",
+    )
 
 
 def rayjobs(custom: client.CustomObjectsApi, namespace: str) -> list[dict[str, Any]]:
@@ -74,5 +84,8 @@ def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
 
 def events_for(core: client.CoreV1Api, namespace: str, name: str) -> list[client.CoreV1Event]:
     items = core.list_namespaced_event(namespace).items
-    return [e for e in items if e.involved_object.name == name and
-            e.involved_object.kind == "FineTuneJob"]
+    return [
+        e
+        for e in items
+        if e.involved_object.name == name and e.involved_object.kind == "FineTuneJob"
+    ]

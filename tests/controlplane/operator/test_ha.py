@@ -25,11 +25,11 @@ from tests.support.operator_process import OperatorProcess
 pytestmark = pytest.mark.controlplane
 
 
-
 def peers(custom: client.CustomObjectsApi, namespace: str) -> dict[str, Any]:
     """The replicas registered in the KopfPeering object (operator id -> info)."""
-    obj = custom.get_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings",
-                                              "kubetune")
+    obj = custom.get_namespaced_custom_object(
+        "kopf.dev", "v1", namespace, "kopfpeerings", "kubetune"
+    )
     return dict(obj.get("status") or {})
 
 
@@ -40,22 +40,30 @@ def ha_namespace(kube_api: client.ApiClient, kubectl: Kubectl) -> Iterator[str]:
     name = f"kth-{uuid.uuid4().hex[:8]}"
     core = client.CoreV1Api(kube_api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    kubectl("apply", "-n", name, "-f", "-",
-            input="apiVersion: kopf.dev/v1\nkind: KopfPeering\nmetadata: {name: kubetune}\n")
+    kubectl(
+        "apply",
+        "-n",
+        name,
+        "-f",
+        "-",
+        input="apiVersion: kopf.dev/v1\nkind: KopfPeering\nmetadata: {name: kubetune}\n",
+    )
     yield name
     core.delete_namespace(name)
 
 
-def test_standby_replica_pauses_and_takes_over(control_plane: ControlPlane,
-                                               kube_api: client.ApiClient, ha_namespace: str,
-                                               tmp_path: Path) -> None:
+def test_standby_replica_pauses_and_takes_over(
+    control_plane: ControlPlane, kube_api: client.ApiClient, ha_namespace: str, tmp_path: Path
+) -> None:
     ns = ha_namespace
     custom = client.CustomObjectsApi(kube_api)
     peering = {"KUBETUNE_PEERING": "kubetune", "KUBETUNE_PEERING_LIFETIME": "5"}
-    leader = OperatorProcess(control_plane, ns, tmp_path / "leader.log",
-                             {**peering, "KUBETUNE_PEERING_PRIORITY": "200"})
-    standby = OperatorProcess(control_plane, ns, tmp_path / "standby.log",
-                              {**peering, "KUBETUNE_PEERING_PRIORITY": "100"})
+    leader = OperatorProcess(
+        control_plane, ns, tmp_path / "leader.log", {**peering, "KUBETUNE_PEERING_PRIORITY": "200"}
+    )
+    standby = OperatorProcess(
+        control_plane, ns, tmp_path / "standby.log", {**peering, "KUBETUNE_PEERING_PRIORITY": "100"}
+    )
     double = KubeRayDouble(kube_api, ns, control_plane.server, control_plane.ca_path)
     double.script("ha", Script(hold_at="Running"))
     try:
@@ -71,8 +79,9 @@ def test_standby_replica_pauses_and_takes_over(control_plane: ControlPlane,
         assert "Resuming operations" not in standby.logs(), "the standby was active too"
         leader.kill()
         double.release("ha")
-        wait_for(lambda: "Resuming operations" in standby.logs(), timeout=40,
-                 what="standby to take over")
+        wait_for(
+            lambda: "Resuming operations" in standby.logs(), timeout=40, what="standby to take over"
+        )
         status = wait_phase(custom, ns, "ha", "Succeeded", timeout=60)
         assert status["rayJob"]["attempts"] == 1
         assert len(rayjobs(custom, ns)) == 1

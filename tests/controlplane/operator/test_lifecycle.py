@@ -33,8 +33,13 @@ def _operator(operator_process: OperatorProcess) -> OperatorProcess:
     return operator_process
 
 
-def test_happy_path_to_succeeded(custom: client.CustomObjectsApi, kube_api: client.ApiClient,
-                                 namespace: str, kuberay: KubeRayDouble, kubectl: Kubectl) -> None:
+def test_happy_path_to_succeeded(
+    custom: client.CustomObjectsApi,
+    kube_api: client.ApiClient,
+    namespace: str,
+    kuberay: KubeRayDouble,
+    kubectl: Kubectl,
+) -> None:
     create_job(custom, namespace, job_manifest("happy"))
     status = wait_phase(custom, namespace, "happy", "Succeeded")
     assert [e["epoch"] for e in status["epochs"]] == [1, 2, 3]
@@ -48,8 +53,14 @@ def test_happy_path_to_succeeded(custom: client.CustomObjectsApi, kube_api: clie
     table = kubectl("get", "ftj", "happy", "-n", namespace).stdout
     header, row = table.splitlines()[:2]
     assert header.split()[:6] == ["NAME", "PHASE", "MODEL", "TASK", "EPOCH", "BEST-PPL"]
-    assert row.split()[1:7] == ["Succeeded", "meta-llama/Llama-2-7b-hf", "gsm8k", "3", "2.3333",
-                                "0.47"]
+    assert row.split()[1:7] == [
+        "Succeeded",
+        "meta-llama/Llama-2-7b-hf",
+        "gsm8k",
+        "3",
+        "2.3333",
+        "0.47",
+    ]
     described = kubectl("describe", "ftj", "happy", "-n", namespace).stdout
     for phase in ("Training", "Evaluating", "Succeeded"):  # Pending may be skipped: fast double
         assert phase in described.split("Events:")[1]
@@ -57,8 +68,9 @@ def test_happy_path_to_succeeded(custom: client.CustomObjectsApi, kube_api: clie
     assert len(reasons) == len(set(reasons)), "one event per phase change"
 
 
-def test_one_rayjob_with_owned_children(custom: client.CustomObjectsApi,
-                                        kube_api: client.ApiClient, namespace: str) -> None:
+def test_one_rayjob_with_owned_children(
+    custom: client.CustomObjectsApi, kube_api: client.ApiClient, namespace: str
+) -> None:
     create_job(custom, namespace, job_manifest("owned"))
     (rayjob,) = wait_for(lambda: rayjobs(custom, namespace), what="RayJob")
     owner = rayjob["metadata"]["ownerReferences"][0]
@@ -70,20 +82,31 @@ def test_one_rayjob_with_owned_children(custom: client.CustomObjectsApi,
     assert not job["metadata"].get("annotations") and not job["metadata"].get("finalizers")
     core = client.CoreV1Api(kube_api)
     # The RayJob is created first (the cluster starts sooner); the report channel follows.
-    report = wait_for(lambda: core.read_namespaced_config_map("owned-report", namespace),
-                      what="report ConfigMap")
+    report = wait_for(
+        lambda: core.read_namespaced_config_map("owned-report", namespace), what="report ConfigMap"
+    )
     assert report.metadata.owner_references[0].name == "owned"
 
 
-@pytest.mark.parametrize(("script", "reason", "words"), [
-    (Script(outcome="trainer-fails"), "TrainerFailed", "CUDA out of memory"),
-    (Script(outcome="deadline"), "DeadlineExceeded", "activeDeadlineSeconds"),
-    (Script(outcome="submission-fails"), "SubmissionFailed", "dashboard"),
-    (Script(outcome="no-checkpoint"), "IncompleteResults", "no best checkpoint"),
-], ids=["trainer", "deadline", "submission", "no-checkpoint"])
-def test_failures_are_explained(custom: client.CustomObjectsApi, kube_api: client.ApiClient,
-                                namespace: str, kuberay: KubeRayDouble, script: Script,
-                                reason: str, words: str) -> None:
+@pytest.mark.parametrize(
+    ("script", "reason", "words"),
+    [
+        (Script(outcome="trainer-fails"), "TrainerFailed", "CUDA out of memory"),
+        (Script(outcome="deadline"), "DeadlineExceeded", "activeDeadlineSeconds"),
+        (Script(outcome="submission-fails"), "SubmissionFailed", "dashboard"),
+        (Script(outcome="no-checkpoint"), "IncompleteResults", "no best checkpoint"),
+    ],
+    ids=["trainer", "deadline", "submission", "no-checkpoint"],
+)
+def test_failures_are_explained(
+    custom: client.CustomObjectsApi,
+    kube_api: client.ApiClient,
+    namespace: str,
+    kuberay: KubeRayDouble,
+    script: Script,
+    reason: str,
+    words: str,
+) -> None:
     doc = job_manifest("broken", runPolicy={"activeDeadlineSeconds": 3600})
     kuberay.script("broken", script)
     create_job(custom, namespace, doc)
@@ -92,13 +115,17 @@ def test_failures_are_explained(custom: client.CustomObjectsApi, kube_api: clien
     assert (failed["status"], failed["reason"]) == ("True", reason)
     assert words in status["message"]
     assert condition(status, "Running")["status"] == "False"
-    warnings = [e for e in events_for(client.CoreV1Api(kube_api), namespace, "broken")
-                if e.type == "Warning"]
+    warnings = [
+        e
+        for e in events_for(client.CoreV1Api(kube_api), namespace, "broken")
+        if e.type == "Warning"
+    ]
     assert [e.reason for e in warnings] == [reason]
 
 
-def test_retries_are_not_failures(custom: client.CustomObjectsApi, namespace: str,
-                                  kuberay: KubeRayDouble) -> None:
+def test_retries_are_not_failures(
+    custom: client.CustomObjectsApi, namespace: str, kuberay: KubeRayDouble
+) -> None:
     kuberay.script("retry", Script(fail_attempts=1))
     create_job(custom, namespace, job_manifest("retry", runPolicy={"backoffLimit": 1}))
     seen: list[str] = []
@@ -113,8 +140,9 @@ def test_retries_are_not_failures(custom: client.CustomObjectsApi, namespace: st
     assert status["rayJob"]["attempts"] == 2
 
 
-def test_suspend_and_resume_with_run_policy(custom: client.CustomObjectsApi, namespace: str,
-                                            kuberay: KubeRayDouble) -> None:
+def test_suspend_and_resume_with_run_policy(
+    custom: client.CustomObjectsApi, namespace: str, kuberay: KubeRayDouble
+) -> None:
     kuberay.script("pause", Script(hold_at="Running"))
     create_job(custom, namespace, job_manifest("pause", runPolicy={"suspend": True}))
     wait_phase(custom, namespace, "pause", "Suspended")
@@ -131,12 +159,19 @@ def test_suspend_and_resume_with_run_policy(custom: client.CustomObjectsApi, nam
         wait_phase(custom, namespace, "pause", "Succeeded")
     except AssertionError:
         (rayjob,) = rayjobs(custom, namespace)
-        raise AssertionError((rayjob["spec"]["suspend"], rayjob.get("status"),
-                              status_of(custom, namespace, "pause"), kuberay.errors)) from None
+        raise AssertionError(
+            (
+                rayjob["spec"]["suspend"],
+                rayjob.get("status"),
+                status_of(custom, namespace, "pause"),
+                kuberay.errors,
+            )
+        ) from None
 
 
-def test_kueue_admission(custom: client.CustomObjectsApi, namespace: str,
-                         kuberay: KubeRayDouble) -> None:
+def test_kueue_admission(
+    custom: client.CustomObjectsApi, namespace: str, kuberay: KubeRayDouble
+) -> None:
     create_job(custom, namespace, job_manifest("queued", runPolicy={"queueName": "gpu"}))
     status = wait_phase(custom, namespace, "queued", "Queued")
     assert "gpu" in status["message"]
@@ -144,14 +179,18 @@ def test_kueue_admission(custom: client.CustomObjectsApi, namespace: str,
     assert rayjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu"
     assert rayjob["spec"]["suspend"] is True
     # Kueue admits the workload by un-suspending the RayJob; the operator must not undo it.
-    custom.patch_namespaced_custom_object(*RAY, namespace, RAYJOBS, rayjob["metadata"]["name"],
-                                          {"spec": {"suspend": False}})
+    custom.patch_namespaced_custom_object(
+        *RAY, namespace, RAYJOBS, rayjob["metadata"]["name"], {"spec": {"suspend": False}}
+    )
     wait_phase(custom, namespace, "queued", "Succeeded")
 
 
-def test_invalid_semantic_spec_creates_nothing(custom: client.CustomObjectsApi,
-                                               kube_api: client.ApiClient, namespace: str,
-                                               kuberay: KubeRayDouble) -> None:
+def test_invalid_semantic_spec_creates_nothing(
+    custom: client.CustomObjectsApi,
+    kube_api: client.ApiClient,
+    namespace: str,
+    kuberay: KubeRayDouble,
+) -> None:
     doc = job_manifest("invalid", compute={"workers": 12})  # 12 of 8 GPUs per node
     create_job(custom, namespace, doc)
     status = wait_phase(custom, namespace, "invalid", "Failed")
@@ -165,16 +204,18 @@ def test_invalid_semantic_spec_creates_nothing(custom: client.CustomObjectsApi,
     assert not [c for c in cms if c.metadata.name.startswith("invalid")]
 
 
-def test_local_storage_is_invalid_on_kubernetes(custom: client.CustomObjectsApi,
-                                                namespace: str) -> None:
+def test_local_storage_is_invalid_on_kubernetes(
+    custom: client.CustomObjectsApi, namespace: str
+) -> None:
     create_job(custom, namespace, job_manifest("local", output={"storageURI": "/tmp/out"}))
     status = wait_phase(custom, namespace, "local", "Failed")
     assert "spec.output.storageURI" in status["message"]
     assert rayjobs(custom, namespace) == []
 
 
-def test_deletion_cleans_up(custom: client.CustomObjectsApi, kube_api: client.ApiClient,
-                            namespace: str) -> None:
+def test_deletion_cleans_up(
+    custom: client.CustomObjectsApi, kube_api: client.ApiClient, namespace: str
+) -> None:
     create_job(custom, namespace, job_manifest("gone"))
     wait_for(lambda: rayjobs(custom, namespace), what="RayJob")
     core, rbac = client.CoreV1Api(kube_api), client.RbacAuthorizationV1Api(kube_api)
@@ -182,20 +223,32 @@ def test_deletion_cleans_up(custom: client.CustomObjectsApi, kube_api: client.Ap
     custom.delete_namespaced_custom_object(*FTJ, namespace, FTJS, "gone")
 
     def all_gone() -> bool:
-        left = [rayjobs(custom, namespace),
-                [c for c in core.list_namespaced_config_map(namespace).items
-                 if c.metadata.name == "gone-report"],
-                [s for s in core.list_namespaced_service_account(namespace).items
-                 if s.metadata.name == "gone-trainer"],
-                rbac.list_namespaced_role(namespace).items,
-                rbac.list_namespaced_role_binding(namespace).items]
+        left = [
+            rayjobs(custom, namespace),
+            [
+                c
+                for c in core.list_namespaced_config_map(namespace).items
+                if c.metadata.name == "gone-report"
+            ],
+            [
+                s
+                for s in core.list_namespaced_service_account(namespace).items
+                if s.metadata.name == "gone-trainer"
+            ],
+            rbac.list_namespaced_role(namespace).items,
+            rbac.list_namespaced_role_binding(namespace).items,
+        ]
         return not any(left)
 
     wait_for(all_gone, 40, what="garbage collection of owned objects")
 
 
-def test_metrics_are_served(operator_process: OperatorProcess, custom: client.CustomObjectsApi,
-                            namespace: str, kuberay: KubeRayDouble) -> None:
+def test_metrics_are_served(
+    operator_process: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    kuberay: KubeRayDouble,
+) -> None:
     create_job(custom, namespace, job_manifest("measured"))
     wait_phase(custom, namespace, "measured", "Succeeded")
     text = operator_process.metrics()
@@ -204,7 +257,9 @@ def test_metrics_are_served(operator_process: OperatorProcess, custom: client.Cu
     assert "kubetune_reconcile_errors_total" in text
 
 
-def patch_suspend(custom: client.CustomObjectsApi, namespace: str, name: str,
-                  suspend: bool) -> None:
-    custom.patch_namespaced_custom_object(*FTJ, namespace, FTJS, name,
-                                          {"spec": {"runPolicy": {"suspend": suspend}}})
+def patch_suspend(
+    custom: client.CustomObjectsApi, namespace: str, name: str, suspend: bool
+) -> None:
+    custom.patch_namespaced_custom_object(
+        *FTJ, namespace, FTJS, name, {"spec": {"runPolicy": {"suspend": suspend}}}
+    )

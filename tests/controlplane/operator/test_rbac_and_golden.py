@@ -18,26 +18,43 @@ pytestmark = pytest.mark.controlplane
 GOLDEN = sorted((REPO_ROOT / "tests" / "golden").glob("*.yaml"))
 
 
-def can(kube_api: client.ApiClient, user: str, namespace: str, verb: str, resource: str,
-        name: str = "", group: str = "") -> bool:
-    review = client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
-        user=user, groups=["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
-        resource_attributes=client.V1ResourceAttributes(
-            namespace=namespace, verb=verb, resource=resource, name=name or None,
-            group=group)))
+def can(
+    kube_api: client.ApiClient,
+    user: str,
+    namespace: str,
+    verb: str,
+    resource: str,
+    name: str = "",
+    group: str = "",
+) -> bool:
+    review = client.V1SubjectAccessReview(
+        spec=client.V1SubjectAccessReviewSpec(
+            user=user,
+            groups=["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
+            resource_attributes=client.V1ResourceAttributes(
+                namespace=namespace, verb=verb, resource=resource, name=name or None, group=group
+            ),
+        )
+    )
     result = client.AuthorizationV1Api(kube_api).create_subject_access_review(review)
     return bool(result.status.allowed)
 
 
 def test_trainer_can_update_its_report_and_nothing_else(
-        operator_process: OperatorProcess, custom: client.CustomObjectsApi,
-        kube_api: client.ApiClient, namespace: str, control_plane: ControlPlane) -> None:
+    operator_process: OperatorProcess,
+    custom: client.CustomObjectsApi,
+    kube_api: client.ApiClient,
+    namespace: str,
+    control_plane: ControlPlane,
+) -> None:
     for name in ("alpha", "beta"):
         create_job(custom, namespace, job_manifest(name))
     rbac = client.RbacAuthorizationV1Api(kube_api)
     for name in ("alpha", "beta"):
-        wait_for(lambda n=name: rbac.read_namespaced_role_binding(f"{n}-trainer", namespace),
-                 what="trainer RoleBinding")
+        wait_for(
+            lambda n=name: rbac.read_namespaced_role_binding(f"{n}-trainer", namespace),
+            what="trainer RoleBinding",
+        )
     sa = f"system:serviceaccount:{namespace}:alpha-trainer"
     for verb in ("get", "update", "patch"):
         assert can(kube_api, sa, namespace, verb, "configmaps", "alpha-report")
@@ -57,13 +74,18 @@ def test_trainer_can_update_its_report_and_nothing_else(
     assert_real_token_is_limited(kube_api, namespace, control_plane)
 
 
-def assert_real_token_is_limited(kube_api: client.ApiClient, namespace: str,
-                                 control_plane: ControlPlane) -> None:
+def assert_real_token_is_limited(
+    kube_api: client.ApiClient, namespace: str, control_plane: ControlPlane
+) -> None:
     """The same, with a real token of the trainer's ServiceAccount (TokenRequest)."""
     request = client.AuthenticationV1TokenRequest(
-        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600))
-    token = client.CoreV1Api(kube_api).create_namespaced_service_account_token(
-        "alpha-trainer", namespace, request).status.token
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
+    )
+    token = (
+        client.CoreV1Api(kube_api)
+        .create_namespaced_service_account_token("alpha-trainer", namespace, request)
+        .status.token
+    )
     cfg = client.Configuration()
     cfg.host, cfg.ssl_ca_cert = control_plane.server, str(control_plane.ca_path)
     cfg.api_key = {"authorization": f"Bearer {token}"}
@@ -76,30 +98,40 @@ def assert_real_token_is_limited(kube_api: client.ApiClient, namespace: str,
 
 
 def _golden_objects() -> list[tuple[str, dict[str, Any]]]:
-    return [(f"{path.stem}:{doc['kind']}", doc) for path in GOLDEN
-            for doc in yaml.safe_load_all(path.read_text())]
+    return [
+        (f"{path.stem}:{doc['kind']}", doc)
+        for path in GOLDEN
+        for doc in yaml.safe_load_all(path.read_text())
+    ]
 
 
 def test_golden_files_exist() -> None:
     assert len(GOLDEN) >= 5
 
 
-@pytest.mark.parametrize(("label", "obj"), _golden_objects(), ids=lambda v: v if isinstance(v, str) else "")
-def test_golden_object_accepted_by_api_server(kube_api: client.ApiClient, namespace: str,
-                                              label: str, obj: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("label", "obj"), _golden_objects(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_golden_object_accepted_by_api_server(
+    kube_api: client.ApiClient, namespace: str, label: str, obj: dict[str, Any]
+) -> None:
     """Server-side dry-run create: schema (the real KubeRay CRD), defaulting and admission."""
     obj = {**obj, "metadata": {**obj["metadata"], "namespace": namespace}}
     if obj["kind"] == "RayJob":
         client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
-            "ray.io", "v1", namespace, "rayjobs", obj, dry_run="All")
+            "ray.io", "v1", namespace, "rayjobs", obj, dry_run="All"
+        )
     elif obj["kind"] == "ConfigMap":
         client.CoreV1Api(kube_api).create_namespaced_config_map(namespace, obj, dry_run="All")
     elif obj["kind"] == "ServiceAccount":
         client.CoreV1Api(kube_api).create_namespaced_service_account(namespace, obj, dry_run="All")
     elif obj["kind"] == "Role":
-        client.RbacAuthorizationV1Api(kube_api).create_namespaced_role(namespace, obj, dry_run="All")
+        client.RbacAuthorizationV1Api(kube_api).create_namespaced_role(
+            namespace, obj, dry_run="All"
+        )
     elif obj["kind"] == "RoleBinding":
         client.RbacAuthorizationV1Api(kube_api).create_namespaced_role_binding(
-            namespace, obj, dry_run="All")
+            namespace, obj, dry_run="All"
+        )
     else:
         pytest.fail(f"unexpected kind in {label}")

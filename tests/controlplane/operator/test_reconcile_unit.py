@@ -72,9 +72,15 @@ def test_creates_children_once_and_writes_status_once() -> None:
     kube = FakeKube()
     op = operator(kube)
     run(op, body())
-    assert kube.writes == [("create", "RayJob"), ("create", "ConfigMap"),
-                           ("create", "ServiceAccount"), ("create", "Role"),
-                           ("create", "RoleBinding"), ("status", "Pending"), ("event", "Pending")]
+    assert kube.writes == [
+        ("create", "RayJob"),
+        ("create", "ConfigMap"),
+        ("create", "ServiceAccount"),
+        ("create", "Role"),
+        ("create", "RoleBinding"),
+        ("status", "Pending"),
+        ("event", "Pending"),
+    ]
     run(op, body())
     run(op, body(), rayjob_status=None)
     assert len(kube.writes) == 7, "nothing changed, so nothing was written"

@@ -32,8 +32,9 @@ def own_namespace(kube_api: client.ApiClient) -> Iterator[str]:
         yield name
 
 
-def test_restarts_never_duplicate(control_plane: ControlPlane, kube_api: client.ApiClient,
-                                  own_namespace: str, tmp_path: Path) -> None:
+def test_restarts_never_duplicate(
+    control_plane: ControlPlane, kube_api: client.ApiClient, own_namespace: str, tmp_path: Path
+) -> None:
     ns = own_namespace
     custom = client.CustomObjectsApi(kube_api)
     operator = OperatorProcess(control_plane, ns, tmp_path / "operator.log")
@@ -70,13 +71,23 @@ def test_restarts_never_duplicate(control_plane: ControlPlane, kube_api: client.
         operator.stop()
 
 
-def test_kopf_run_entry_point(control_plane: ControlPlane, kube_api: client.ApiClient,
-                              own_namespace: str, tmp_path: Path) -> None:
+def test_kopf_run_entry_point(
+    control_plane: ControlPlane, kube_api: client.ApiClient, own_namespace: str, tmp_path: Path
+) -> None:
     """`kopf run -m kubetune.controller.handlers` is a supported way to start the operator."""
     probe = OperatorProcess(control_plane, own_namespace, tmp_path / "kopf.log")
-    probe.command = [sys.executable, "-m", "kopf", "run", "-m", "kubetune.controller.handlers",
-                     "--standalone", "--namespace", own_namespace,
-                     f"--liveness=http://127.0.0.1:{probe.health_port}/healthz"]
+    probe.command = [
+        sys.executable,
+        "-m",
+        "kopf",
+        "run",
+        "-m",
+        "kubetune.controller.handlers",
+        "--standalone",
+        "--namespace",
+        own_namespace,
+        f"--liveness=http://127.0.0.1:{probe.health_port}/healthz",
+    ]
     custom = client.CustomObjectsApi(kube_api)
     try:
         probe.start()

@@ -14,13 +14,17 @@ from kubetune.controller.kube import RAY_GROUP, RAY_PLURAL, RAY_VERSION, Kube
 
 
 def _rayjob(namespace: str, **spec: object) -> dict:
-    return {"apiVersion": "ray.io/v1", "kind": "RayJob",
-            "metadata": {"name": "strict-check", "namespace": namespace},
-            "spec": {"entrypoint": "true", "shutdownAfterJobFinishes": True, **spec}}
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": {"name": "strict-check", "namespace": namespace},
+        "spec": {"entrypoint": "true", "shutdownAfterJobFinishes": True, **spec},
+    }
 
 
-def test_unknown_rayjob_field_is_refused_not_pruned(kube_api: client.ApiClient,
-                                                     namespace: str) -> None:
+def test_unknown_rayjob_field_is_refused_not_pruned(
+    kube_api: client.ApiClient, namespace: str
+) -> None:
     kube = Kube(kube_api)
     with pytest.raises(ApiException) as refused:
         kube.ensure(_rayjob(namespace, notAKubeRayField=1))
@@ -30,13 +34,15 @@ def test_unknown_rayjob_field_is_refused_not_pruned(kube_api: client.ApiClient,
     assert 'strict decoding error: unknown field "spec.notAKubeRayField"' in message
     custom = client.CustomObjectsApi(kube_api)
     with pytest.raises(ApiException) as missing:
-        custom.get_namespaced_custom_object(RAY_GROUP, RAY_VERSION, namespace, RAY_PLURAL,
-                                            "strict-check")
+        custom.get_namespaced_custom_object(
+            RAY_GROUP, RAY_VERSION, namespace, RAY_PLURAL, "strict-check"
+        )
     assert missing.value.status == 404
 
 
-def test_known_fields_pass_and_suspend_patch_is_strict(kube_api: client.ApiClient,
-                                                       namespace: str) -> None:
+def test_known_fields_pass_and_suspend_patch_is_strict(
+    kube_api: client.ApiClient, namespace: str
+) -> None:
     kube = Kube(kube_api)
     assert kube.ensure(_rayjob(namespace, preRunningDeadlineSeconds=600)) == "created"
     kube.set_rayjob_suspend(namespace, "strict-check", True)

@@ -28,7 +28,9 @@ def test_json_array_csv_and_parquet(tmp_path, datasets_dir):
     assert len(mathqa.rows) == 604 and mathqa.rows[0][0] == 1
     viggo = load_rows(str(datasets_dir / "viggo" / "viggo-valid.csv"))
     assert len(viggo.rows) == 714 and set(viggo.rows[0][1]) == {"mr", "ref"}
-    pq.write_table(pa.table({"question": ["q1", "q2"], "answer": ["a", "b"]}), tmp_path / "d.parquet")
+    pq.write_table(
+        pa.table({"question": ["q1", "q2"], "answer": ["a", "b"]}), tmp_path / "d.parquet"
+    )
     assert load_rows(str(tmp_path / "d.parquet")).rows[1] == (2, {"question": "q2", "answer": "b"})
 
 

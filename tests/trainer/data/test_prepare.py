@@ -15,7 +15,7 @@ pytestmark = pytest.mark.unit
 
 def write_bad_gsm8k(path, good_rows):
     lines = [json.dumps(r) for r in good_rows[:20]]
-    lines[3] = '{"question": "broken'                      # row 4: malformed JSON
+    lines[3] = '{"question": "broken'  # row 4: malformed JSON
     lines[6] = json.dumps({"question": "no answer here"})  # row 7: missing field
     lines[9] = json.dumps({"question": "long " * 400, "answer": "x\n#### 1"})  # row 10: too long
     path.write_text("\n".join(lines) + "\n")
@@ -24,8 +24,9 @@ def write_bad_gsm8k(path, good_rows):
 def test_bad_rows_are_reported_with_row_numbers(tmp_path, tiny_tokenizer, gsm8k_rows):
     write_bad_gsm8k(tmp_path / "train.jsonl", gsm8k_rows)
     data = DataSpec(train={"uri": "train.jsonl"}, validation_fraction=0.2)
-    prepared = prepare_data(data, make_preset("gsm8k"), tiny_tokenizer, context_length=256,
-                            seed=3, base_dir=tmp_path)
+    prepared = prepare_data(
+        data, make_preset("gsm8k"), tiny_tokenizer, context_length=256, seed=3, base_dir=tmp_path
+    )
     train, validation = prepared.reports
     dropped: dict[str, list[int]] = {}
     for report in prepared.reports:
@@ -34,7 +35,9 @@ def test_bad_rows_are_reported_with_row_numbers(tmp_path, tiny_tokenizer, gsm8k_
     assert dropped["missing field answer"] == [7]
     too_long = dropped["longer than contextLength 256 tokens"]
     assert 10 in too_long
-    assert any(reason.startswith("malformed JSON") and rows == [4] for reason, rows in dropped.items())
+    assert any(
+        reason.startswith("malformed JSON") and rows == [4] for reason, rows in dropped.items()
+    )
     assert train.rows_read + validation.rows_read == 20
     assert len(prepared.train) + len(prepared.validation) == 20 - 2 - len(too_long)
     assert train.rows_used == len(prepared.train) and validation.split == "validation"
@@ -49,10 +52,20 @@ def test_split_is_seeded_and_disjoint():
 
 
 def test_max_samples_and_test_split(tiny_tokenizer, datasets_dir):
-    data = DataSpec(train={"uri": str(datasets_dir / "gsm8k" / "train.jsonl")},
-                    test={"uri": str(datasets_dir / "gsm8k" / "test.jsonl")}, max_samples=50)
-    prepared = prepare_data(data, make_preset("gsm8k"), tiny_tokenizer, context_length=512,
-                            seed=1, test_limit=5, stage="gsm8k")
+    data = DataSpec(
+        train={"uri": str(datasets_dir / "gsm8k" / "train.jsonl")},
+        test={"uri": str(datasets_dir / "gsm8k" / "test.jsonl")},
+        max_samples=50,
+    )
+    prepared = prepare_data(
+        data,
+        make_preset("gsm8k"),
+        tiny_tokenizer,
+        context_length=512,
+        seed=1,
+        test_limit=5,
+        stage="gsm8k",
+    )
     assert prepared.reports[0].split == "gsm8k/train"
     assert len(prepared.train) + len(prepared.validation) == 50
     assert len(prepared.test) == 5 and prepared.test[0].completion.endswith("#### 18")

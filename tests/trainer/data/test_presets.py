@@ -59,7 +59,11 @@ def test_mathqa_python_list_options_are_parsed(datasets_dir):
 
 
 def test_parse_options_plain_and_list_forms():
-    assert parse_options("a ) 129 , b ) 130 , c ) 1,000") == [("a", "129"), ("b", "130"), ("c", "1,000")]
+    assert parse_options("a ) 129 , b ) 130 , c ) 1,000") == [
+        ("a", "129"),
+        ("b", "130"),
+        ("c", "1,000"),
+    ]
     assert parse_options("['a ) 4', 'b ) 4 π']") == [("a", "4"), ("b", "4 π")]
 
 
@@ -69,8 +73,9 @@ def test_strip_wrapping_quotes_only_removes_one_pair():
 
 
 def test_custom_templates_render_row_fields():
-    preset = make_preset("custom", prompt_template="Q: {question}\nA:",
-                         completion_template=" {answer}")
+    preset = make_preset(
+        "custom", prompt_template="Q: {question}\nA:", completion_template=" {answer}"
+    )
     assert preset({"question": "2+2?", "answer": 4}) == ("Q: 2+2?\nA:", " 4<END_A>")
 
 

@@ -74,7 +74,9 @@ def test_packed_loss_equals_unpacked_loss(tiny_model_dir, tiny_tokenizer, gsm8k_
     pad = tiny_tokenizer.pad_token_id
     with torch.no_grad():
         unpacked = collate_padded(examples, pad)
-        loss_u, n_u = token_loss_sum(model(**model_inputs(unpacked, model)).logits, unpacked["labels"])
+        loss_u, n_u = token_loss_sum(
+            model(**model_inputs(unpacked, model)).logits, unpacked["labels"]
+        )
         packed = collate_packed(pack_examples(examples, 512), pad)
         assert packed["input_ids"].shape[0] < len(examples)
         loss_p, n_p = token_loss_sum(model(**model_inputs(packed, model)).logits, packed["labels"])
@@ -93,8 +95,17 @@ def test_workers_get_equal_batches_and_every_example_once():
     seen = []
     counts = []
     for rank in range(2):
-        batches = worker_batches(examples, epoch=0, seed=0, rank=rank, world_size=2, batch_size=2,
-                                 context_length=4, packing=False, pad_id=0)
+        batches = worker_batches(
+            examples,
+            epoch=0,
+            seed=0,
+            rank=rank,
+            world_size=2,
+            batch_size=2,
+            context_length=4,
+            packing=False,
+            pad_id=0,
+        )
         counts.append(len(batches))
         for batch in batches:
             pairs = zip(batch["input_ids"], batch["labels"], strict=True)

@@ -209,8 +209,9 @@ def test_sql_real_rows_through_the_cli_in_parallel(tmp_path):
 
 
 def eval_files(task, predictions, references, *extra):
-    return kubetune("eval", "--task", task, "--predictions", predictions,
-                    "--references", references, *extra)
+    return kubetune(
+        "eval", "--task", task, "--predictions", predictions, "--references", references, *extra
+    )
 
 
 def error_of(tmp_path, task, predictions_text, references_text, *extra):

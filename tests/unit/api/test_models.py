@@ -17,8 +17,16 @@ MINIMAL = {
 def test_defaults_follow_the_case_study():
     spec = parse_spec(MINIMAL)
     training = spec.training
-    assert (training.epochs, training.learning_rate, training.batch_size_per_device) == (10, 5e-6, 16)
-    assert (training.context_length, training.precision, training.checkpoints_to_keep) == (512, "bf16", 1)
+    assert (training.epochs, training.learning_rate, training.batch_size_per_device) == (
+        10,
+        5e-6,
+        16,
+    )
+    assert (training.context_length, training.precision, training.checkpoints_to_keep) == (
+        512,
+        "bf16",
+        1,
+    )
     assert training.deepspeed.enabled and training.deepspeed.stage == 3
     assert training.deepspeed.offload_optimizer and not training.deepspeed.offload_parameters
     assert training.method == "full" and training.packing and not training.loss_on_prompt
@@ -45,11 +53,22 @@ def test_every_problem_is_reported_not_just_the_first():
     bad = {**MINIMAL, "training": {"epochs": 0, "learningRate": -1}}
     with pytest.raises(SpecError) as error:
         parse_spec(bad)
-    assert {p.path for p in error.value.problems} == {"spec.training.epochs", "spec.training.learningRate"}
+    assert {p.path for p in error.value.problems} == {
+        "spec.training.epochs",
+        "spec.training.learningRate",
+    }
 
 
-@pytest.mark.parametrize(("instance_type", "gpus"), [
-    ("g5.xlarge", 1), ("g5.12xlarge", 4), ("g5.48xlarge", 8), ("p4d.24xlarge", 8), ("p5.48xlarge", 8)])
+@pytest.mark.parametrize(
+    ("instance_type", "gpus"),
+    [
+        ("g5.xlarge", 1),
+        ("g5.12xlarge", 4),
+        ("g5.48xlarge", 8),
+        ("p4d.24xlarge", 8),
+        ("p5.48xlarge", 8),
+    ],
+)
 def test_known_instance_types_fill_gpus_per_node(instance_type, gpus):
     assert NodePoolSpec(instance_type=instance_type).effective_gpus_per_node == gpus
 
@@ -61,10 +80,25 @@ def test_unknown_instance_type_needs_gpus_per_node():
 
 
 def test_instance_table_covers_the_documented_types():
-    for name in ["g5.xlarge", "g5.2xlarge", "g5.4xlarge", "g5.8xlarge", "g5.12xlarge",
-                 "g5.16xlarge", "g5.24xlarge", "g5.48xlarge", "p4d.24xlarge", "p5.48xlarge"]:
+    for name in [
+        "g5.xlarge",
+        "g5.2xlarge",
+        "g5.4xlarge",
+        "g5.8xlarge",
+        "g5.12xlarge",
+        "g5.16xlarge",
+        "g5.24xlarge",
+        "g5.48xlarge",
+        "p4d.24xlarge",
+        "p5.48xlarge",
+    ]:
         known = INSTANCE_TYPES[name]
-        assert known.gpus >= 1 and known.vcpus >= 4 and known.memory_gib >= 16 and known.gpu_memory_gib >= 16
+        assert (
+            known.gpus >= 1
+            and known.vcpus >= 4
+            and known.memory_gib >= 16
+            and known.gpu_memory_gib >= 16
+        )
     assert INSTANCE_TYPES["g5.48xlarge"].gpu_type == "A10G"
 
 
@@ -106,22 +140,29 @@ def test_gpus_per_node_zero_is_a_cpu_only_pool():
 def test_cpu_only_pool_needs_cpu_and_memory(missing):
     pool = {k: v for k, v in CPU_POOL.items() if k != missing}
     [problem] = problems(with_compute(nodePool=pool))
-    assert problem.startswith(f"spec.compute.nodePool.{missing}: gpusPerNode 0 (a CPU-only pool) needs {missing}")
+    assert problem.startswith(
+        f"spec.compute.nodePool.{missing}: gpusPerNode 0 (a CPU-only pool) needs {missing}"
+    )
 
 
 def test_a_gpu_pool_may_give_cpu_and_memory():
-    pool = parse_spec(with_compute(nodePool={"instanceType": "g5.48xlarge", "cpu": "100"})).compute.node_pool
+    pool = parse_spec(
+        with_compute(nodePool={"instanceType": "g5.48xlarge", "cpu": "100"})
+    ).compute.node_pool
     assert (pool.cpu, pool.memory, pool.effective_gpus_per_node) == ("100", None, 8)
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [
-    ("gpusPerNode", -1, "greater than or equal to 0"),
-    ("cpu", "0", "cpu must be greater than zero"),
-    ("cpu", "0.000m", "cpu must be greater than zero"),
-    ("cpu", "-1", "must be a Kubernetes quantity"),
-    ("memory", "0Gi", "memory must be greater than zero"),
-    ("memory", "3 GB", "must be a Kubernetes quantity"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("gpusPerNode", -1, "greater than or equal to 0"),
+        ("cpu", "0", "cpu must be greater than zero"),
+        ("cpu", "0.000m", "cpu must be greater than zero"),
+        ("cpu", "-1", "must be a Kubernetes quantity"),
+        ("memory", "0Gi", "memory must be greater than zero"),
+        ("memory", "3 GB", "must be a Kubernetes quantity"),
+    ],
+)
 def test_worker_size_values_are_checked(field, value, message):
     [problem] = problems(with_compute(nodePool={**CPU_POOL, field: value}))
     assert problem.startswith(f"spec.compute.nodePool.{field}:") and message in problem

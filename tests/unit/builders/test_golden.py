@@ -20,8 +20,14 @@ from tests.unit.builders.helpers import EXAMPLES, ROOT, example_job
 pytestmark = pytest.mark.unit
 
 GOLDEN = ROOT / "tests" / "golden"
-GOLDEN_EXAMPLES = ["gsm8k-llama2-7b", "gsm8k-llama2-13b", "gsm8k-llama2-70b",
-                   "viggo-llama2-13b-p4d", "sql-llama2-7b-lora-1gpu", "local-cluster"]
+GOLDEN_EXAMPLES = [
+    "gsm8k-llama2-7b",
+    "gsm8k-llama2-13b",
+    "gsm8k-llama2-70b",
+    "viggo-llama2-13b-p4d",
+    "sql-llama2-7b-lora-1gpu",
+    "local-cluster",
+]
 
 
 def rendered(example: str) -> str:

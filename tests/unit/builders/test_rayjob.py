@@ -39,13 +39,16 @@ def container(group: dict[str, Any]) -> dict[str, Any]:
     return group["template"]["spec"]["containers"][0]
 
 
-@pytest.mark.parametrize(("example", "pods", "gpus"), [
-    ("gsm8k-llama2-7b", 2, 8),
-    ("gsm8k-llama2-13b", 2, 8),
-    ("gsm8k-llama2-70b", 4, 8),
-    ("viggo-llama2-13b-p4d", 1, 8),
-    ("sql-llama2-7b-lora-1gpu", 1, 1),
-])
+@pytest.mark.parametrize(
+    ("example", "pods", "gpus"),
+    [
+        ("gsm8k-llama2-7b", 2, 8),
+        ("gsm8k-llama2-13b", 2, 8),
+        ("gsm8k-llama2-70b", 4, 8),
+        ("viggo-llama2-13b-p4d", 1, 8),
+        ("sql-llama2-7b-lora-1gpu", 1, 1),
+    ],
+)
 def test_worker_group_has_whole_nodes_fixed_size(example: str, pods: int, gpus: int) -> None:
     group = workers_of(build_rayjob(example_job(example), CONFIG))
     assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == pods
@@ -90,8 +93,10 @@ def test_unknown_instance_type_gets_gpu_limits_only() -> None:
 def test_node_selector_and_tolerations() -> None:
     group = workers_of(build_rayjob(example_job("viggo-llama2-13b-p4d"), CONFIG))
     pod = group["template"]["spec"]
-    assert pod["nodeSelector"] == {"node.kubernetes.io/instance-type": "p4d.24xlarge",
-                                   "kubetune.dev/pool": "a100"}
+    assert pod["nodeSelector"] == {
+        "node.kubernetes.io/instance-type": "p4d.24xlarge",
+        "kubetune.dev/pool": "a100",
+    }
     assert pod["tolerations"] == [GPU_TOLERATION]  # the user's identical one is not doubled
     seventy = workers_of(build_rayjob(example_job("gsm8k-llama2-70b"), CONFIG))
     keys = [t["key"] for t in seventy["template"]["spec"]["tolerations"]]
@@ -113,13 +118,23 @@ def test_lifecycle_fields() -> None:
     spec = build_rayjob(example_job("gsm8k-llama2-70b"), CONFIG)["spec"]
     assert spec["shutdownAfterJobFinishes"] is True
     assert spec["submissionMode"] == "K8sJobMode"
-    assert (spec["activeDeadlineSeconds"], spec["backoffLimit"],
-            spec["ttlSecondsAfterFinished"]) == (172800, 2, 3600)
-    defaults = build_rayjob(example_job("gsm8k-llama2-7b"), OperatorConfig(
-        active_deadline_seconds=86400, ttl_seconds_after_finished=60))["spec"]
-    assert (defaults["activeDeadlineSeconds"], defaults["backoffLimit"],
-            defaults["ttlSecondsAfterFinished"]) == (86400, 0, 60)
-    assert "activeDeadlineSeconds" not in build_rayjob(example_job("gsm8k-llama2-7b"), CONFIG)["spec"]
+    assert (
+        spec["activeDeadlineSeconds"],
+        spec["backoffLimit"],
+        spec["ttlSecondsAfterFinished"],
+    ) == (172800, 2, 3600)
+    defaults = build_rayjob(
+        example_job("gsm8k-llama2-7b"),
+        OperatorConfig(active_deadline_seconds=86400, ttl_seconds_after_finished=60),
+    )["spec"]
+    assert (
+        defaults["activeDeadlineSeconds"],
+        defaults["backoffLimit"],
+        defaults["ttlSecondsAfterFinished"],
+    ) == (86400, 0, 60)
+    assert (
+        "activeDeadlineSeconds" not in build_rayjob(example_job("gsm8k-llama2-7b"), CONFIG)["spec"]
+    )
 
 
 def test_secrets_only_by_reference() -> None:
@@ -127,8 +142,10 @@ def test_secrets_only_by_reference() -> None:
     for group in (rayjob["spec"]["rayClusterSpec"]["headGroupSpec"], workers_of(rayjob)):
         c = container(group)
         token = next(e for e in c["env"] if e["name"] == "HF_TOKEN")
-        assert token == {"name": "HF_TOKEN", "valueFrom": {
-            "secretKeyRef": {"name": "hf-token", "key": "token"}}}
+        assert token == {
+            "name": "HF_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}},
+        }
         assert c["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
         assert all("value" not in e for e in c["env"] if e["name"] != "KUBETUNE_PVC_ROOT")
 
@@ -139,7 +156,9 @@ def test_pvc_uris_are_mounted() -> None:
     claims = sorted(v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"])
     assert claims == ["checkpoints", "datasets"]
     assert {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]} == {
-        "/mnt/pvc/checkpoints", "/mnt/pvc/datasets"}
+        "/mnt/pvc/checkpoints",
+        "/mnt/pvc/datasets",
+    }
 
 
 def test_metadata_labels_and_owner() -> None:
@@ -147,9 +166,16 @@ def test_metadata_labels_and_owner() -> None:
     assert meta["namespace"] == NAMESPACE
     assert meta["labels"]["app.kubernetes.io/managed-by"] == "kubetune-operator"
     assert meta["labels"]["kubetune.dev/finetunejob"] == "llama2-13b-gsm8k"
-    assert meta["ownerReferences"] == [{
-        "apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "name": "llama2-13b-gsm8k",
-        "uid": FAKE_UID, "controller": True, "blockOwnerDeletion": True}]
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "kubetune.dev/v1alpha1",
+            "kind": "FineTuneJob",
+            "name": "llama2-13b-gsm8k",
+            "uid": FAKE_UID,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
 
 
 def test_long_names_stay_valid_and_distinct() -> None:
@@ -164,8 +190,10 @@ def test_long_names_stay_valid_and_distinct() -> None:
     assert len(names) == 2
 
 
-@pytest.mark.parametrize(("queue", "suspend", "expected"), [
-    (None, False, False), (None, True, True), ("q", False, True), ("q", True, True)])
+@pytest.mark.parametrize(
+    ("queue", "suspend", "expected"),
+    [(None, False, False), (None, True, True), ("q", False, True), ("q", True, True)],
+)
 def test_kueue_label_and_suspend(queue: str | None, suspend: bool, expected: bool) -> None:
     doc = example_doc("gsm8k-llama2-7b")
     doc["spec"]["runPolicy"] = {"suspend": suspend, **({"queueName": queue} if queue else {})}
@@ -177,7 +205,9 @@ def test_kueue_label_and_suspend(queue: str | None, suspend: bool, expected: boo
 def test_render_without_uid_has_no_owner() -> None:
     doc = example_doc("gsm8k-llama2-7b")
     del doc["metadata"]["uid"]
-    assert "ownerReferences" not in build_rayjob(FineTuneJob.model_validate(doc), CONFIG)["metadata"]
+    assert (
+        "ownerReferences" not in build_rayjob(FineTuneJob.model_validate(doc), CONFIG)["metadata"]
+    )
 
 
 # --------------------------------------------------------------------------- CPU-only pools
@@ -215,8 +245,9 @@ def test_cpu_pool_pods_host_exactly_one_ray_worker_and_no_gpu() -> None:
 
 def test_cpu_pool_keeps_the_users_scheduling_without_the_gpu_toleration() -> None:
     toleration = {"key": "dedicated", "operator": "Equal", "value": "cpu", "effect": "NoSchedule"}
-    pod = workers_of(build_rayjob(cpu_pool_job(nodeSelector={"pool": "cpu"},
-                                               tolerations=[toleration]), CONFIG))["template"]["spec"]
+    pod = workers_of(
+        build_rayjob(cpu_pool_job(nodeSelector={"pool": "cpu"}, tolerations=[toleration]), CONFIG)
+    )["template"]["spec"]
     assert pod["nodeSelector"] == {INSTANCE_TYPE_LABEL: "kubetune-local", "pool": "cpu"}
     assert pod["tolerations"] == [toleration]
 
@@ -224,8 +255,10 @@ def test_cpu_pool_keeps_the_users_scheduling_without_the_gpu_toleration() -> Non
 def test_cpu_pool_on_a_known_gpu_type_uses_only_the_given_size() -> None:
     job = cpu_pool_job(instanceType="g5.48xlarge", cpu="16", memory="64Gi")
     resources = container(workers_of(build_rayjob(job, CONFIG)))["resources"]
-    assert resources == {"requests": {"cpu": "16", "memory": "64Gi"},
-                         "limits": {"cpu": "16", "memory": "64Gi"}}
+    assert resources == {
+        "requests": {"cpu": "16", "memory": "64Gi"},
+        "limits": {"cpu": "16", "memory": "64Gi"},
+    }
 
 
 def test_cpu_and_memory_override_the_derived_size_on_a_gpu_pool() -> None:
@@ -234,7 +267,8 @@ def test_cpu_and_memory_override_the_derived_size_on_a_gpu_pool() -> None:
     group = workers_of(build_rayjob(FineTuneJob.model_validate(doc), CONFIG))
     assert container(group)["resources"] == {
         "requests": {"cpu": "100", "memory": "600Gi"},
-        "limits": {"cpu": "100", "memory": "600Gi", GPU_RESOURCE: "8"}}
+        "limits": {"cpu": "100", "memory": "600Gi", GPU_RESOURCE: "8"},
+    }
     assert group["groupName"] == WORKER_GROUP and group["rayStartParams"] == {}
     assert group["template"]["spec"]["tolerations"] == [GPU_TOLERATION]
 
@@ -248,11 +282,17 @@ def test_one_override_keeps_the_other_derived() -> None:
 
 def test_unknown_gpu_type_with_a_size_gets_requests_and_limits() -> None:
     doc = example_doc("gsm8k-llama2-13b")
-    doc["spec"]["compute"]["nodePool"] = {"instanceType": "a3-highgpu-8g", "gpusPerNode": 8,
-                                          "cpu": "200", "memory": "1800Gi"}
+    doc["spec"]["compute"]["nodePool"] = {
+        "instanceType": "a3-highgpu-8g",
+        "gpusPerNode": 8,
+        "cpu": "200",
+        "memory": "1800Gi",
+    }
     res = container(workers_of(build_rayjob(FineTuneJob.model_validate(doc), CONFIG)))["resources"]
-    assert res == {"requests": {"cpu": "200", "memory": "1800Gi"},
-                   "limits": {"cpu": "200", "memory": "1800Gi", GPU_RESOURCE: "8"}}
+    assert res == {
+        "requests": {"cpu": "200", "memory": "1800Gi"},
+        "limits": {"cpu": "200", "memory": "1800Gi", GPU_RESOURCE: "8"},
+    }
 
 
 def submitter_resources(job: FineTuneJob) -> dict[str, Any]:
@@ -262,7 +302,9 @@ def submitter_resources(job: FineTuneJob) -> dict[str, Any]:
 
 def test_submitter_size_defaults_and_is_configurable() -> None:
     assert submitter_resources(example_job("gsm8k-llama2-13b")) == {
-        "requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "500m", "memory": "1Gi"}}
+        "requests": {"cpu": "500m", "memory": "1Gi"},
+        "limits": {"cpu": "500m", "memory": "1Gi"},
+    }
     small = submitter_resources(example_job("local-cluster"))
     assert small["requests"] == small["limits"] == {"cpu": "250m", "memory": "512Mi"}
 
@@ -274,8 +316,9 @@ def test_local_cluster_fits_two_cpus() -> None:
     workers = workers_of(rayjob)
     submitter = {"template": rayjob["spec"]["submitterPodTemplate"]}
     pods = [(head, 1), (workers, workers["replicas"]), (submitter, 1)]
-    millicores = sum(count * _millicores(container(pod)["resources"]["requests"]["cpu"])
-                     for pod, count in pods)
+    millicores = sum(
+        count * _millicores(container(pod)["resources"]["requests"]["cpu"]) for pod, count in pods
+    )
     assert millicores == 1750
 
 

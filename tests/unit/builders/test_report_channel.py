@@ -17,12 +17,18 @@ def test_objects_and_order() -> None:
 
 def test_role_names_exactly_the_report_configmap() -> None:
     cm, sa, role, binding = report_channel(example_job("gsm8k-llama2-13b"))
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
-                              "resourceNames": [cm["metadata"]["name"]],
-                              "verbs": ["get", "update", "patch"]}]
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": [cm["metadata"]["name"]],
+            "verbs": ["get", "update", "patch"],
+        }
+    ]
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
-                                    "namespace": NAMESPACE}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}
+    ]
 
 
 def test_all_owned_by_the_job() -> None:

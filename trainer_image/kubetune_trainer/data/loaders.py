@@ -38,9 +38,9 @@ def resolve_local(uri: str, base_dir: Path | None = None) -> str:
     """A path for local or mounted sources: file:// stripped, pvc:// mapped to its mount,
     relative paths taken from `base_dir` (the manifest's folder for `kubetune run`)."""
     if uri.startswith("file://"):
-        return uri[len("file://"):]
+        return uri[len("file://") :]
     if uri.startswith("pvc://"):
-        return str(Path(os.environ.get(PVC_ROOT_ENV, "/mnt/pvc")) / uri[len("pvc://"):])
+        return str(Path(os.environ.get(PVC_ROOT_ENV, "/mnt/pvc")) / uri[len("pvc://") :])
     path = Path(uri).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
@@ -120,8 +120,7 @@ def _parse_parquet(data: bytes, out: LoadedRows) -> None:
         out.rows.append((number, row))
 
 
-PARSERS = {"jsonl": _parse_jsonl, "json": _parse_json, "csv": _parse_csv,
-           "parquet": _parse_parquet}
+PARSERS = {"jsonl": _parse_jsonl, "json": _parse_json, "csv": _parse_csv, "parquet": _parse_parquet}
 
 
 def parse_hf_uri(uri: str) -> tuple[str, str | None, str]:

@@ -38,8 +38,10 @@ class DropLog:
         self.by_reason[reason].append(row)
 
     def report(self) -> list[DroppedRows]:
-        return [DroppedRows(reason=reason, count=len(rows), examples=sorted(rows)[:MAX_EXAMPLE_ROWS])
-                for reason, rows in sorted(self.by_reason.items())]
+        return [
+            DroppedRows(reason=reason, count=len(rows), examples=sorted(rows)[:MAX_EXAMPLE_ROWS])
+            for reason, rows in sorted(self.by_reason.items())
+        ]
 
     @property
     def total(self) -> int:
@@ -78,8 +80,10 @@ def split_validation(rows: Rows, fraction: float, seed: int) -> tuple[Rows, Rows
     random.Random(seed + 1).shuffle(order)
     size = min(len(rows) - 1, max(1, round(len(rows) * fraction))) if len(rows) > 1 else 0
     held = set(order[:size])
-    return ([r for i, r in enumerate(rows) if i not in held],
-            [r for i, r in enumerate(rows) if i in held])
+    return (
+        [r for i, r in enumerate(rows) if i not in held],
+        [r for i, r in enumerate(rows) if i in held],
+    )
 
 
 def formatted(rows: Rows, preset: Preset, drops: DropLog) -> Iterator[tuple[int, Any, str, str]]:
@@ -94,8 +98,14 @@ def formatted(rows: Rows, preset: Preset, drops: DropLog) -> Iterator[tuple[int,
         yield number, row, prompt, completion
 
 
-def tokenize_rows(rows: Rows, preset: Preset, tokenizer: Any, context_length: int,
-                  loss_on_prompt: bool, drops: DropLog) -> list[Example]:
+def tokenize_rows(
+    rows: Rows,
+    preset: Preset,
+    tokenizer: Any,
+    context_length: int,
+    loss_on_prompt: bool,
+    drops: DropLog,
+) -> list[Example]:
     """Format and tokenize; rows that fail or do not fit go to `drops` with the reason."""
     stop_id = tokenizer.convert_tokens_to_ids(preset.stop_token)
     examples = []
@@ -111,8 +121,10 @@ def tokenize_rows(rows: Rows, preset: Preset, tokenizer: Any, context_length: in
 
 
 def test_rows(rows: Rows, preset: Preset, drops: DropLog) -> list[TestRow]:
-    return [TestRow(number, prompt, completion.removesuffix(preset.stop_token), row)
-            for number, row, prompt, completion in formatted(rows, preset, drops)]
+    return [
+        TestRow(number, prompt, completion.removesuffix(preset.stop_token), row)
+        for number, row, prompt, completion in formatted(rows, preset, drops)
+    ]
 
 
 def _loaded_drops(loaded: LoadedRows) -> DropLog:
@@ -123,8 +135,9 @@ def _loaded_drops(loaded: LoadedRows) -> DropLog:
 
 
 def _split_report(name: str, source: str, rows_read: int, used: int, drops: DropLog) -> SplitReport:
-    return SplitReport(split=name, source=source, rows_read=rows_read, rows_used=used,
-                       dropped=drops.report())
+    return SplitReport(
+        split=name, source=source, rows_read=rows_read, rows_used=used, dropped=drops.report()
+    )
 
 
 def load_texts(data: Any, base_dir: Path | None) -> dict[str, LoadedRows]:
@@ -137,10 +150,19 @@ def load_texts(data: Any, base_dir: Path | None) -> dict[str, LoadedRows]:
     return loaded
 
 
-def prepare_data(data: Any, preset: Preset, tokenizer: Any, *, context_length: int, seed: int,
-                 loss_on_prompt: bool = False, stage: str = "", base_dir: Path | None = None,
-                 loaded: dict[str, LoadedRows] | None = None,
-                 test_limit: int | None = None) -> PreparedData:
+def prepare_data(
+    data: Any,
+    preset: Preset,
+    tokenizer: Any,
+    *,
+    context_length: int,
+    seed: int,
+    loss_on_prompt: bool = False,
+    stage: str = "",
+    base_dir: Path | None = None,
+    loaded: dict[str, LoadedRows] | None = None,
+    test_limit: int | None = None,
+) -> PreparedData:
     """Everything one stage trains and evaluates on (see module docstring)."""
     loaded = loaded or load_texts(data, base_dir)
     prefix = f"{stage}/" if stage else ""
@@ -156,14 +178,24 @@ def prepare_data(data: Any, preset: Preset, tokenizer: Any, *, context_length: i
         train_rows, val_rows = split_validation(train_rows, fraction, seed)
         val_source = f"{data.train.uri} (seeded {fraction:g} of train)"
         val_drops, val_read = DropLog(), len(val_rows)
-    train = tokenize_rows(train_rows, preset, tokenizer, context_length, loss_on_prompt, train_drops)
-    validation = tokenize_rows(val_rows, preset, tokenizer, context_length, loss_on_prompt,
-                               val_drops)
-    reports.append(_split_report(f"{prefix}train", data.train.uri,
-                                 len(train_rows) + len(loaded["train"].problems), len(train),
-                                 train_drops))
-    reports.append(_split_report(f"{prefix}validation", val_source, val_read, len(validation),
-                                 val_drops))
+    train = tokenize_rows(
+        train_rows, preset, tokenizer, context_length, loss_on_prompt, train_drops
+    )
+    validation = tokenize_rows(
+        val_rows, preset, tokenizer, context_length, loss_on_prompt, val_drops
+    )
+    reports.append(
+        _split_report(
+            f"{prefix}train",
+            data.train.uri,
+            len(train_rows) + len(loaded["train"].problems),
+            len(train),
+            train_drops,
+        )
+    )
+    reports.append(
+        _split_report(f"{prefix}validation", val_source, val_read, len(validation), val_drops)
+    )
     test: list[TestRow] = []
     if "test" in loaded:
         test_drops = _loaded_drops(loaded["test"])
@@ -173,10 +205,15 @@ def prepare_data(data: Any, preset: Preset, tokenizer: Any, *, context_length: i
                 test_drops.add(number, f"beyond evaluation.maxSamples {test_limit}")
             candidates = candidates[:test_limit]
         test = test_rows(candidates, preset, test_drops)
-        reports.append(_split_report(f"{prefix}test", data.test.uri, loaded["test"].rows_read,
-                                     len(test), test_drops))
+        reports.append(
+            _split_report(
+                f"{prefix}test", data.test.uri, loaded["test"].rows_read, len(test), test_drops
+            )
+        )
     if not train or not validation:
-        raise ValueError(f"stage {stage or 'default'}: no usable training or validation rows "
-                         f"({len(train)} train, {len(validation)} validation); see the data report")
+        raise ValueError(
+            f"stage {stage or 'default'}: no usable training or validation rows "
+            f"({len(train)} train, {len(validation)} validation); see the data report"
+        )
     few_shot = [row for _, row in train_rows[:MAX_FEW_SHOT]]
     return PreparedData(train, validation, test, reports, few_shot)

@@ -140,5 +140,6 @@ def make_preset(
 
 def preset_for_task(task: Any) -> Preset:
     """make_preset from a kubetune TaskSpec (duck-typed)."""
-    return make_preset(task.preset, task.special_tokens, task.prompt_template,
-                       task.completion_template)
+    return make_preset(
+        task.preset, task.special_tokens, task.prompt_template, task.completion_template
+    )

@@ -39,8 +39,9 @@ class Example:
         return sum(label != IGNORE_INDEX for label in self.labels[1:])
 
 
-def encode_pair(tokenizer: Any, prompt: str, completion: str,
-                loss_on_prompt: bool = False) -> tuple[list[int], list[int]]:
+def encode_pair(
+    tokenizer: Any, prompt: str, completion: str, loss_on_prompt: bool = False
+) -> tuple[list[int], list[int]]:
     """Token ids of BOS + prompt + completion, and labels that cover the completion (and the
     prompt when asked). Prompt and completion are encoded separately so that generation,
     which sees only BOS + prompt, gets exactly the prefix the model was trained on."""
@@ -99,12 +100,17 @@ def collate_packed(bins: Sequence[Sequence[Example]], pad_id: int) -> dict[str, 
             start = end
         # Padding attends to itself only, so no row of the mask is empty (no NaN in softmax).
         mask[i, 0, torch.arange(start, width), torch.arange(start, width)] = True
-    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
-            "attention_mask": mask}
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "position_ids": position_ids,
+        "attention_mask": mask,
+    }
 
 
-def collate_padded(examples: Sequence[Example], pad_id: int,
-                   pad_to: int | None = None) -> dict[str, torch.Tensor]:
+def collate_padded(
+    examples: Sequence[Example], pad_id: int, pad_to: int | None = None
+) -> dict[str, torch.Tensor]:
     """One example per row, right-padded (to the longest, or to `pad_to`), 2D padding mask."""
     width = pad_to or max(len(e.input_ids) for e in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
@@ -128,8 +134,7 @@ def shuffled(examples: Sequence[Example], seed: int, epoch: int) -> list[Example
     return order
 
 
-def _units(examples: Sequence[Example], packing: bool,
-           context_length: int) -> list[list[Example]]:
+def _units(examples: Sequence[Example], packing: bool, context_length: int) -> list[list[Example]]:
     return pack_examples(examples, context_length) if packing else [[e] for e in examples]
 
 
@@ -151,10 +156,20 @@ def batches_per_worker(units: int, world_size: int, batch_size: int, accumulatio
     return -(-micro // accumulation) * accumulation
 
 
-def worker_batches(examples: Sequence[Example], *, epoch: int, seed: int, rank: int,
-                   world_size: int, batch_size: int, context_length: int, packing: bool,
-                   pad_id: int, accumulation: int = 1,
-                   shuffle: bool = True) -> list[dict[str, torch.Tensor]]:
+def worker_batches(
+    examples: Sequence[Example],
+    *,
+    epoch: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    batch_size: int,
+    context_length: int,
+    packing: bool,
+    pad_id: int,
+    accumulation: int = 1,
+    shuffle: bool = True,
+) -> list[dict[str, torch.Tensor]]:
     """This worker's micro-batches for one epoch. Every worker gets the same number of
     batches (collective calls stay in step) and no example is dropped: the units are spread
     evenly over the batches, and a worker short of data gets all-ignored batches that add zero
@@ -166,8 +181,11 @@ def worker_batches(examples: Sequence[Example], *, epoch: int, seed: int, rank: 
     for chunk in _split_evenly(units[rank::world_size], count):
         filler = not chunk
         chunk = chunk or [units[0]]
-        batch = (collate_packed(chunk, pad_id) if packing
-                 else collate_padded([unit[0] for unit in chunk], pad_id))
+        batch = (
+            collate_packed(chunk, pad_id)
+            if packing
+            else collate_padded([unit[0] for unit in chunk], pad_id)
+        )
         if filler:
             batch["labels"].fill_(IGNORE_INDEX)
         batches.append(batch)
@@ -179,23 +197,32 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     shift_logits = logits[:, :-1, :].float()
     shift_labels = labels[:, 1:]
     loss = torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX, reduction="sum")
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
     return loss, (shift_labels != IGNORE_INDEX).sum()
 
 
-def model_inputs(batch: dict[str, torch.Tensor], model: Any,
-                 device: Any = None) -> dict[str, torch.Tensor]:
+def model_inputs(
+    batch: dict[str, torch.Tensor], model: Any, device: Any = None
+) -> dict[str, torch.Tensor]:
     """The forward() arguments for a batch (labels stay out: the loss is computed here, token
     weighted). A packed batch's boolean block mask becomes an additive float mask for the eager
     attention path; SDPA takes the boolean mask as is."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     mask = inputs.get("attention_mask")
     config = getattr(model, "config", None)
-    if mask is not None and mask.dim() == 4 and getattr(config, "_attn_implementation", "") == "eager":
+    if (
+        mask is not None
+        and mask.dim() == 4
+        and getattr(config, "_attn_implementation", "") == "eager"
+    ):
         dtype = next(model.parameters()).dtype
         inputs["attention_mask"] = torch.zeros(mask.shape, dtype=dtype).masked_fill(
-            ~mask, torch.finfo(dtype).min)
+            ~mask, torch.finfo(dtype).min
+        )
     if device is not None:
         inputs = {k: v.to(device) for k, v in inputs.items()}
     return inputs
