@@ -15,11 +15,14 @@ Rules that come from KubeRay's history (v1.1 to v1.7):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
+from kubetune.api.base import cut_text
 from kubetune.api.report import TrainerReport
 from kubetune.api.v1alpha1 import (
+    MESSAGE_LIMIT,
     TERMINAL_PHASES,
     Condition,
     FineTuneJob,
@@ -57,7 +60,35 @@ FAILURE_REASONS = {
     "JobDeploymentStatusTransitionGracePeriodExceeded": "RayClusterUnavailable",
     "JobStatusCheckTimeoutExceeded": "RayClusterUnavailable",
 }
+# What the operator itself observed (not KubeRay's status) when it decides the phase.
+ProblemReason = Literal[
+    "CreateFailed", "CreateRejected", "NameConflict", "RayJobDeleted", "InvalidReport"
+]
+PROBLEM_REASONS: tuple[str, ...] = get_args(ProblemReason)
+# Transient: the phase stays Pending and the operator retries (with backoff).
+TRANSIENT_PROBLEMS = ("CreateFailed",)
+# Reasons that post a Warning event even without a phase change.
+WARNING_REASONS = ("CreateFailed",)
 HINTS = {
+    "CreateRejected": (
+        "fix what the API server names (a ResourceQuota, an admission policy or webhook, the "
+        "installed KubeRay CRD) and create the FineTuneJob again"
+    ),
+    "NameConflict": (
+        "kubetune never adopts or changes an object it did not create: delete or rename that "
+        "object, or give the FineTuneJob another name"
+    ),
+    "RayJobDeleted": (
+        "kubetune does not re-create a deleted RayJob (that would train again from scratch); "
+        "create a new FineTuneJob to run again"
+    ),
+    "InvalidReport": (
+        "use the trainer image that matches this operator's version; a report that points "
+        "outside the job's storage or names another job is never trusted"
+    ),
+    "Diverged": (
+        "lower spec.training.learningRate (or train in bf16) and create a new FineTuneJob"
+    ),
     "SubmissionFailed": (
         "the submitter could not reach the Ray dashboard: check the head pod "
         "(image, resources) and the submitter Job's logs"
@@ -71,6 +102,20 @@ HINTS = {
     "RayClusterUnavailable": "the Ray cluster stopped answering: check the head pod and node events",
     "Stopped": "the Ray job was stopped (ray job stop, or a deadline); create a new job to retry",
 }
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something the operator observed that decides the phase on its own: a child it could
+    not create, a RayJob that vanished, a report it refuses. `message` names the object and
+    carries the API server's words."""
+
+    reason: ProblemReason
+    message: str
+
+    @property
+    def transient(self) -> bool:
+        return self.reason in TRANSIENT_PROBLEMS
 
 
 @dataclass(frozen=True)
@@ -226,10 +271,71 @@ def _retrying_verdict(status: dict[str, Any], attempts: int, backoff_limit: int)
     )
 
 
+def nonfinite_fields(report: TrainerReport) -> list[str]:
+    """Paths of NaN/Inf numbers in the report (JSON, and so the status, cannot carry them)."""
+    found = []
+    for i, e in enumerate(report.epochs):
+        for name in ("train_loss", "validation_loss", "validation_perplexity"):
+            if not math.isfinite(getattr(e, name)):
+                found.append(
+                    f"epochs[{i}] (stage {e.stage}, epoch {e.epoch}) {name}={getattr(e, name)}"
+                )
+    best = report.best_checkpoint
+    if best is not None and not math.isfinite(best.validation_perplexity):
+        found.append(f"bestCheckpoint validation_perplexity={best.validation_perplexity}")
+    ev = report.evaluation
+    if ev is not None:
+        numbers = {
+            "score": ev.score,
+            **ev.metrics,
+            **{f"baseline {k}": v for k, v in (ev.baseline or {}).items()},
+        }
+        found += [f"evaluation {k}={v}" for k, v in numbers.items() if not math.isfinite(v)]
+    return found
+
+
+def _divergence(report: TrainerReport | None) -> Verdict | None:
+    bad = nonfinite_fields(report) if report is not None else []
+    if not bad:
+        return None
+    training = [b for b in bad if not b.startswith("evaluation")]
+    if training:
+        return _failure("Diverged", f"training diverged: {'; '.join(training)}", {}, report)
+    return _failure(
+        "InvalidReport", f"the evaluation produced non-finite scores: {'; '.join(bad)}", {}, report
+    )
+
+
+def _problem_verdict(problem: Problem, job: FineTuneJob, report: TrainerReport | None) -> Verdict:
+    if problem.transient:
+        return Verdict("Pending", problem.reason, f"{problem.message}; retrying with backoff")
+    finished = report is not None and report.phase == "Succeeded"
+    if problem.reason == "RayJobDeleted" and finished and _results_missing(job, report) is None:
+        return Verdict(
+            "Succeeded",
+            "Succeeded",
+            f"{_success_message(report)} (the trainer finished; {problem.message})",
+        )
+    return _failure(problem.reason, problem.message, {}, report)
+
+
 def decide_phase(
-    job: FineTuneJob, status: dict[str, Any] | None, report: TrainerReport | None, attempts: int
+    job: FineTuneJob,
+    status: dict[str, Any] | None,
+    report: TrainerReport | None,
+    attempts: int,
+    problem: Problem | None = None,
 ) -> Verdict:
-    """The phase for one observation of the RayJob; `status` None = no RayJob status yet."""
+    """The phase for one observation of the RayJob; `status` None = no RayJob status yet.
+
+    A diverged run (NaN/Inf in the report) and the operator's own `problem` come first:
+    KubeRay may still say Running while the result can no longer be trusted.
+    """
+    diverged = _divergence(report)
+    if diverged is not None:
+        return diverged
+    if problem is not None:
+        return _problem_verdict(problem, job, report)
     pending = Verdict("Pending", "RayJobCreated", "RayJob created; waiting for KubeRay")
     deployment = _field(status, "jobDeploymentStatus")
     if status is None or deployment in ("", "New", "Suspending", "Suspended"):
@@ -302,7 +408,11 @@ def _condition_states(verdict: Verdict) -> dict[str, ConditionState]:
         outcome = ("Unknown", "InProgress", "")
     return {
         "Accepted": ("True", "SpecValid", ""),
-        "Running": ("True", reason, message) if active else ("False", phase, ""),
+        "Running": ("True", reason, message)
+        if active
+        else ("False", reason, message)
+        if phase == "Pending"
+        else ("False", phase, ""),
         "Suspended": ("True", reason, message) if waiting else ("False", "NotSuspended", ""),
         "Succeeded": outcome,
         "Failed": ("True", reason, message) if phase == "Failed" else ("False", "NotFailed", ""),
@@ -366,26 +476,65 @@ def _ray_job_ref(
     )
 
 
+def _finite_results(report: TrainerReport) -> dict[str, Any]:
+    """The report's results without non-finite numbers (the verdict already names them)."""
+    epochs = [
+        e
+        for e in report.epochs
+        if all(math.isfinite(v) for v in (e.train_loss, e.validation_loss, e.validation_perplexity))
+    ]
+    best = report.best_checkpoint
+    if best is not None and not math.isfinite(best.validation_perplexity):
+        best = None
+    ev = report.evaluation
+    if ev is not None and any(
+        not math.isfinite(v)
+        for v in (ev.score, *ev.metrics.values(), *(ev.baseline or {}).values())
+    ):
+        ev = None
+    return {"epochs": epochs, "best_checkpoint": best, "evaluation": ev}
+
+
+def local_rayjob_status(report: TrainerReport) -> dict[str, Any]:
+    """What KubeRay would say about a `kubetune run` with this report, so a local run goes
+    through the same `map_rayjob_status` as the operator: running until the trainer's last
+    word, then Complete with the Ray job's outcome."""
+    if report.phase == "Succeeded":
+        return {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}
+    if report.phase == "Failed":
+        return {"jobDeploymentStatus": "Complete", "jobStatus": "FAILED"}
+    return {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}
+
+
+CREATION_PROBLEMS = ("CreateFailed", "CreateRejected", "NameConflict")
+
+
 def map_rayjob_status(
     job: FineTuneJob,
     rayjob_status: dict[str, Any] | None,
     report: TrainerReport | None,
     previous_status: FineTuneJobStatus | None,
     now: str,
+    problem: Problem | None = None,
 ) -> FineTuneJobStatus:
     """The FineTuneJob status for one observation (see the module docstring for the rules).
 
     `now` is an RFC 3339 timestamp (passed in, so the function stays pure and testable).
+    `problem` is what the operator itself saw (see `Problem`). The operator and `kubetune
+    run` both call this, so one report means the same phase and messages everywhere.
     """
     previous = previous_status or FineTuneJobStatus()
     if previous.phase in TERMINAL_PHASES:
         return previous
     prev_ref = previous.ray_job
     attempts = count_attempts(rayjob_status, prev_ref)
-    verdict = decide_phase(job, rayjob_status, report, attempts)
+    verdict = decide_phase(job, rayjob_status, report, attempts, problem)
+    # Within the schema's limit, cut with a marker: a message is never refused whole.
+    verdict = Verdict(verdict.phase, verdict.reason, cut_text(verdict.message, MESSAGE_LIMIT))
     started = verdict.phase not in ("Pending", "Queued", "Suspended")
     terminal = verdict.phase in TERMINAL_PHASES
     generation = _generation(job)
+    not_created = problem is not None and problem.reason in CREATION_PROBLEMS
     status = previous.model_copy(
         update={
             "phase": verdict.phase,
@@ -394,7 +543,11 @@ def map_rayjob_status(
             "conditions": merge_conditions(
                 previous.conditions, _condition_states(verdict), generation, now
             ),
-            "ray_job": _ray_job_ref(job, rayjob_status, attempts, prev_ref),
+            # No RayJob reference until one exists: the operator reads "rayJob is set" as
+            # "the RayJob was created", and never creates it a second time.
+            "ray_job": prev_ref
+            if not_created
+            else _ray_job_ref(job, rayjob_status, attempts, prev_ref),
             "start_time": previous.start_time
             or ((_field(rayjob_status, "startTime") or now) if started else None),
             "completion_time": (_field(rayjob_status, "endTime") or now) if terminal else None,
@@ -402,12 +555,7 @@ def map_rayjob_status(
     )
     if report is not None:
         status = status.model_copy(
-            update={
-                "progress": _progress(report),
-                "epochs": list(report.epochs),
-                "best_checkpoint": report.best_checkpoint,
-                "evaluation": report.evaluation,
-            }
+            update={"progress": _progress(report), **_finite_results(report)}
         )
     return status
 
@@ -417,7 +565,7 @@ def invalid_spec_status(
 ) -> FineTuneJobStatus:
     """Phase Failed, reason InvalidSpec, a message naming every offending field."""
     previous = previous_status or FineTuneJobStatus()
-    message = "invalid spec: " + "; ".join(problems)
+    message = cut_text("invalid spec: " + "; ".join(problems), MESSAGE_LIMIT)
     verdict = Verdict("Failed", "InvalidSpec", message)
     states = _condition_states(verdict)
     states["Accepted"] = ("False", "InvalidSpec", message)

@@ -105,11 +105,11 @@ def test_chart_installs_and_the_operator_may_do_its_job(control_plane, kube_api,
 
         for group, resource, verbs in [
             ("kubetune.dev", "finetunejobs", ["get", "list", "watch"]),
-            ("ray.io", "rayjobs", ["get", "list", "watch", "create", "patch"]),
+            ("ray.io", "rayjobs", ["get", "list", "watch", "create", "patch", "delete"]),
             ("", "configmaps", ["get", "create", "patch"]),
-            ("", "serviceaccounts", ["get", "create", "patch"]),
-            ("rbac.authorization.k8s.io", "roles", ["get", "create", "patch"]),
-            ("rbac.authorization.k8s.io", "rolebindings", ["get", "create", "patch"]),
+            ("", "serviceaccounts", ["get", "create"]),
+            ("rbac.authorization.k8s.io", "roles", ["get", "create"]),
+            ("rbac.authorization.k8s.io", "rolebindings", ["get", "create"]),
             ("", "events", ["create"]),
         ]:
             for verb in verbs:
@@ -118,7 +118,9 @@ def test_chart_installs_and_the_operator_may_do_its_job(control_plane, kube_api,
         assert not allowed("", "secrets", "get"), "the operator must not read secrets"
         assert not allowed("kubetune.dev", "finetunejobs", "patch"), "it writes only .status"
         assert not allowed("", "pods", "create")
-        assert not allowed("ray.io", "rayjobs", "delete"), "owned RayJobs go by garbage collection"
+        for resource in ("serviceaccounts", "roles", "rolebindings"):
+            group = "" if resource == "serviceaccounts" else "rbac.authorization.k8s.io"
+            assert not allowed(group, resource, "patch"), f"no adoption by patching {resource}"
     finally:
         uninstall = helm(control_plane, "uninstall", release, "-n", namespace)
         assert uninstall.returncode == 0, uninstall.stderr

@@ -15,6 +15,7 @@ stops a job at a step until `release`.
 from __future__ import annotations
 
 import contextlib
+import shlex
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,9 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kubetune.api.report import TrainerReport
+from kubetune.api.report import REPORT_SCHEMA_VERSION, TrainerReport
+from kubetune_trainer.entrypoint import build_parser
+from kubetune_trainer.job_source import JobSourceError, read_own_job
 from kubetune_trainer.reporting import ConfigMapReporter
 
 RAY = ("ray.io", "v1")
@@ -61,10 +64,18 @@ class _Run:
     attempt: int = 1
     held: bool = False
     log: list[str] = field(default_factory=list)
+    job: dict[str, Any] | None = None  # the FineTuneJob, as the trainer read it
+
+    @property
+    def storage(self) -> str:
+        return str(((self.job or {}).get("spec") or {}).get("output", {}).get("storageURI"))
 
 
-def report_document(epoch: int, total: int, phase: str, **extra: Any) -> dict[str, Any]:
-    """A TrainerReport (wire JSON) after `epoch` epochs of the gsm8k stage."""
+def report_document(
+    epoch: int, total: int, phase: str, storage: str = "s3://ckpt", **extra: Any
+) -> dict[str, Any]:
+    """A TrainerReport (wire JSON) after `epoch` epochs of the gsm8k stage, with its
+    checkpoints under `storage`."""
     curve = [
         {
             "stage": "gsm8k",
@@ -72,12 +83,12 @@ def report_document(epoch: int, total: int, phase: str, **extra: Any) -> dict[st
             "trainLoss": round(2.0 / e, 4),
             "validationLoss": round(1.5 / e, 4),
             "validationPerplexity": round(2.0 + 1.0 / e, 4),
-            "checkpoint": f"s3://ckpt/epoch-{e}",
+            "checkpoint": f"{storage}/epoch-{e}",
         }
         for e in range(1, epoch + 1)
     ]
     doc: dict[str, Any] = {
-        "schemaVersion": 1,
+        "schemaVersion": REPORT_SCHEMA_VERSION,
         "phase": phase,
         "stage": "gsm8k",
         "epoch": epoch,
@@ -249,6 +260,7 @@ class KubeRayDouble:
                     status.get("jobStatus") or "PENDING",
                 )
                 return
+            self._start_trainer(rayjob, run)
             self._patch(rayjob, {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"})
             return
         if script.hold_at == "Running":
@@ -280,21 +292,25 @@ class KubeRayDouble:
                     run.epoch,
                     total,
                     "Failed",
+                    run.storage,
                     error="CUDA out of memory on rank 3: lower batchSizePerDevice",
                 ),
             )
             self._fail(rayjob, "AppFailed", "Job exited with code 1", "FAILED")
             return
         if run.epoch < total:
-            self._write_report(rayjob, report_document(run.epoch + 1, total, "Training"))
+            self._write_report(
+                rayjob, report_document(run.epoch + 1, total, "Training", run.storage)
+            )
             run.epoch += 1
             return
         if script.outcome == "no-checkpoint":
             self._write_report(rayjob, {"phase": "Succeeded", "epoch": total})
         else:
-            self._write_report(rayjob, report_document(total, total, "Evaluating"))
+            self._write_report(rayjob, report_document(total, total, "Evaluating", run.storage))
             self._write_report(
-                rayjob, report_document(total, total, "Succeeded", evaluation=SCORES)
+                rayjob,
+                report_document(total, total, "Succeeded", run.storage, evaluation=SCORES),
             )
         self._patch(
             rayjob,
@@ -374,16 +390,32 @@ class KubeRayDouble:
         cfg.api_key = {"authorization": f"Bearer {token}"}
         return client.ApiClient(cfg)
 
+    def _start_trainer(self, rayjob: dict[str, Any], run: _Run) -> None:
+        """What the trainer does first: read its own FineTuneJob with its own token, as the
+        entrypoint the operator wrote says (the real argument parser reads it)."""
+        args = trainer_args(rayjob)
+        with self.trainer_client(rayjob) as api:
+            try:
+                run.job = read_own_job(args.job_name, args.namespace, args.job_uid, api=api)
+            except JobSourceError as error:
+                self.errors.append(str(error))
+                raise NotReady(str(error)) from None
+
     def _write_report(self, rayjob: dict[str, Any], report: dict[str, Any]) -> None:
-        """What the trainer does: patch report.json into the ConfigMap named in --report."""
-        entry = rayjob["spec"]["entrypoint"]
-        target = entry.rsplit("--report ", 1)[1].split()[0].strip("'")
-        configmap = target.removeprefix("configmap:")
+        """What the trainer does: patch report.json, stamped with the job's uid, into the
+        ConfigMap named in --report."""
+        args = trainer_args(rayjob)
+        configmap = args.report.removeprefix("configmap:")
         with self.trainer_client(rayjob) as api:
             # The trainer's own reporter (with its retries), as the trainer's account.
             reporter = ConfigMapReporter(configmap, self.namespace, api=client.CoreV1Api(api))
             try:
-                reporter.write(TrainerReport.model_validate(report))
+                reporter.write(TrainerReport.model_validate({"jobUid": args.job_uid, **report}))
             except ApiException as error:
                 self.errors.append(f"trainer could not write its report: {error.status}")
                 raise
+
+
+def trainer_args(rayjob: dict[str, Any]) -> Any:
+    """The trainer's arguments from the RayJob entrypoint (`python -m module ARGS`)."""
+    return build_parser().parse_args(shlex.split(rayjob["spec"]["entrypoint"])[3:])

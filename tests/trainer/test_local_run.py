@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
 from kubetune.api.report import DroppedRows, SplitReport, TrainerReport
-from kubetune.api.v1alpha1 import BestCheckpoint, EpochMetrics, FineTuneJobStatus
-from kubetune_trainer.local_run import Outputs, report_to_status, summary_table
+from kubetune.api.v1alpha1 import (
+    BestCheckpoint,
+    EpochMetrics,
+    EvaluationResult,
+    FineTuneJob,
+    FineTuneJobStatus,
+)
+from kubetune.status_mapping import map_rayjob_status
+from kubetune_trainer.local_run import Outputs, local_status, summary_table
 
 pytestmark = pytest.mark.unit
 
@@ -35,6 +43,13 @@ def finished_report() -> TrainerReport:
         best_checkpoint=BestCheckpoint(
             uri="/c/e2", stage="gsm8k", epoch=2, validation_perplexity=8.0
         ),
+        evaluation=EvaluationResult(
+            task="viggo",
+            samples=10,
+            primary_metric="accuracy",
+            score=0.4,
+            metrics={"accuracy": 0.4},
+        ),
         data=[
             SplitReport(
                 split="train",
@@ -47,28 +62,73 @@ def finished_report() -> TrainerReport:
     )
 
 
-def test_status_is_what_the_operator_would_write():
-    status = report_to_status(finished_report(), "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z")
+def quickstart_job() -> FineTuneJob:
+    from pathlib import Path
+
+    from kubetune_trainer.local_run import load_manifest
+
+    return load_manifest(Path(__file__).resolve().parents[2] / "examples" / "quickstart-local.yaml")
+
+
+def _visible(status: FineTuneJobStatus) -> dict[str, Any]:
+    """What a user reads: phase, message, conditions (without timestamps), results."""
     wire = status.to_wire()
-    FineTuneJobStatus.model_validate(wire)
-    assert wire["phase"] == "Succeeded" and wire["completionTime"] == "2026-01-01T00:05:00Z"
-    assert wire["bestCheckpoint"]["epoch"] == 2 and len(wire["epochs"]) == 2
-    assert wire["progress"] == {
-        "stage": "gsm8k",
-        "epoch": 2,
-        "totalEpochs": 2,
-        "step": 8,
-        "totalSteps": 8,
-    }
-    failed = report_to_status(TrainerReport(phase="Failed", error="boom"), "t0", "t1")
-    assert failed.phase == "Failed" and failed.message == "boom"
-    assert any(c.type == "Succeeded" and c.status == "False" for c in failed.conditions)
+    for key in ("startTime", "completionTime", "rayJob", "observedGeneration"):
+        wire.pop(key, None)
+    for condition in wire["conditions"]:
+        condition.pop("lastTransitionTime")
+        condition.pop("observedGeneration", None)
+    return wire
+
+
+RUNS = {
+    "success": [
+        (
+            TrainerReport(phase="Preparing"),
+            {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"},
+        ),
+        (
+            TrainerReport(phase="Training", stage="gsm8k", epoch=1, total_epochs=2),
+            {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"},
+        ),
+        (finished_report(), {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}),
+    ],
+    "failure": [
+        (
+            TrainerReport(phase="Preparing"),
+            {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"},
+        ),
+        (
+            TrainerReport(phase="Failed", error="boom"),
+            {"jobDeploymentStatus": "Complete", "jobStatus": "FAILED"},
+        ),
+    ],
+}
+
+
+@pytest.mark.parametrize("run", sorted(RUNS))
+def test_local_status_is_what_the_operator_writes_for_the_same_report(run: str) -> None:
+    """One status mapper: `kubetune run` and the operator (its reconcile loop, fed the
+    RayJob status KubeRay writes for such a run) agree on phase, conditions and messages."""
+    job = quickstart_job()
+    local, operator_status = None, None
+    for report, rayjob_status in RUNS[run]:
+        local = local_status(job, report, local)
+        operator_status = map_rayjob_status(job, rayjob_status, report, operator_status, "t")
+        assert _visible(local) == _visible(operator_status)
+    assert local is not None
+    FineTuneJobStatus.model_validate(local.to_wire())
+    if run == "failure":
+        assert local.phase == "Failed" and "Trainer error: boom" in (local.message or "")
+    else:
+        assert local.phase == "Succeeded" and local.best_checkpoint is not None
+        assert local.progress is not None and local.progress.step == 8
 
 
 def test_outputs_and_summary(tmp_path):
-    Outputs(tmp_path)(finished_report())
+    Outputs(tmp_path, quickstart_job())(finished_report())
     assert json.loads((tmp_path / "status.json").read_text())["phase"] == "Succeeded"
-    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3  # 2 epochs, 1 eval
     assert (tmp_path / "learning_curve.png").stat().st_size > 1000
     table = summary_table(finished_report(), 12.0)
     assert "1 missing field answer" in table and "best checkpoint: /c/e2" in table

@@ -69,7 +69,8 @@ def test_configmap_reporter_patches_the_report_key():
     calls = []
 
     class FakeApi:
-        def patch_namespaced_config_map(self, name, namespace, body):
+        def patch_namespaced_config_map(self, name, namespace, body, _request_timeout):
+            assert _request_timeout, "every request has a timeout"
             calls.append((name, namespace, body))
 
     ConfigMapReporter("job-report", "team-a", api=FakeApi()).write(TrainerReport(phase="Succeeded"))
@@ -92,7 +93,7 @@ class FlakyApi:
         self.statuses = list(statuses)
         self.patches = 0
 
-    def patch_namespaced_config_map(self, name, namespace, body):
+    def patch_namespaced_config_map(self, name, namespace, body, _request_timeout=None):
         if self.statuses:
             error = RuntimeError("api error")
             error.status = self.statuses.pop(0)

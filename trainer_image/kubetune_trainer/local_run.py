@@ -18,16 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.report import TrainerReport
-from kubetune.api.v1alpha1 import Condition, FineTuneJobStatus, Progress
+from kubetune.api.v1alpha1 import FineTuneJob, FineTuneJobStatus
+from kubetune.status_mapping import local_rayjob_status, map_rayjob_status
 
 LOCAL_REPORT_INTERVAL_S = 1.0
-PHASES = {
-    "Preparing": "Provisioning",
-    "Training": "Training",
-    "Evaluating": "Evaluating",
-    "Succeeded": "Succeeded",
-    "Failed": "Failed",
-}
 
 
 def add_run(subparsers: Any) -> None:
@@ -52,50 +46,13 @@ def now() -> str:
     return now_rfc3339()
 
 
-def report_to_status(
-    report: TrainerReport, started: str, finished: str | None
+def local_status(
+    job: FineTuneJob, report: TrainerReport, previous: FineTuneJobStatus | None
 ) -> FineTuneJobStatus:
-    """What the operator would put into .status for this report."""
-    phase = PHASES[report.phase]
-    done = phase in ("Succeeded", "Failed")
-    message = report.error if report.phase == "Failed" else f"{report.phase.lower()}"
-    conditions = [
-        Condition(
-            type=phase if done else "Running",
-            status="True",
-            reason=report.phase,
-            message=message or "",
-            last_transition_time=report.updated_at or finished or started,
-        )
-    ]
-    if report.phase == "Failed":
-        conditions.append(
-            Condition(
-                type="Succeeded",
-                status="False",
-                reason="TrainerFailed",
-                message=report.error or "",
-                last_transition_time=finished or started,
-            )
-        )
-    return FineTuneJobStatus(
-        phase=phase,
-        conditions=conditions,
-        start_time=started,
-        completion_time=finished if done else None,
-        message=message,
-        progress=Progress(
-            stage=report.stage,
-            epoch=report.epoch,
-            total_epochs=report.total_epochs,
-            step=report.step,
-            total_steps=report.total_steps,
-            eta_seconds=report.eta_seconds,
-        ),
-        epochs=report.epochs,
-        best_checkpoint=report.best_checkpoint,
-        evaluation=report.evaluation,
-    )
+    """What the operator would put into .status for this report: the operator's own mapper,
+    fed what KubeRay would say about this run (there is no RayJob, so no rayJob field)."""
+    status = map_rayjob_status(job, local_rayjob_status(report), report, previous, now())
+    return status.model_copy(update={"ray_job": None})
 
 
 def write_json(path: Path, document: Any) -> None:
@@ -140,16 +97,16 @@ def plot_learning_curve(report: TrainerReport, path: Path) -> None:
 class Outputs:
     """Keeps DIR/status.json, report.json and metrics.jsonl current as reports arrive."""
 
-    def __init__(self, output: Path):
+    def __init__(self, output: Path, job: FineTuneJob):
         self.output = output
-        self.started = now()
+        self.job = job
+        self.status: FineTuneJobStatus | None = None
 
     def __call__(self, report: TrainerReport) -> None:
-        finished = now() if report.phase in ("Succeeded", "Failed") else None
-        status = report_to_status(report, self.started, finished)
-        write_json(self.output / "status.json", status.to_wire())
+        self.status = local_status(self.job, report, self.status)
+        write_json(self.output / "status.json", self.status.to_wire())
         write_metrics(self.output / "metrics.jsonl", report)
-        if finished:
+        if report.phase in ("Succeeded", "Failed"):
             plot_learning_curve(report, self.output / "learning_curve.png")
 
 
@@ -259,7 +216,7 @@ def handle_run(args: argparse.Namespace) -> int:
         base_dir=manifest.parent,
         local=True,
         report_interval_s=LOCAL_REPORT_INTERVAL_S,
-        on_report=Outputs(output),
+        on_report=Outputs(output, job),
         eval_outputs=output,
     )
     started = time.monotonic()

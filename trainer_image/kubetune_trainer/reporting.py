@@ -16,9 +16,10 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from kubetune.api.report import REPORT_KEY, TrainerReport
+from kubetune.api.base import cut_text
+from kubetune.api.report import REPORT_KEY, REPORT_TEXT_LIMIT, TrainerReport
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|CREDENTIAL|ACCESS_KEY|API_KEY", re.I)
@@ -28,6 +29,8 @@ DEFAULT_MIN_INTERVAL_S = 10.0
 # API server hiccups (429, 5xx, connection errors) are retried the same way.
 RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
 RETRYABLE_STATUS = frozenset({403, 404, 409, 429, 500, 502, 503, 504})
+REQUEST_TIMEOUT = (5.0, 30.0)  # (connect, read) seconds: a hung API server must not hang training
+T = TypeVar("T")
 
 
 class Reporter(Protocol):
@@ -65,6 +68,31 @@ class FileReporter:
         os.replace(tmp, self.path)
 
 
+def load_api_client() -> Any:
+    """The pod's own ServiceAccount in a cluster, else $KUBECONFIG (tests, a laptop)."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def with_retries(call: Callable[[], T]) -> T:
+    """`call()`, retried on the answers a fresh job can see for a moment (RBAC not there
+    yet) and on API server hiccups; other errors are raised at once."""
+    for delay in (*RETRY_DELAYS_S, None):
+        try:
+            return call()
+        except Exception as error:  # ApiException or a connection error
+            status = getattr(error, "status", None)
+            if delay is None or (status is not None and status not in RETRYABLE_STATUS):
+                raise
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
 class ConfigMapReporter:
     """Patches key `report.json` of the ConfigMap the operator created for this job (the
     trainer's service account may update only that ConfigMap)."""
@@ -76,26 +104,18 @@ class ConfigMapReporter:
 
     def _core_api(self) -> Any:
         if self._api is None:
-            from kubernetes import client, config
+            from kubernetes import client
 
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
-            self._api = client.CoreV1Api()
+            self._api = client.CoreV1Api(load_api_client())
         return self._api
 
     def write(self, report: TrainerReport) -> None:
         body = {"data": {REPORT_KEY: render(report)}}
-        for delay in (*RETRY_DELAYS_S, None):
-            try:
-                self._core_api().patch_namespaced_config_map(self.name, self.namespace, body)
-                return
-            except Exception as error:  # ApiException or a connection error
-                status = getattr(error, "status", None)
-                if delay is None or (status is not None and status not in RETRYABLE_STATUS):
-                    raise
-                time.sleep(delay)
+        with_retries(
+            lambda: self._core_api().patch_namespaced_config_map(
+                self.name, self.namespace, body, _request_timeout=REQUEST_TIMEOUT
+            )
+        )
 
 
 def default_namespace() -> str:
@@ -126,7 +146,7 @@ class ThrottledReporter:
             return False
         report.updated_at = now_rfc3339()
         if report.error:
-            report.error = redact(report.error)
+            report.error = cut_text(redact(report.error), REPORT_TEXT_LIMIT)
         self.inner.write(report)
         self._last, self._last_phase = now, report.phase
         return True

@@ -63,6 +63,7 @@ class RunOptions:
     report_interval_s: float = 10.0
     on_report: Callable[[TrainerReport], None] | None = None
     eval_outputs: Path | None = None
+    job_uid: str | None = None  # stamped into every report (the operator matches on it)
 
 
 @dataclass
@@ -354,7 +355,7 @@ def run_job(spec: FineTuneJobSpec, options: RunOptions) -> TrainerReport:
     """Run every stage and the evaluation; the report ends Succeeded, or Failed with the error
     (re-raised so the process exits non-zero)."""
     stages = stages_of(spec)
-    job = JobState(report=TrainerReport(total_stages=len(stages)))
+    job = JobState(report=TrainerReport(total_stages=len(stages), job_uid=options.job_uid))
     publish(options, job.report)
     try:
         _run(spec, stages, job, options)

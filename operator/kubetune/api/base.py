@@ -83,3 +83,18 @@ def immutable(field: str, optional: bool = False, prefix: str = "") -> Rule:
         field=field,
         transition=True,
     )
+
+
+def cut_text(text: str, limit: int) -> str:
+    """`text` if it fits in `limit` characters; else its head and tail around a marker that
+    says how much was cut (the head says what failed, the tail holds the hint and the last
+    log lines)."""
+    if len(text) <= limit:
+        return text
+    cut = len(text) - limit
+    for _ in range(3):  # the marker's own length changes the count by a digit at most
+        marker = f" [... {cut} characters cut ...] "
+        cut = len(text) - (limit - len(marker))
+    keep = limit - len(marker)
+    head = keep // 2
+    return text[:head] + marker + text[len(text) - (keep - head) :]

@@ -7,15 +7,22 @@ creates; locally `kubetune run` writes it to a file. The operator mirrors it int
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal, get_args, get_origin
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from kubetune.api.base import KubeModel
-from kubetune.api.v1alpha1 import BestCheckpoint, EpochMetrics, EvaluationResult
+from kubetune.api.v1alpha1 import MESSAGE_LIMIT, BestCheckpoint, EpochMetrics, EvaluationResult
 
 REPORT_KEY = "report.json"
-REPORT_SCHEMA_VERSION = 1
+# 2: jobUid (the report names the FineTuneJob incarnation it belongs to).
+REPORT_SCHEMA_VERSION = 2
+# Bounds that keep one report, and the status mirrored from it, far below the ConfigMap and
+# etcd object limits (1 MiB): every list and free text the trainer writes is bounded.
+MAX_EPOCHS = 2048
+MAX_SPLITS = 64
+REPORT_TEXT_LIMIT = MESSAGE_LIMIT
 
 TrainerPhase = Literal["Preparing", "Training", "Evaluating", "Succeeded", "Failed"]
 
@@ -24,7 +31,8 @@ class DroppedRows(KubeModel):
     """Rows left out of one split for one reason; never silent."""
 
     reason: str = Field(
-        description="Why, e.g. 'too long for contextLength 512', 'missing field answer'."
+        max_length=1024,
+        description="Why, e.g. 'too long for contextLength 512', 'missing field answer'.",
     )
     count: int = Field(ge=0, description="How many rows.")
     examples: list[int] = Field(
@@ -37,19 +45,26 @@ class DroppedRows(KubeModel):
 class SplitReport(KubeModel):
     """What happened to the rows of one split."""
 
-    split: str = Field(description="train, validation or test (with the stage name for curricula).")
-    source: str = Field(description="URI the rows were read from.")
+    split: str = Field(
+        max_length=253, description="train, validation or test (with the stage name for curricula)."
+    )
+    source: str = Field(max_length=4096, description="URI the rows were read from.")
     rows_read: int = Field(ge=0, description="Rows read from the source.")
     rows_used: int = Field(ge=0, description="Rows that made it into training or evaluation.")
-    dropped: list[DroppedRows] = Field(default_factory=list, description="Rows dropped, by reason.")
+    dropped: list[DroppedRows] = Field(
+        default_factory=list, max_length=64, description="Rows dropped, by reason."
+    )
 
 
 class TrainerReport(KubeModel):
     """Progress and results of a run, as the trainer last wrote them."""
 
     schema_version: int = Field(REPORT_SCHEMA_VERSION, description="Report format version.")
+    job_uid: str | None = Field(
+        None, max_length=128, description="uid of the FineTuneJob this report belongs to."
+    )
     phase: TrainerPhase = Field("Preparing", description="What the trainer is doing.")
-    stage: str | None = Field(None, description="Current stage name.")
+    stage: str | None = Field(None, max_length=253, description="Current stage name.")
     stage_index: int = Field(0, ge=0, description="0-based index of the current stage.")
     total_stages: int = Field(1, ge=1, description="Stages in the run.")
     epoch: int = Field(0, ge=0, description="Current epoch, 1-based once training started.")
@@ -57,11 +72,78 @@ class TrainerReport(KubeModel):
     step: int = Field(0, ge=0, description="Optimizer steps done in the current stage.")
     total_steps: int = Field(0, ge=0, description="Optimizer steps planned for the current stage.")
     eta_seconds: int | None = Field(None, ge=0, description="Estimated seconds left in training.")
-    updated_at: str | None = Field(None, description="When this report was written (RFC 3339).")
-    epochs: list[EpochMetrics] = Field(default_factory=list, description="Learning curve so far.")
+    updated_at: str | None = Field(
+        None, max_length=64, description="When this report was written (RFC 3339)."
+    )
+    epochs: list[EpochMetrics] = Field(
+        default_factory=list, max_length=MAX_EPOCHS, description="Learning curve so far."
+    )
     best_checkpoint: BestCheckpoint | None = Field(None, description="Best checkpoint so far.")
     data: list[SplitReport] = Field(
-        default_factory=list, description="Rows read, used and dropped per split."
+        default_factory=list,
+        max_length=MAX_SPLITS,
+        description="Rows read, used and dropped per split.",
     )
     evaluation: EvaluationResult | None = Field(None, description="Scores, once evaluated.")
-    error: str | None = Field(None, description="Why the trainer failed (phase Failed).")
+    error: str | None = Field(
+        None, max_length=REPORT_TEXT_LIMIT, description="Why the trainer failed (phase Failed)."
+    )
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class ParsedReport:
+    report: TrainerReport
+    ignored: tuple[str, ...]  # paths of fields this version does not know (a newer trainer)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The model inside X, X | None, list[X] or dict[str, X], if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation) if get_origin(annotation) is not None else ():
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def strip_unknown(model: type[BaseModel], data: Any, path: str = "") -> tuple[Any, list[str]]:
+    """`data` without the keys `model` does not know (recursively), and their paths.
+
+    Only unknown *keys* are forgiven: a known field with a wrong type or value still fails
+    validation, so a report is never half-read.
+    """
+    if not isinstance(data, dict):
+        return data, []
+    by_alias = {(f.alias or name): f for name, f in model.model_fields.items()}
+    by_alias.update(model.model_fields)
+    kept: dict[str, Any] = {}
+    ignored: list[str] = []
+    for key, value in data.items():
+        field = by_alias.get(key)
+        where = f"{path}.{key}" if path else str(key)
+        if field is None:
+            ignored.append(where)
+            continue
+        inner = _model_of(field.annotation)
+        if inner is not None and isinstance(value, list):
+            cleaned = [strip_unknown(inner, item, f"{where}[{i}]") for i, item in enumerate(value)]
+            value = [item for item, _ in cleaned]
+            ignored += [p for _, paths in cleaned for p in paths]
+        elif inner is not None:
+            value, paths = strip_unknown(inner, value, where)
+            ignored += paths
+        kept[key] = value
+    return kept, ignored
+
+
+def parse_report_json(text: str, model: type[TrainerReport] = TrainerReport) -> ParsedReport:
+    """Read a report written by this or a newer trainer: unknown fields are set aside (and
+    named), known ones are validated. Raises ValueError (pydantic's ValidationError is one)."""
+    import json
+
+    data, ignored = strip_unknown(model, json.loads(text))
+    return ParsedReport(model.model_validate(data), tuple(ignored))

@@ -30,6 +30,9 @@ CATEGORIES = ("kubetune",)
 SHORT = 253
 LONG = 4096
 TEMPLATE = 16384
+# Longest message in status (conditions and .message); longer text is cut with a marker.
+MESSAGE_LIMIT = 32768
+METRICS_LIMIT = 64
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -685,7 +688,7 @@ class Condition(KubeModel):
     )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(max_length=1024, description="CamelCase reason for the last transition.")
-    message: str = Field("", max_length=32768, description="Human-readable details.")
+    message: str = Field("", max_length=MESSAGE_LIMIT, description="Human-readable details.")
     last_transition_time: str = Field(description="When status last changed (RFC 3339).")
     observed_generation: int | None = Field(
         None, ge=0, description="spec generation this reflects."
@@ -721,19 +724,21 @@ class Progress(KubeModel):
 class EpochMetrics(KubeModel):
     """One point of the learning curve."""
 
-    stage: str = Field(description="Stage name.")
+    stage: str = Field(max_length=SHORT, description="Stage name.")
     epoch: int = Field(ge=1, description="Epoch number, 1-based.")
     train_loss: float = Field(description="Mean training loss over completion tokens.")
     validation_loss: float = Field(description="Token-weighted mean validation loss.")
     validation_perplexity: float = Field(description="exp(validationLoss).")
-    checkpoint: str | None = Field(None, description="URI of this epoch's checkpoint, if kept.")
+    checkpoint: str | None = Field(
+        None, max_length=LONG, description="URI of this epoch's checkpoint, if kept."
+    )
 
 
 class BestCheckpoint(KubeModel):
     """The checkpoint with the lowest validation perplexity (of the last stage)."""
 
-    uri: str = Field(description="Where the consolidated HF checkpoint is.")
-    stage: str = Field(description="Stage it comes from.")
+    uri: str = Field(max_length=LONG, description="Where the consolidated HF checkpoint is.")
+    stage: str = Field(max_length=SHORT, description="Stage it comes from.")
     epoch: int = Field(ge=1, description="Epoch it comes from.")
     validation_perplexity: float = Field(description="Its validation perplexity.")
 
@@ -741,14 +746,18 @@ class BestCheckpoint(KubeModel):
 class EvaluationResult(KubeModel):
     """Task scores of the best checkpoint (and of the base model, when asked)."""
 
-    task: str = Field(description="Evaluated task preset.")
+    task: str = Field(max_length=SHORT, description="Evaluated task preset.")
     samples: int = Field(ge=0, description="Test rows scored.")
-    primary_metric: str = Field(description="Name of the headline metric (shown as Score).")
+    primary_metric: str = Field(
+        max_length=SHORT, description="Name of the headline metric (shown as Score)."
+    )
     score: float = Field(description="Value of the headline metric.")
     metrics: dict[str, float] = Field(
-        default_factory=dict, description="All metrics of the checkpoint."
+        default_factory=dict, max_length=METRICS_LIMIT, description="All metrics of the checkpoint."
     )
-    baseline: dict[str, float] | None = Field(None, description="Same metrics for the base model.")
+    baseline: dict[str, float] | None = Field(
+        None, max_length=METRICS_LIMIT, description="Same metrics for the base model."
+    )
 
 
 class FineTuneJobStatus(KubeModel):
@@ -771,7 +780,9 @@ class FineTuneJobStatus(KubeModel):
     completion_time: str | None = Field(
         None, description="When the run reached Succeeded or Failed."
     )
-    message: str | None = Field(None, description="Summary of the current state or the failure.")
+    message: str | None = Field(
+        None, max_length=MESSAGE_LIMIT, description="Summary of the current state or the failure."
+    )
     ray_job: RayJobRef | None = Field(None, description="The RayJob running the training.")
     progress: Progress | None = Field(None, description="Current stage, epoch, step and ETA.")
     epochs: list[EpochMetrics] = Field(

@@ -32,7 +32,6 @@ Secrets never appear as values: the HF token is a `secretKeyRef`, storage creden
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 from typing import Any
@@ -45,7 +44,7 @@ from kubetune.api.v1alpha1 import (
     Toleration,
     stages_of,
 )
-from kubetune.builders.meta import labels_for, namespace_of, object_meta
+from kubetune.builders.meta import labels_for, namespace_of, object_meta, uid_of
 from kubetune.builders.naming import rayjob_name, report_configmap_name, service_account_name
 from kubetune.config import OperatorConfig
 
@@ -109,19 +108,23 @@ def pod_resources(spec: FineTuneJobSpec, gpus: int, config: OperatorConfig) -> d
 
 
 def trainer_entrypoint(job: FineTuneJob) -> str:
-    """The trainer command line (the trainer contract), shell-quoted for `ray job submit`."""
-    spec_json = json.dumps(job.spec.to_wire(), separators=(",", ":"), sort_keys=True)
+    """The trainer command line (the trainer contract), shell-quoted for `ray job submit`.
+
+    The spec is not in it: the trainer reads its FineTuneJob through the API (a Role allows
+    exactly that one object), so the command stays short whatever the templates' size, far
+    below Linux's 128 KiB argument limit. The uid pins the run to this incarnation.
+    """
+    uid = uid_of(job)
     return shlex.join(
         [
             "python",
             "-m",
             TRAINER_MODULE,
-            "--spec-json",
-            spec_json,
             "--job-name",
             job.metadata.name,
             "--namespace",
             namespace_of(job),
+            *(["--job-uid", uid] if uid else []),
             "--report",
             f"configmap:{report_configmap_name(job.metadata.name)}",
         ]

@@ -1,7 +1,8 @@
 """The per-job report channel: a ConfigMap the trainer writes and narrow RBAC to write it.
 
-The Ray pods run as their own ServiceAccount whose Role names exactly one object
-(`resourceNames`) and allows get/update/patch on it. `create` is not granted because RBAC
+The Ray pods run as their own ServiceAccount whose Role names exactly two objects
+(`resourceNames`): the report ConfigMap (get/update/patch) and the job's own FineTuneJob
+(get, so the trainer reads its spec from the API instead of a size-limited command line). `create` is not granted because RBAC
 cannot restrict create by name, and the operator creates the ConfigMap up front; `list`
 and `watch` are not granted because they would not be limited to that name either. So a
 compromised trainer can overwrite its own report and nothing else.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetune.api.v1alpha1 import FineTuneJob
+from kubetune.api.v1alpha1 import GROUP, PLURAL, FineTuneJob
 from kubetune.builders.meta import namespace_of, object_meta
 from kubetune.builders.naming import report_configmap_name, service_account_name
 
@@ -47,7 +48,13 @@ def report_role(job: FineTuneJob) -> dict[str, Any]:
                 "resources": ["configmaps"],
                 "resourceNames": [report_configmap_name(job.metadata.name)],
                 "verbs": list(REPORT_VERBS),
-            }
+            },
+            {
+                "apiGroups": [GROUP],
+                "resources": [PLURAL],
+                "resourceNames": [job.metadata.name],
+                "verbs": ["get"],
+            },
         ],
     }
 

@@ -21,7 +21,7 @@ from kubetune.builders.meta import COMPONENT_LABEL, MANAGED_BY
 from kubetune.config import OperatorConfig
 from kubetune.controller import metrics
 from kubetune.controller.kube import RAY_GROUP, RAY_PLURAL, RAY_VERSION, Kube, load_api_client
-from kubetune.controller.reconcile import Operator, parse_report, reconcile_job
+from kubetune.controller.reconcile import Operator, reconcile_job, report_text
 from kubetune.controller.state import OperatorState, owner_key
 
 OURS = {"app.kubernetes.io/managed-by": MANAGED_BY}
@@ -75,7 +75,7 @@ def jobs_known(memo: kopf.Memo, **_: Any) -> int:
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def job_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     op = _op(memo)
-    key = (str(body.metadata.namespace), str(body.metadata.name))
+    key = str(body.metadata.uid)
     if event["type"] == "DELETED":
         op.state.forget(key)
         metrics.publish_phases(op.state.phase_counts)
@@ -87,12 +87,19 @@ async def job_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_:
 @kopf.on.event(RAY_GROUP, RAY_VERSION, RAY_PLURAL, labels=OURS)
 async def rayjob_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     op, key = _op(memo), owner_key(body)
-    if key is None or event["type"] == "DELETED":
+    if key is None:
         return
-    js = op.state.get(key)
     raw = _snapshot(event)
-    js.rayjob_status = raw.get("status") or None
-    js.rayjob_suspend = bool((raw.get("spec") or {}).get("suspend"))
+    if event["type"] == "DELETED":
+        js = op.state.jobs.get(key)
+        if js is None:  # its job is gone too (garbage collection)
+            return
+        js.rayjob_gone = True  # the object's last status says how far it got
+    else:
+        js = op.state.get(key)
+        js.rayjob_gone = False
+        js.rayjob_suspend = bool((raw.get("spec") or {}).get("suspend"))
+    js.rayjob_status = raw.get("status") or js.rayjob_status
     await reconcile_job(op, key)
 
 
@@ -101,10 +108,10 @@ async def report_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, *
     op, key = _op(memo), owner_key(body)
     if key is None or event["type"] == "DELETED":
         return
-    report = parse_report(_snapshot(event))
-    if report is None:
+    text = report_text(_snapshot(event))
+    if text is None:
         return
-    op.state.get(key).report = report
+    op.state.get(key).report_text = text
     await reconcile_job(op, key)
 
 

@@ -7,6 +7,7 @@ module only knows *how*: create-if-absent with adoption, status patches, events.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import uuid
 from dataclasses import dataclass
@@ -16,16 +17,43 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from kubetune.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
+from kubetune.builders.naming import rayjob_name
 
 RAY_GROUP, RAY_VERSION, RAY_PLURAL = "ray.io", "v1", "rayjobs"
 # A RayJob field the installed KubeRay CRD does not know is an error, never silently pruned
 # (an older KubeRay would otherwise drop e.g. preRunningDeadlineSeconds without a word).
 STRICT = "Strict"
 COMPONENT = "kubetune-operator"
+# (connect, read) seconds for every request: a hung API call must not hold a job's lock.
+REQUEST_TIMEOUT = (5.0, 30.0)
+TIMEOUT: Any = {"_request_timeout": REQUEST_TIMEOUT}
+# Answers that will not change by asking again (the object or the request is wrong).
+PERMANENT_STATUSES = frozenset({400, 404, 422})
 
 
-class ForeignOwnerError(RuntimeError):
-    """An object with our name exists but belongs to someone else; never overwrite it."""
+class NameConflictError(RuntimeError):
+    """An object with a child's name exists and is not controlled by this FineTuneJob (uid);
+    kubetune never adopts, changes or deletes it."""
+
+
+def api_status(error: BaseException) -> int | None:
+    """The HTTP status of an API error; None for timeouts and connection errors."""
+    return error.status if isinstance(error, ApiException) else None
+
+
+def api_message(error: BaseException) -> str:
+    """The API server's own message (its Status object), else the error's text."""
+    if isinstance(error, ApiException):
+        try:
+            message = json.loads(error.body or "{}").get("message")
+        except (ValueError, AttributeError):
+            message = None
+        return str(message or f"{error.status} {error.reason}")
+    return f"{type(error).__name__}: {error}"
+
+
+def is_permanent(error: BaseException) -> bool:
+    return api_status(error) in PERMANENT_STATUSES
 
 
 def load_api_client() -> client.ApiClient:
@@ -68,7 +96,7 @@ class Kube:
         than the request itself, and the operator does not need the echo)."""
         ns = obj["metadata"]["namespace"]
         kind = obj["kind"]
-        raw: Any = {"_preload_content": False}
+        raw: Any = {"_preload_content": False, **TIMEOUT}
         if kind == "ConfigMap":
             self.core.create_namespaced_config_map(ns, obj, **raw)
         elif kind == "ServiceAccount":
@@ -90,7 +118,7 @@ class Kube:
             if kind == "RayJob":
                 return dict(
                     self.custom.get_namespaced_custom_object(  # type: ignore[call-overload]
-                        RAY_GROUP, RAY_VERSION, namespace, RAY_PLURAL, name
+                        RAY_GROUP, RAY_VERSION, namespace, RAY_PLURAL, name, **TIMEOUT
                     )
                 )
             readers = {
@@ -99,7 +127,7 @@ class Kube:
                 "Role": self.rbac.read_namespaced_role,
                 "RoleBinding": self.rbac.read_namespaced_role_binding,
             }
-            obj = readers[kind](name, namespace)
+            obj = readers[kind](name, namespace, **TIMEOUT)
             return dict(self.api.sanitize_for_serialization(obj))
         except ApiException as error:
             if error.status == 404:
@@ -107,11 +135,13 @@ class Kube:
             raise
 
     def ensure(self, obj: dict[str, Any]) -> str:
-        """Create `obj` unless it exists; adopt an existing one that is ours or unowned.
+        """Create `obj` unless it exists; adopt an existing one only if it is ours.
 
         Returns "created" or "adopted". Create-if-absent (not apply) because the spec of
         what we create never changes after creation: the FineTuneJob spec is immutable,
-        except runPolicy.suspend, which `set_rayjob_suspend` patches.
+        except runPolicy.suspend, which `set_rayjob_suspend` patches. "Ours" means a
+        controller ownerReference to this FineTuneJob's uid: an object that merely has the
+        name (unowned, or another owner's) raises NameConflictError and is left untouched.
         """
         try:
             self._create(obj)
@@ -123,40 +153,8 @@ class Kube:
         existing = self.read(obj["kind"], meta["namespace"], meta["name"])
         if existing is None:  # deleted in between: let the caller retry
             raise RuntimeError(f"{obj['kind']} {meta['name']} vanished while adopting it")
-        self._check_owner(obj, existing)
+        check_owner(obj, existing)
         return "adopted"
-
-    def _check_owner(self, wanted: dict[str, Any], existing: dict[str, Any]) -> None:
-        ours = {o["uid"] for o in wanted["metadata"].get("ownerReferences", [])}
-        theirs = [
-            o for o in existing["metadata"].get("ownerReferences") or [] if o.get("controller")
-        ]
-        if theirs and ours and theirs[0].get("uid") not in ours:
-            raise ForeignOwnerError(
-                f"{wanted['kind']} {wanted['metadata']['name']} already exists and is "
-                f"controlled by {theirs[0].get('kind')} {theirs[0].get('name')} "
-                f"(uid {theirs[0].get('uid')}); delete it or rename the FineTuneJob"
-            )
-        if not theirs and ours:
-            self._patch_metadata(
-                wanted["kind"], wanted, {"ownerReferences": wanted["metadata"]["ownerReferences"]}
-            )
-
-    def _patch_metadata(self, kind: str, wanted: dict[str, Any], meta: dict[str, Any]) -> None:
-        ns, name = wanted["metadata"]["namespace"], wanted["metadata"]["name"]
-        body = {"metadata": meta}
-        if kind == "RayJob":
-            self.custom.patch_namespaced_custom_object(
-                RAY_GROUP, RAY_VERSION, ns, RAY_PLURAL, name, body, field_validation=STRICT
-            )
-        elif kind == "ConfigMap":
-            self.core.patch_namespaced_config_map(name, ns, body)
-        elif kind == "ServiceAccount":
-            self.core.patch_namespaced_service_account(name, ns, body)
-        elif kind == "Role":
-            self.rbac.patch_namespaced_role(name, ns, body)
-        elif kind == "RoleBinding":
-            self.rbac.patch_namespaced_role_binding(name, ns, body)
 
     # -- specific writes ----------------------------------------------------------------------
 
@@ -169,13 +167,14 @@ class Kube:
             name,
             {"spec": {"suspend": suspend}},
             field_validation=STRICT,
+            **TIMEOUT,
         )
 
     def read_finetunejob(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return dict(
                 self.custom.get_namespaced_custom_object(  # type: ignore[call-overload]
-                    GROUP, VERSION, namespace, PLURAL, name
+                    GROUP, VERSION, namespace, PLURAL, name, **TIMEOUT
                 )
             )
         except ApiException as error:
@@ -183,10 +182,38 @@ class Kube:
                 return None
             raise
 
+    def delete_rayjob(self, namespace: str, name: str, uid: str) -> None:
+        """Delete our RayJob (only that incarnation: the uid is a precondition); its Ray
+        cluster goes with it. A RayJob already gone is fine."""
+        try:
+            self.custom.delete_namespaced_custom_object(
+                RAY_GROUP,
+                RAY_VERSION,
+                namespace,
+                RAY_PLURAL,
+                name,
+                body=client.V1DeleteOptions(
+                    preconditions=client.V1Preconditions(uid=uid),
+                    propagation_policy="Background",
+                ),
+                _preload_content=False,
+                **TIMEOUT,
+            )
+        except ApiException as error:
+            if error.status not in (404, 409):
+                raise
+
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch .status (the status subresource): the operator is its only writer."""
         self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _preload_content=False
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": status},
+            _preload_content=False,
+            **TIMEOUT,
         )
 
     def post_event(self, job: dict[str, Any], type_: str, reason: str, message: str) -> None:
@@ -197,7 +224,7 @@ class Kube:
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {
-                "name": f"{meta['name'][:200]}.{uuid.uuid4().hex[:12]}",
+                "name": event_name(meta["name"]),
                 "namespace": meta["namespace"],
             },
             "involvedObject": {
@@ -218,4 +245,35 @@ class Kube:
             "lastTimestamp": stamp,
             "count": 1,
         }
-        self.core.create_namespaced_event(meta["namespace"], event, _preload_content=False)
+        self.core.create_namespaced_event(
+            meta["namespace"], event, _preload_content=False, **TIMEOUT
+        )
+
+
+def event_name(job_name: str) -> str:
+    """A valid, unique Event name for any legal job name (up to 253 characters, with dots):
+    the job's DNS-1035 RayJob name (at most 47) and a random suffix."""
+    return f"{rayjob_name(job_name)}.{uuid.uuid4().hex[:16]}"
+
+
+def controller_uid(obj: dict[str, Any]) -> str | None:
+    owners = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return next((str(o.get("uid")) for o in owners if o.get("controller")), None)
+
+
+def check_owner(wanted: dict[str, Any], existing: dict[str, Any]) -> None:
+    """Raise NameConflictError unless `existing` is controlled by the owner `wanted` names."""
+    ours = controller_uid(wanted)
+    theirs = controller_uid(existing)
+    if ours is not None and theirs == ours:
+        return
+    owners = [o for o in existing["metadata"].get("ownerReferences") or [] if o.get("controller")]
+    holder = (
+        f"is controlled by {owners[0].get('kind')} {owners[0].get('name')} (uid {theirs})"
+        if owners
+        else "is not owned by this FineTuneJob"
+    )
+    raise NameConflictError(
+        f"{wanted['kind']} {wanted['metadata']['namespace']}/{wanted['metadata']['name']} "
+        f"already exists and {holder}"
+    )

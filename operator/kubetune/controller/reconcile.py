@@ -4,13 +4,21 @@ Level-triggered: every event of a job, its RayJob or its report ConfigMap leads 
 `reconcile_job`, which compares what exists with what should and acts on the difference:
 - the spec is parsed and checked once per generation; an invalid one gets phase Failed,
   reason InvalidSpec, a Warning event, and nothing is created;
-- the report channel and the RayJob are created, or adopted when they already exist
-  (after a restart), once per job incarnation (uid);
+- a finished job (Succeeded or Failed) is left alone for good: nothing is created, adopted,
+  patched or deleted for it, whatever is missing, by any operator instance;
+- the report channel and the RayJob are created, or adopted when they are ours (controller
+  ownerReference with this job's uid), once per job and process. The RayJob is created only
+  while the status holds no `rayJob` yet: once it was created, a missing RayJob is a
+  RayJob deleted under a running job, which ends the job (RayJobDeleted) instead of
+  training again from scratch (see `Problem` in status_mapping for every such case);
 - RayJob spec.suspend follows runPolicy.suspend (never fighting Kueue's admission);
 - the status is computed by the pure `map_rayjob_status` and written only when it changed,
-  with an Event per phase change.
+  as a merge patch against what the API server holds, with an Event per phase change;
+- errors: the API's answer reaches the status and a Warning event; permanent ones (the
+  object or request is wrong) are not retried, transient ones back off with at most one
+  pending retry per job; every request has a timeout (controller/kube.py).
 No progress is stored anywhere: a restarted operator re-lists the cluster and re-derives
-everything, so there is no state that can be lost, pruned or go stale.
+everything from the objects and their status, so there is no state that can be lost.
 """
 
 from __future__ import annotations
@@ -25,16 +33,32 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from kubetune.api.report import REPORT_KEY, TrainerReport
+from kubetune.api.report import REPORT_KEY
 from kubetune.api.v1alpha1 import TERMINAL_PHASES, FineTuneJob, FineTuneJobStatus
+from kubetune.builders.meta import namespace_of, uid_of
 from kubetune.builders.naming import rayjob_name, report_configmap_name
 from kubetune.builders.rayjob import suspend_target
 from kubetune.builders.render import owned_objects
 from kubetune.config import OperatorConfig
 from kubetune.controller import metrics
-from kubetune.controller.kube import Kube, now_rfc3339
+from kubetune.controller.kube import (
+    Kube,
+    NameConflictError,
+    api_message,
+    api_status,
+    check_owner,
+    controller_uid,
+    is_permanent,
+    now_rfc3339,
+)
 from kubetune.controller.state import JobKey, JobState, OperatorState
-from kubetune.status_mapping import invalid_spec_status, map_rayjob_status
+from kubetune.report_checks import ReportReading, read_report
+from kubetune.status_mapping import (
+    WARNING_REASONS,
+    Problem,
+    invalid_spec_status,
+    map_rayjob_status,
+)
 from kubetune.validation import SpecError, parse_finetunejob, semantic_problems
 
 log = logging.getLogger("kubetune.operator")
@@ -94,40 +118,51 @@ def check_job(body: dict[str, Any]) -> FineTuneJob | list[str]:
 
 
 def cached_check(js: JobState, body: dict[str, Any]) -> FineTuneJob | list[str]:
-    """Parse once per (uid, generation): the spec cannot change without a new generation."""
-    meta = body["metadata"]
-    uid, generation = str(meta.get("uid")), int(meta.get("generation") or 0)
-    if js.parsed is None or js.parsed[:2] != (uid, generation):
-        js.parsed = (uid, generation, check_job(body))
-    return js.parsed[2]
+    """Parse once per generation (state is per uid): the spec cannot change without one."""
+    generation = int(body["metadata"].get("generation") or 0)
+    if js.parsed is None or js.parsed[0] != generation:
+        js.parsed = (generation, check_job(body))
+    return js.parsed[1]
 
 
-def parse_report(configmap: dict[str, Any] | None) -> TrainerReport | None:
-    """The trainer's report, or None when absent or unreadable (logged, never fatal)."""
-    text = ((configmap or {}).get("data") or {}).get(REPORT_KEY)
-    if not text:
-        return None
+def report_text(configmap: dict[str, Any] | None) -> str | None:
+    return ((configmap or {}).get("data") or {}).get(REPORT_KEY) or None
+
+
+def reading_of(js: JobState, job: FineTuneJob) -> ReportReading:
+    """The job's report as the operator accepts it (report_checks), read once per text."""
+    if js.reading is None or js.reading[0] != js.report_text:
+        reading = read_report(js.report_text, job)
+        if reading.note:
+            level = logging.WARNING if reading.report is None else logging.DEBUG
+            log.log(level, "report of %s: %s", js.name, reading.note)
+        js.reading = (js.report_text, reading)
+    return js.reading[1]
+
+
+def _status_of(raw: dict[str, Any] | None) -> FineTuneJobStatus | None:
     try:
-        return TrainerReport.model_validate_json(text)
-    except ValidationError as error:
-        name = (configmap or {}).get("metadata", {}).get("name")
-        log.warning("ignoring unreadable report in ConfigMap %s: %s", name, error)
-        return None
-
-
-def _status_of(body: dict[str, Any]) -> FineTuneJobStatus | None:
-    try:
-        raw = body.get("status")
         return FineTuneJobStatus.model_validate(raw) if raw else None
     except ValidationError:
         return None
 
 
-def _merge_patch(new: FineTuneJobStatus, old: FineTuneJobStatus | None) -> dict[str, Any]:
-    """A JSON merge patch turning old into new (keys that disappeared are set to null)."""
-    patch: dict[str, Any] = new.to_wire()
-    for key in old.to_wire() if old else {}:
-        patch.setdefault(key, None)
+def merge_patch(old: Any, new: Any) -> dict[str, Any]:
+    """The RFC 7386 merge patch that turns `old` into `new`: changed keys only, removed keys
+    (at any depth) set to null, lists replaced whole."""
+    old_map = old if isinstance(old, dict) else {}
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old_map.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            nested = merge_patch(before, value)
+            if nested:
+                patch[key] = nested
+        elif value != before or key not in old_map:
+            patch[key] = value
+    for key in old_map:
+        if key not in new:
+            patch[key] = None
     return patch
 
 
@@ -135,60 +170,174 @@ def _merge_patch(new: FineTuneJobStatus, old: FineTuneJobStatus | None) -> dict[
 
 
 async def reconcile_job(op: Operator, key: JobKey) -> None:
-    """Bring one job's children and status in line; on error, retry later with backoff."""
-    js = op.state.get(key)
+    """Bring one job's children and status in line; transient errors retry with backoff."""
+    js = op.state.jobs.get(key)
+    if js is None:
+        return
     try:
         async with js.lock:
-            if js.body is not None:
+            retry = False
+            if js.body is not None and not (js.body["metadata"].get("deletionTimestamp")):
                 with metrics.timed("reconcile"):
-                    await _reconcile_locked(op, js, js.body)
-        js.failures = 0
+                    retry = await _reconcile_locked(op, js, js.body)
     except Exception as error:
-        delay = RETRY_DELAYS[min(js.failures, len(RETRY_DELAYS) - 1)]
-        js.failures += 1
-        log.warning("reconciling %s/%s failed (retry in %s s): %s", *key, delay, error)
-        asyncio.get_running_loop().call_later(
-            delay, lambda: asyncio.ensure_future(reconcile_job(op, key))
-        )
+        if is_permanent(error):
+            log.error("reconciling %s failed, not retried: %s", js.name, api_message(error))
+            return
+        log.warning("reconciling %s failed: %s", js.name, api_message(error))
+        retry = True
+    if retry:
+        _schedule_retry(op, key, js)
+    else:
+        js.failures = 0
 
 
-async def _reconcile_locked(op: Operator, js: JobState, body: dict[str, Any]) -> None:
+def _schedule_retry(op: Operator, key: JobKey, js: JobState) -> None:
+    """At most one pending retry per job: events that arrive meanwhile reconcile anyway."""
+    if js.retry_pending:
+        return
+    delay = RETRY_DELAYS[min(js.failures, len(RETRY_DELAYS) - 1)]
+    js.failures += 1
+    js.retry_pending = True
+    log.info("retrying %s in %s s", js.name, delay)
+
+    def fire() -> None:
+        js.retry_pending = False
+        if op.state.jobs.get(key) is js:
+            js.retry_task = asyncio.ensure_future(reconcile_job(op, key))
+
+    asyncio.get_running_loop().call_later(delay, fire)
+
+
+def _previous(js: JobState, body: dict[str, Any]) -> FineTuneJobStatus | None:
+    """The status as last written by this process, else as the API server holds it."""
+    if js.written is None:
+        js.written_wire = body.get("status") or None
+        js.written = _status_of(js.written_wire)
+    return js.written
+
+
+async def _reconcile_locked(op: Operator, js: JobState, body: dict[str, Any]) -> bool:
+    """One pass; True when a transient problem asks for a retry."""
     checked = cached_check(js, body)
     if isinstance(checked, list):
         await _reject(op, js, body, checked)
-        return
-    uid = str(body["metadata"].get("uid"))
-    if js.ensured_uid != uid:
-        await ensure_children(op, js, checked)
-        js.ensured_uid = uid
-    elif js.rayjob_suspend is not None:
+        return False
+    previous = _previous(js, body)
+    if previous is not None and previous.phase in TERMINAL_PHASES:
+        return False  # finished stays finished: nothing is created, adopted or written
+    problem = None
+    if not js.ensured:
+        problem = await ensure_children(op, js, checked, previous)
+        js.ensured = problem is None or not problem.transient
+    elif js.rayjob_suspend is not None and not js.rayjob_gone:
         await _sync_suspend(op, checked, js.rayjob_suspend)
-    await _refresh(op, js, body, checked)
+    reading = reading_of(js, checked)
+    problem = problem or reading.problem or _deleted_problem(js, checked)
+    await _refresh(op, js, body, checked, reading, problem)
+    return problem is not None and problem.transient
 
 
-async def ensure_children(op: Operator, js: JobState, job: FineTuneJob) -> None:
-    """Create the RayJob and the report channel, or adopt what a previous run created."""
+def _deleted_problem(js: JobState, job: FineTuneJob) -> Problem | None:
+    """A RayJob gone before it finished (a terminal last status is mapped as it is)."""
+    deployment = (js.rayjob_status or {}).get("jobDeploymentStatus")
+    if not js.rayjob_gone or deployment in ("Complete", "Failed", "ValidationFailed"):
+        return None
+    return Problem(
+        "RayJobDeleted",
+        f"the RayJob {namespace_of(job)}/{rayjob_name(job.metadata.name)} was deleted "
+        f"before the run finished (last deployment status: {deployment or 'none'})",
+    )
+
+
+async def ensure_children(
+    op: Operator, js: JobState, job: FineTuneJob, previous: FineTuneJobStatus | None
+) -> Problem | None:
+    """Create the RayJob and the report channel, or adopt what this job created before.
+
+    The RayJob is created only if the status says it never was (no `rayJob` yet); after
+    that, a missing one was deleted under the job and is never created again.
+    """
     *channel, rayjob = owned_objects(job, op.config)
-    # The RayJob first: it starts the slow part (the cluster). KubeRay retries pod creation
-    # for the milliseconds until the ServiceAccount below exists.
-    outcome = await _io(op, op.kube.ensure, rayjob, urgent=True)
-    *independent, binding = channel
-    # The RoleBinding last: without the `bind` verb the API server checks that the operator
-    # holds everything the referenced Role grants, which needs the Role to exist.
-    outcomes = await asyncio.gather(*(_io(op, op.kube.ensure, o) for o in independent))
-    outcomes.append(await _io(op, op.kube.ensure, binding))
-    metrics.WRITES.labels("create").inc([outcome, *outcomes].count("created"))
-    if outcome == "adopted":
-        existing = await _io(
-            op,
-            op.kube.read,
-            "RayJob",
-            job.metadata.namespace or "default",
-            rayjob["metadata"]["name"],
-        )
-        if existing is not None:
-            js.rayjob_status = existing.get("status") or js.rayjob_status
-            await _sync_suspend(op, job, bool(existing.get("spec", {}).get("suspend")))
+    try:
+        if previous is not None and previous.ray_job is not None:
+            await _find_rayjob(op, js, job, rayjob, previous)
+        else:
+            # The RayJob first: it starts the slow part (the cluster). KubeRay retries pod
+            # creation for the milliseconds until the ServiceAccount below exists.
+            if await _ensure(op, rayjob, urgent=True) == "adopted":
+                existing = await _io(
+                    op, op.kube.read, "RayJob", namespace_of(job), rayjob["metadata"]["name"]
+                )
+                _observe_rayjob(js, existing)
+            if js.rayjob_suspend is not None:
+                await _sync_suspend(op, job, js.rayjob_suspend)
+        *independent, binding = channel
+        await asyncio.gather(*(_ensure(op, o) for o in independent))
+        # The RoleBinding last: without the `bind` verb the API server checks that the
+        # operator holds everything the referenced Role grants, which needs the Role.
+        await _ensure(op, binding)
+    except _ChildError as error:
+        return error.problem
+    return None
+
+
+async def _find_rayjob(
+    op: Operator,
+    js: JobState,
+    job: FineTuneJob,
+    wanted: dict[str, Any],
+    previous: FineTuneJobStatus,
+) -> None:
+    """After a restart: the RayJob this job created, or the fact that it is gone."""
+    existing = await _io(op, op.kube.read, "RayJob", namespace_of(job), wanted["metadata"]["name"])
+    if existing is None:
+        js.rayjob_gone = True
+        ref = previous.ray_job
+        if js.rayjob_status is None and ref is not None:
+            js.rayjob_status = {
+                "jobDeploymentStatus": ref.deployment_status or "",
+                "jobStatus": ref.job_status or "",
+            }
+        return
+    try:
+        check_owner(wanted, existing)
+    except NameConflictError as error:
+        raise _ChildError(Problem("NameConflict", str(error))) from None
+    _observe_rayjob(js, existing)
+    if js.rayjob_suspend is not None:
+        await _sync_suspend(op, job, js.rayjob_suspend)
+
+
+def _observe_rayjob(js: JobState, rayjob: dict[str, Any] | None) -> None:
+    if rayjob is not None:
+        js.rayjob_status = rayjob.get("status") or js.rayjob_status
+        js.rayjob_suspend = bool((rayjob.get("spec") or {}).get("suspend"))
+
+
+class _ChildError(Exception):
+    def __init__(self, problem: Problem):
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+async def _ensure(op: Operator, obj: dict[str, Any], urgent: bool = False) -> str:
+    """kube.ensure, with its failure turned into the Problem the status will show."""
+    what = f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
+    try:
+        outcome = await _io(op, op.kube.ensure, obj, urgent=urgent)
+    except NameConflictError as error:
+        raise _ChildError(Problem("NameConflict", str(error))) from None
+    except Exception as error:
+        message = api_message(error)
+        if api_status(error) in (400, 422):
+            raise _ChildError(
+                Problem("CreateRejected", f"the API server refused {what}: {message}")
+            ) from None
+        raise _ChildError(Problem("CreateFailed", f"could not create {what}: {message}")) from None
+    if outcome == "created":
+        metrics.WRITES.labels("create").inc()
+    return outcome
 
 
 async def _sync_suspend(op: Operator, job: FineTuneJob, current: bool) -> None:
@@ -196,46 +345,84 @@ async def _sync_suspend(op: Operator, job: FineTuneJob, current: bool) -> None:
     if target is None or target == current:
         return
     name = rayjob_name(job.metadata.name)
-    await _io(op, op.kube.set_rayjob_suspend, job.metadata.namespace or "default", name, target)
+    await _io(op, op.kube.set_rayjob_suspend, namespace_of(job), name, target)
     metrics.WRITES.labels("suspend").inc()
 
 
 async def _reject(op: Operator, js: JobState, body: dict[str, Any], problems: list[str]) -> None:
-    previous = js.written or _status_of(body)
+    previous = _previous(js, body)
     generation = body["metadata"].get("generation")
     status = invalid_spec_status(generation, problems, previous, now_rfc3339())
     if previous is not None and previous.to_wire() == status.to_wire():
-        js.written = previous
         return
     await _write(op, js, body, status, previous)
 
 
-async def _refresh(op: Operator, js: JobState, body: dict[str, Any], job: FineTuneJob) -> None:
-    previous = js.written or _status_of(body)
-    status = map_rayjob_status(job, js.rayjob_status, js.report, previous, now_rfc3339())
-    newly_terminal = status.phase in TERMINAL_PHASES and (
-        previous is None or previous.phase not in TERMINAL_PHASES
+async def _refresh(
+    op: Operator,
+    js: JobState,
+    body: dict[str, Any],
+    job: FineTuneJob,
+    reading: ReportReading,
+    problem: Problem | None,
+) -> None:
+    previous = js.written
+    status = map_rayjob_status(
+        job, js.rayjob_status, reading.report, previous, now_rfc3339(), problem
     )
-    if newly_terminal:
+    newly_terminal = status.phase in TERMINAL_PHASES
+    if newly_terminal and problem is None:
         # The RayJob and report watches are separate streams: read both fresh before a
         # verdict that can never change again.
         await _reload_children(op, js, job)
-        status = map_rayjob_status(job, js.rayjob_status, js.report, previous, now_rfc3339())
+        reading = reading_of(js, job)
+        problem = reading.problem or _deleted_problem(js, job)
+        status = map_rayjob_status(
+            job, js.rayjob_status, reading.report, previous, now_rfc3339(), problem
+        )
     if previous is not None and previous.to_wire() == status.to_wire():
-        js.written = previous
         return
     await _write(op, js, body, status, previous)
+    if status.phase == "Failed" and not js.rayjob_gone:
+        await _stop_run(op, job, status)
+
+
+async def _stop_run(op: Operator, job: FineTuneJob, status: FineTuneJobStatus) -> None:
+    """A verdict of the operator's own (the run diverged, its report is refused) ends a run
+    KubeRay still considers alive: delete the RayJob so the GPUs are freed."""
+    reason = _reason(status)
+    uid = uid_of(job)
+    deployment = status.ray_job.deployment_status if status.ray_job else None
+    if reason not in ("Diverged", "InvalidReport") or deployment in ("Complete", "Failed"):
+        return
+    name = rayjob_name(job.metadata.name)
+    existing = await _io(op, op.kube.read, "RayJob", namespace_of(job), name)
+    if existing is None or uid is None or controller_uid(existing) != uid:
+        return
+    await _io(op, op.kube.delete_rayjob, namespace_of(job), name, existing["metadata"]["uid"])
+    metrics.WRITES.labels("delete").inc()
 
 
 async def _reload_children(op: Operator, js: JobState, job: FineTuneJob) -> None:
-    ns, name = job.metadata.namespace or "default", job.metadata.name
+    ns, name = namespace_of(job), job.metadata.name
     rayjob, configmap = await asyncio.gather(
         _io(op, op.kube.read, "RayJob", ns, rayjob_name(name)),
         _io(op, op.kube.read, "ConfigMap", ns, report_configmap_name(name)),
     )
     if rayjob is not None:
         js.rayjob_status = rayjob.get("status")
-    js.report = parse_report(configmap) or js.report
+    if configmap is not None and controller_uid(configmap) == uid_of(job):
+        js.report_text = report_text(configmap) or js.report_text
+
+
+def _reason(status: FineTuneJobStatus) -> str:
+    """The reason of the status' headline condition (Failed, else Running)."""
+    for type_ in ("Failed", "Succeeded", "Running"):
+        condition = next((c for c in status.conditions if c.type == type_), None)
+        if condition is not None and condition.status == "True":
+            return condition.reason
+    running = next((c for c in status.conditions if c.type == "Running"), None)
+    return running.reason if running is not None else status.phase
 
 
 async def _write(
@@ -246,24 +433,42 @@ async def _write(
     previous: FineTuneJobStatus | None,
 ) -> None:
     meta = body["metadata"]
+    wire = status.to_wire()
     await _io(
-        op, op.kube.patch_status, meta["namespace"], meta["name"], _merge_patch(status, previous)
+        op,
+        op.kube.patch_status,
+        meta["namespace"],
+        meta["name"],
+        merge_patch(js.written_wire, wire),
     )
     metrics.WRITES.labels("status").inc()
-    op.state.record(js, status)
+    js.written, js.written_wire = status, wire
     metrics.publish_phases(op.state.phase_counts)
-    if previous is None or previous.phase != status.phase:
-        await _announce(op, body, status)
+    reason = _reason(status)
+    if (
+        previous is None
+        or previous.phase != status.phase
+        or (reason in WARNING_REASONS and _reason(previous) != reason)
+    ):
+        await _announce(op, body, status, reason)
 
 
-async def _announce(op: Operator, body: dict[str, Any], status: FineTuneJobStatus) -> None:
-    """One Event per phase change; failures are Warnings so `kubectl describe` flags them."""
-    type_ = "Warning" if status.phase == "Failed" else "Normal"
-    failed = next((c for c in status.conditions if c.type == "Failed" and c.status == "True"), None)
-    reason = failed.reason if failed else status.phase
+async def _announce(
+    op: Operator, body: dict[str, Any], status: FineTuneJobStatus, reason: str
+) -> None:
+    """One Event per phase change (and per new warning); failures and warnings are
+    Warnings so `kubectl describe` flags them."""
+    warning = status.phase == "Failed" or reason in WARNING_REASONS
     message = f"{status.phase}: {status.message or ''}".strip()
     try:
-        await _io(op, op.kube.post_event, body, type_, reason, message)
+        await _io(
+            op,
+            op.kube.post_event,
+            body,
+            "Warning" if warning else "Normal",
+            reason if warning else status.phase,
+            message,
+        )
         metrics.WRITES.labels("event").inc()
     except Exception as error:  # an Event is best effort; the status already says it
-        log.warning("could not post event for %s: %s", body["metadata"]["name"], error)
+        log.warning("could not post event for %s: %s", body["metadata"]["name"], api_message(error))

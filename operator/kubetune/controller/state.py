@@ -3,6 +3,8 @@
 Watch events for the three kinds arrive on separate streams and in any order; caching the
 latest of each lets one status computation use all three without reading the API, and a
 per-job lock makes that computation (and its single status write) one at a time per job.
+Jobs are keyed by uid, not name: a job deleted and created again under the same name is a
+new job, and nothing of the old one (a late report, a retry) can touch it.
 Nothing here must survive a restart: a new process re-lists everything and re-derives it.
 """
 
@@ -13,50 +15,63 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubetune.api.report import TrainerReport
 from kubetune.api.v1alpha1 import KIND, FineTuneJob, FineTuneJobStatus
+from kubetune.report_checks import ReportReading
 
-JobKey = tuple[str, str]  # namespace, FineTuneJob name
+JobKey = str  # the FineTuneJob's uid
 
 
 @dataclass
 class JobState:
     body: dict[str, Any] | None = None
-    parsed: tuple[str, int, FineTuneJob | list[str]] | None = None  # uid, generation, result
-    ensured_uid: str | None = None  # children created/adopted for this incarnation
+    parsed: tuple[int, FineTuneJob | list[str]] | None = None  # generation, result
+    ensured: bool = False  # children created/adopted (or the job refused) by this process
     rayjob_status: dict[str, Any] | None = None
     rayjob_suspend: bool | None = None
-    report: TrainerReport | None = None
+    rayjob_gone: bool = False  # a DELETED event of our RayJob was seen
+    report_text: str | None = None
+    reading: tuple[str | None, ReportReading] | None = None  # report_text it was read from
     written: FineTuneJobStatus | None = None
+    written_wire: dict[str, Any] | None = None  # the status as the API server holds it
     failures: int = 0
+    retry_pending: bool = False
+    retry_task: asyncio.Future[None] | None = None  # kept so the loop cannot drop it
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def name(self) -> str:
+        meta = (self.body or {}).get("metadata") or {}
+        return f"{meta.get('namespace')}/{meta.get('name')}"
 
 
 @dataclass
 class OperatorState:
     jobs: dict[JobKey, JobState] = field(default_factory=dict)
-    phase_counts: Counter[str] = field(default_factory=Counter)
 
     def get(self, key: JobKey) -> JobState:
         return self.jobs.setdefault(key, JobState())
 
     def forget(self, key: JobKey) -> None:
-        js = self.jobs.pop(key, None)
-        if js is not None and js.written is not None:
-            self.phase_counts[js.written.phase] -= 1
+        self.jobs.pop(key, None)
 
-    def record(self, js: JobState, status: FineTuneJobStatus) -> None:
-        """Remember what was written, keeping the per-phase counts for the metrics."""
-        if js.written is not None:
-            self.phase_counts[js.written.phase] -= 1
-        self.phase_counts[status.phase] += 1
-        js.written = status
+    @property
+    def phase_counts(self) -> Counter[str]:
+        """Jobs per phase, from what each job's status is now (read or written): counted
+        afresh, so a restart or a missed event can never skew it (or make it negative)."""
+        return Counter(phase for js in self.jobs.values() if (phase := _phase_of(js)) is not None)
+
+
+def _phase_of(js: JobState) -> str | None:
+    if js.written is not None:
+        return js.written.phase
+    status = (js.body or {}).get("status") or {}
+    return status.get("phase")
 
 
 def owner_key(body: Any) -> JobKey | None:
-    """The FineTuneJob that controls an owned object, from its ownerReferences."""
+    """The uid of the FineTuneJob that controls an owned object, from its ownerReferences."""
     meta = body.get("metadata") or {}
     for owner in meta.get("ownerReferences") or []:
-        if owner.get("kind") == KIND and owner.get("controller"):
-            return str(meta.get("namespace")), str(owner.get("name"))
+        if owner.get("kind") == KIND and owner.get("controller") and owner.get("uid"):
+            return str(owner["uid"])
     return None

@@ -43,7 +43,7 @@ def test_happy_path_to_succeeded(
     create_job(custom, namespace, job_manifest("happy"))
     status = wait_phase(custom, namespace, "happy", "Succeeded")
     assert [e["epoch"] for e in status["epochs"]] == [1, 2, 3]
-    assert status["bestCheckpoint"]["uri"] == "s3://ckpt/epoch-3"
+    assert status["bestCheckpoint"]["uri"] == "s3://kubetune-checkpoints/llama2-7b-gsm8k/epoch-3"
     assert status["evaluation"]["score"] == 0.47
     assert status["rayJob"]["jobStatus"] == "SUCCEEDED" and status["rayJob"]["attempts"] == 1
     assert status["rayJob"]["dashboardURL"].endswith(":8265")

@@ -22,6 +22,7 @@ from kubetune.builders.rayjob import (
     worker_layout,
 )
 from kubetune.config import OperatorConfig
+from kubetune_trainer.entrypoint import build_parser as trainer_parser
 from tests.unit.builders.helpers import FAKE_UID, NAMESPACE, example_doc, example_job
 
 pytestmark = pytest.mark.unit
@@ -103,15 +104,33 @@ def test_node_selector_and_tolerations() -> None:
     assert keys == ["dedicated", "nvidia.com/gpu"]
 
 
-def test_entrypoint_runs_trainer_with_the_same_spec() -> None:
+def test_entrypoint_names_the_job_and_the_trainer_parser_reads_it() -> None:
     job = example_job("gsm8k-llama2-13b")
     argv = shlex.split(build_rayjob(job, CONFIG)["spec"]["entrypoint"])
     assert argv[:3] == ["python", "-m", "kubetune_trainer.entrypoint"]
-    args = dict(zip(argv[3::2], argv[4::2], strict=True))
-    assert json.loads(args["--spec-json"]) == job.spec.to_wire()
-    assert args["--job-name"] == "llama2-13b-gsm8k"
-    assert args["--namespace"] == NAMESPACE
-    assert args["--report"] == "configmap:llama2-13b-gsm8k-report"
+    args = trainer_parser().parse_args(argv[3:])
+    assert args.spec_json is None, "the trainer reads the spec through the API"
+    assert (args.job_name, args.namespace, args.job_uid) == (
+        "llama2-13b-gsm8k",
+        NAMESPACE,
+        FAKE_UID,
+    )
+    assert args.report == "configmap:llama2-13b-gsm8k-report"
+
+
+def test_entrypoint_stays_short_for_the_largest_valid_spec() -> None:
+    """Before: the spec rode on the command line, and long templates passed Linux's 128 KiB
+    argument limit (ray job submit then failed with a misleading hint)."""
+    doc = example_doc("gsm8k-llama2-13b")
+    doc["metadata"]["name"] = "n" * 253
+    doc["spec"]["task"] = {
+        "preset": "custom",
+        "promptTemplate": "{question}" + "p" * 16000,
+        "completionTemplate": "{answer}" + "r" * 16000,
+    }
+    job = FineTuneJob.model_validate(doc)
+    entrypoint = build_rayjob(job, CONFIG)["spec"]["entrypoint"]
+    assert len(entrypoint.encode()) < 1024
 
 
 def test_lifecycle_fields() -> None:

@@ -15,15 +15,22 @@ def test_objects_and_order() -> None:
     assert kinds == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding"]
 
 
-def test_role_names_exactly_the_report_configmap() -> None:
-    cm, sa, role, binding = report_channel(example_job("gsm8k-llama2-13b"))
+def test_role_names_exactly_the_report_configmap_and_the_job() -> None:
+    job = example_job("gsm8k-llama2-13b")
+    cm, sa, role, binding = report_channel(job)
     assert role["rules"] == [
         {
             "apiGroups": [""],
             "resources": ["configmaps"],
             "resourceNames": [cm["metadata"]["name"]],
             "verbs": ["get", "update", "patch"],
-        }
+        },
+        {
+            "apiGroups": ["kubetune.dev"],
+            "resources": ["finetunejobs"],
+            "resourceNames": [job.metadata.name],
+            "verbs": ["get"],
+        },
     ]
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [
