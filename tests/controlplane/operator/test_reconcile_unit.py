@@ -423,7 +423,7 @@ def test_a_hung_api_server_cannot_hold_a_call(monkeypatch: pytest.MonkeyPatch) -
         ]
         for call in calls:
             started = time.monotonic()
-            with pytest.raises(Exception, match="(?i)timed? ?out"):
+            with pytest.raises(Exception, match=r"(?i)timed? ?out"):
                 call()
             # 1 s timeouts; without one the call would hang for good (the bound allows a
             # loaded machine)
