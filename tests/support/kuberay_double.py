@@ -15,6 +15,7 @@ stops a job at a step until `release`.
 from __future__ import annotations
 
 import contextlib
+import math
 import shlex
 import threading
 import time
@@ -32,7 +33,14 @@ from kubetune_trainer.reporting import ConfigMapReporter
 
 RAY = ("ray.io", "v1")
 RAYJOBS = "rayjobs"
-OUTCOMES = ("succeed", "trainer-fails", "deadline", "submission-fails", "no-checkpoint")
+OUTCOMES = (
+    "succeed",
+    "trainer-fails",
+    "deadline",
+    "submission-fails",
+    "no-checkpoint",
+    "diverges",
+)
 
 
 class NotReady(Exception):
@@ -298,6 +306,13 @@ class KubeRayDouble:
             )
             self._fail(rayjob, "AppFailed", "Job exited with code 1", "FAILED")
             return
+        if script.outcome == "diverges" and run.epoch >= 1:
+            # The real trainer writes json.dumps floats: NaN and Infinity literals.
+            doc = report_document(run.epoch + 1, total, "Training", run.storage)
+            doc["epochs"][-1].update(trainLoss=math.nan, validationPerplexity=math.inf)
+            doc["bestCheckpoint"] = None
+            self._write_report(rayjob, doc)
+            return  # KubeRay still says Running: the operator must end it
         if run.epoch < total:
             self._write_report(
                 rayjob, report_document(run.epoch + 1, total, "Training", run.storage)

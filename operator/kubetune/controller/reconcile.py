@@ -63,6 +63,8 @@ from kubetune.validation import SpecError, parse_finetunejob, semantic_problems
 
 log = logging.getLogger("kubetune.operator")
 RETRY_DELAYS = (1, 2, 5, 10, 30, 60)
+# Failures the operator decides itself while KubeRay may still run the RayJob.
+OWN_VERDICTS = ("Diverged", "InvalidReport", "NameConflict", "CreateRejected")
 BACKGROUND_MAX_WAIT = 2.0  # seconds; bounds how long status writes can be starved
 T = TypeVar("T")
 
@@ -388,12 +390,13 @@ async def _refresh(
 
 
 async def _stop_run(op: Operator, job: FineTuneJob, status: FineTuneJobStatus) -> None:
-    """A verdict of the operator's own (the run diverged, its report is refused) ends a run
-    KubeRay still considers alive: delete the RayJob so the GPUs are freed."""
+    """A verdict of the operator's own (the run diverged, its report is refused, its report
+    channel could not be created) ends a run KubeRay still considers alive: delete our
+    RayJob (never another owner's) so the GPUs are freed."""
     reason = _reason(status)
     uid = uid_of(job)
     deployment = status.ray_job.deployment_status if status.ray_job else None
-    if reason not in ("Diverged", "InvalidReport") or deployment in ("Complete", "Failed"):
+    if reason not in OWN_VERDICTS or deployment in ("Complete", "Failed"):
         return
     name = rayjob_name(job.metadata.name)
     existing = await _io(op, op.kube.read, "RayJob", namespace_of(job), name)

@@ -95,8 +95,9 @@ def test_one_rayjob_with_owned_children(
         (Script(outcome="deadline"), "DeadlineExceeded", "activeDeadlineSeconds"),
         (Script(outcome="submission-fails"), "SubmissionFailed", "dashboard"),
         (Script(outcome="no-checkpoint"), "IncompleteResults", "no best checkpoint"),
+        (Script(outcome="diverges"), "Diverged", "validation_perplexity=inf"),
     ],
-    ids=["trainer", "deadline", "submission", "no-checkpoint"],
+    ids=["trainer", "deadline", "submission", "no-checkpoint", "diverges"],
 )
 def test_failures_are_explained(
     custom: client.CustomObjectsApi,
@@ -121,6 +122,9 @@ def test_failures_are_explained(
         if e.type == "Warning"
     ]
     assert [e.reason for e in warnings] == [reason]
+    if reason == "Diverged":  # KubeRay still ran it: the operator stops the run itself
+        wait_for(lambda: not rayjobs(custom, namespace), what="the RayJob deleted")
+        assert [e["epoch"] for e in status["epochs"]] == [1], "only finite points in status"
 
 
 def test_retries_are_not_failures(

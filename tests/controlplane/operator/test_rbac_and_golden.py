@@ -58,7 +58,11 @@ def test_trainer_can_update_its_report_and_nothing_else(
     sa = f"system:serviceaccount:{namespace}:alpha-trainer"
     for verb in ("get", "update", "patch"):
         assert can(kube_api, sa, namespace, verb, "configmaps", "alpha-report")
+    assert can(kube_api, sa, namespace, "get", "finetunejobs", "alpha", "kubetune.dev")
     denied: list[tuple[str, str, str, str]] = [
+        ("get", "finetunejobs", "beta", "kubetune.dev"),
+        ("list", "finetunejobs", "", "kubetune.dev"),
+        ("watch", "finetunejobs", "", "kubetune.dev"),
         ("update", "configmaps", "beta-report", ""),
         ("create", "configmaps", "", ""),
         ("delete", "configmaps", "alpha-report", ""),

@@ -11,6 +11,8 @@ import pytest
 from kubernetes import client
 
 from tests.controlplane.operator.helpers import (
+    RAY,
+    RAYJOBS,
     create_job,
     job_manifest,
     rayjobs,
@@ -65,6 +67,15 @@ def test_restarts_never_duplicate(
         assert status_of(custom, ns, "restart") == status
         (only,) = rayjobs(custom, ns)
         assert only["metadata"]["uid"] == uid, "the RayJob was re-created"
+        # 5. the finished RayJob is deleted (by hand, or KubeRay's deletionStrategy) while
+        # no operator runs: a new one must not train the finished job again
+        operator.kill()
+        custom.delete_namespaced_custom_object(*RAY, ns, RAYJOBS, only["metadata"]["name"])
+        wait_for(lambda: not rayjobs(custom, ns), what="RayJob gone")
+        operator.start()
+        time.sleep(2)
+        assert rayjobs(custom, ns) == [], "a finished job was trained again"
+        assert status_of(custom, ns, "restart") == status
         assert "Traceback" not in operator.logs(), operator.logs()[-3000:]
     finally:
         double.stop()
