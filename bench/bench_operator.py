@@ -7,8 +7,15 @@ Measures, with the operator running as in production (a subprocess, `kubetune.co
   POST/PUT/PATCH/DELETE/APPLY), minus the benchmark's own FineTuneJob creates;
 - operator RSS (VmRSS now and VmHWM peak) from /proc.
 
-Usage: python bench/bench_operator.py [--jobs 200] [--threads 16]
-Targets (issue 3): p50 < 100 ms, p99 < 1 s, <= 8 writes per job, RSS < 200 MB.
+- a baseline measured in the same run, on the same control plane: a bare client doing the
+  same work with the same parallelism (per job: create the FineTuneJob, its RayJob and report
+  channel, patch its status to Pending, post an event), so the operator's times are reported
+  as ratios to what the API server allows on this machine;
+- single-job create -> RayJob on an idle control plane (jobs created one at a time).
+
+Usage: python bench/bench_operator.py [--jobs 200] [--threads 16] [--singles 20]
+Targets: <= 8 writes per job, RSS < 200 MB (issue 3); time to all RayJobs <= 1.2x and to all
+Pending <= 1.5x the bare client, single-job create -> RayJob p50 < 50 ms (issue 9).
 """
 
 from __future__ import annotations
@@ -36,8 +43,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
 import yaml  # noqa: E402
 from kubernetes import client, config, watch  # noqa: E402
 
-from tests.controlplane.operator.conftest import OperatorProcess  # noqa: E402
+from kubetune.api.v1alpha1 import FineTuneJob  # noqa: E402
+from kubetune.builders.render import owned_objects  # noqa: E402
+from kubetune.config import OperatorConfig  # noqa: E402
+from kubetune.controller.kube import Kube  # noqa: E402
 from tests.support.controlplane import ControlPlane, ensure_binaries  # noqa: E402
+from tests.support.operator_process import OperatorProcess  # noqa: E402
 
 WRITE_VERBS = {"POST", "PUT", "PATCH", "DELETE", "APPLY"}
 METRIC = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
@@ -65,8 +76,9 @@ def write_counts(cp: ControlPlane) -> Counter[str]:
     return counts
 
 
-def job_doc(name: str) -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "gsm8k-llama2-13b.yaml").read_text())
+def job_doc(name: str, example: str = "gsm8k-llama2-13b") -> dict[str, Any]:
+    """An example manifest under another name."""
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "examples" / f"{example}.yaml").read_text())
     doc = copy.deepcopy(doc)
     doc["metadata"] = {"name": name}
     return doc
@@ -107,21 +119,93 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def run(jobs: int, threads: int, crds: list[Path]) -> dict[str, Any]:
+def new_namespace(api: client.ApiClient, prefix: str) -> str:
+    namespace = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    client.CoreV1Api(api).create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace))
+    )
+    return namespace
+
+
+def run(jobs: int, threads: int, singles: int, crds: list[Path]) -> dict[str, Any]:
     with ControlPlane(ensure_binaries()) as cp:
         cp.install_crds(crds + sorted((ROOT / "tests" / "fixtures" / "crds").glob("*.yaml")))
         api = config.new_client_from_config(config_file=str(cp.kubeconfig_path))
         api.configuration.connection_pool_maxsize = threads * 2
-        namespace = f"kt-bench-{uuid.uuid4().hex[:6]}"
-        client.CoreV1Api(api).create_namespace(
-            client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace))
-        )
+        bare = baseline(api, new_namespace(api, "kt-bare"), jobs, threads)
+        namespace = new_namespace(api, "kt-bench")
         log = Path(tempfile.mkdtemp()) / "operator.log"
         operator = OperatorProcess(cp, namespace, log).start()
         try:
-            return measure(cp, api, namespace, operator, jobs, threads)
+            result = measure(cp, api, namespace, operator, jobs, threads)
+            result["single_job_idle_ms"] = single_jobs(api, namespace, singles)
         finally:
             operator.stop()
+        result["bare_client"] = bare
+        result["ratio_all_rayjobs"] = round(
+            result["all_rayjobs_after_seconds"] / bare["all_rayjobs_after_seconds"], 2
+        )
+        result["ratio_all_pending"] = round(
+            result["all_pending_after_seconds"] / bare["all_pending_after_seconds"], 2
+        )
+        return result
+
+
+def baseline(api: client.ApiClient, namespace: str, jobs: int, threads: int) -> dict[str, Any]:
+    """The same API work without an operator: what the API server allows here."""
+    custom = client.CustomObjectsApi(api)
+    kube = Kube(api)
+    config_ = OperatorConfig(trainer_image="ghcr.io/kubetune/trainer:test")
+    rayjob_done: dict[str, float] = {}
+
+    def one(i: int) -> None:
+        name = f"bare-{i:04d}"
+        created = custom.create_namespaced_custom_object(
+            "kubetune.dev", "v1alpha1", namespace, "finetunejobs", job_doc(name)
+        )
+        job = FineTuneJob.model_validate({k: v for k, v in created.items() if k != "status"})
+        *channel, rayjob = owned_objects(job, config_)
+        kube.ensure(rayjob)
+        rayjob_done[name] = time.monotonic()
+        for obj in channel:
+            kube.ensure(obj)
+        kube.patch_status(namespace, name, {"phase": "Pending", "message": "RayJob created"})
+        kube.post_event(created, "Normal", "Pending", "Pending: RayJob created")
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, range(jobs)))
+    return {
+        "all_rayjobs_after_seconds": round(max(rayjob_done.values()) - started, 2),
+        "all_pending_after_seconds": round(time.monotonic() - started, 2),
+    }
+
+
+def single_jobs(api: client.ApiClient, namespace: str, count: int) -> dict[str, float]:
+    """create -> RayJob ADDED for jobs created one at a time on a quiet control plane."""
+    custom = client.CustomObjectsApi(api)
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_rayjobs, args=(api, namespace, seen, stop), daemon=True)
+    watcher.start()
+    time.sleep(5)  # let the burst's trailing writes settle
+    latencies = []
+    for i in range(count):
+        name = f"single-{i:03d}"
+        custom.create_namespaced_custom_object(
+            "kubetune.dev", "v1alpha1", namespace, "finetunejobs", job_doc(name)
+        )
+        created = time.monotonic()
+        deadline = created + 30
+        while name not in seen and time.monotonic() < deadline:
+            time.sleep(0.001)
+        latencies.append((seen[name] - created) * 1000)
+        time.sleep(0.5)
+    stop.set()
+    return {
+        "p50": round(statistics.median(latencies), 1),
+        "max": round(max(latencies), 1),
+    }
 
 
 def measure(
@@ -206,6 +290,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--singles", type=int, default=20)
     parser.add_argument(
         "--crd",
         type=Path,
@@ -214,7 +299,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     crds = args.crd or sorted((ROOT / "crds").glob("*.yaml"))
-    print(json.dumps(run(args.jobs, args.threads, crds), indent=2))
+    print(json.dumps(run(args.jobs, args.threads, args.singles, crds), indent=2))
     return 0
 
 

@@ -122,6 +122,7 @@ class ControlPlane:
         self.start_seconds = 0.0
         self.crd_seconds = 0.0
         self._procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._etcd_url = ""
 
     def __enter__(self) -> ControlPlane:
         self.start()
@@ -182,8 +183,8 @@ class ControlPlane:
         try:
             self._write_pki()
             self._write_kubeconfig()
-            etcd_url = self._start_etcd()
-            self._start_apiserver(etcd_url)
+            self._etcd_url = self._start_etcd()
+            self._start_apiserver(self._etcd_url)
             self._start_controller_manager()
         except BaseException:
             self.stop()
@@ -202,6 +203,17 @@ class ControlPlane:
                 proc.wait()
         self._procs.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def restart_apiserver(self) -> None:
+        """Stop the API server and start it again on the same port and etcd: what clients
+        see of an API server crash or a control-plane upgrade."""
+        for index, (name, proc) in enumerate(self._procs):
+            if name == "kube-apiserver":
+                proc.terminate()
+                proc.wait(timeout=30)
+                del self._procs[index]
+                break
+        self._start_apiserver(self._etcd_url)
 
     # -- processes -----------------------------------------------------------------------------
 
