@@ -205,11 +205,11 @@ class ControlPlane:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def restart_apiserver(self) -> None:
-        """Stop the API server and start it again on the same port and etcd: what clients
-        see of an API server crash or a control-plane upgrade."""
+        """Kill the API server (SIGKILL: a crash, open watches cut) and start it again on the
+        same port and etcd."""
         for index, (name, proc) in enumerate(self._procs):
             if name == "kube-apiserver":
-                proc.terminate()
+                proc.kill()
                 proc.wait(timeout=30)
                 del self._procs[index]
                 break
