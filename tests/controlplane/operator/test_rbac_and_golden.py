@@ -9,6 +9,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from kubetune_trainer import reporting
+from kubetune_trainer.job_source import JobSourceError, read_own_job
 from tests.controlplane.operator.helpers import REPO_ROOT, create_job, job_manifest, wait_for
 from tests.support.controlplane import ControlPlane
 from tests.support.operator_process import OperatorProcess
@@ -46,6 +48,7 @@ def test_trainer_can_update_its_report_and_nothing_else(
     kube_api: client.ApiClient,
     namespace: str,
     control_plane: ControlPlane,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for name in ("alpha", "beta"):
         create_job(custom, namespace, job_manifest(name))
@@ -75,11 +78,14 @@ def test_trainer_can_update_its_report_and_nothing_else(
     ]
     for verb, resource, name, group in denied:
         assert not can(kube_api, sa, namespace, verb, resource, name, group), (verb, resource, name)
-    assert_real_token_is_limited(kube_api, namespace, control_plane)
+    assert_real_token_is_limited(kube_api, namespace, control_plane, monkeypatch)
 
 
 def assert_real_token_is_limited(
-    kube_api: client.ApiClient, namespace: str, control_plane: ControlPlane
+    kube_api: client.ApiClient,
+    namespace: str,
+    control_plane: ControlPlane,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The same, with a real token of the trainer's ServiceAccount (TokenRequest)."""
     request = client.AuthenticationV1TokenRequest(
@@ -99,6 +105,17 @@ def assert_real_token_is_limited(
         with pytest.raises(ApiException) as refused:
             core.patch_namespaced_config_map("beta-report", namespace, {"data": {"x": "1"}})
         assert refused.value.status == 403
+        # The trainer reads its own job (and checks its uid), and no other
+        alpha = client.CustomObjectsApi(kube_api).get_namespaced_custom_object(
+            "kubetune.dev", "v1alpha1", namespace, "finetunejobs", "alpha"
+        )
+        uid = alpha["metadata"]["uid"]
+        assert read_own_job("alpha", namespace, uid, api=api)["spec"] == alpha["spec"]
+        with pytest.raises(JobSourceError, match="deleted and created again"):
+            read_own_job("alpha", namespace, "uid-of-an-earlier-alpha", api=api)
+        with monkeypatch.context() as patch, pytest.raises(JobSourceError, match="HTTP 403"):
+            patch.setattr(reporting, "RETRY_DELAYS_S", (0.1,))  # 403 is retried at first
+            read_own_job("beta", namespace, None, api=api)
 
 
 def _golden_objects() -> list[tuple[str, dict[str, Any]]]:
