@@ -180,7 +180,8 @@ def baseline(api: client.ApiClient, namespace: str, jobs: int, threads: int, ful
             return
         for obj in channel:
             kube.ensure(obj)
-        kube.patch_status(namespace, name, {"phase": "Pending", "message": "RayJob created"})
+        uid = created["metadata"]["uid"]
+        kube.replace_status(namespace, name, uid, {"phase": "Pending", "message": "RayJob created"})
         kube.post_event(created, "Normal", "Pending", "Pending: RayJob created")
 
     started = time.monotonic()

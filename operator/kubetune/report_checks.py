@@ -66,8 +66,8 @@ def read_report(text: str | None, job: FineTuneJob) -> ReportReading:
         parsed = parse_report_json(text)
     except ValidationError as error:
         return _refused(f"the trainer's report cannot be read: {_first_error(error)}")
-    except ValueError as error:
-        return _refused(f"the trainer's report is not JSON: {error}")
+    except (ValueError, TypeError, RecursionError) as error:  # hostile nesting too
+        return _refused(f"the trainer's report is not a JSON report: {type(error).__name__}")
     report = parsed.report
     note = f"report fields this operator does not know, set aside: {', '.join(parsed.ignored)}"
     note = note if parsed.ignored else ""

@@ -112,6 +112,7 @@ class Problem:
 
     reason: ProblemReason
     message: str
+    rayjob_exists: bool = False  # a creation problem of the report channel, not the RayJob
 
     @property
     def transient(self) -> bool:
@@ -534,7 +535,9 @@ def map_rayjob_status(
     started = verdict.phase not in ("Pending", "Queued", "Suspended")
     terminal = verdict.phase in TERMINAL_PHASES
     generation = _generation(job)
-    not_created = problem is not None and problem.reason in CREATION_PROBLEMS
+    not_created = (
+        problem is not None and problem.reason in CREATION_PROBLEMS and not problem.rayjob_exists
+    )
     status = previous.model_copy(
         update={
             "phase": verdict.phase,

@@ -74,3 +74,8 @@ def test_unreadable_report_names_the_field() -> None:
 def test_under_is_by_path_segment() -> None:
     assert under("s3://b/run/e1", "s3://b/run/") and under("s3://b/run", "s3://b/run")
     assert not under("s3://b/run2/e1", "s3://b/run")
+
+
+def test_hostile_nesting_is_refused_not_a_crash() -> None:
+    reading = read_report("[" * 200_000, job())
+    assert reading.problem is not None and reading.problem.reason == "InvalidReport"

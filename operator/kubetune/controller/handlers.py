@@ -94,7 +94,12 @@ async def rayjob_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, *
         js = op.state.jobs.get(key)
         if js is None:  # its job is gone too (garbage collection)
             return
+        if js.body is None:  # only children were ever seen: the job is gone
+            op.state.forget(key)
+            return
         js.rayjob_gone = True  # the object's last status says how far it got
+    elif key not in op.state.jobs and (raw.get("metadata") or {}).get("deletionTimestamp"):
+        return  # the last events of a RayJob whose job is already gone
     else:
         js = op.state.get(key)
         js.rayjob_gone = False

@@ -212,15 +212,22 @@ class Kube:
             if error.status not in (404, 409):
                 raise
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Merge-patch .status (the status subresource): the operator is its only writer."""
+    def replace_status(self, namespace: str, name: str, uid: str, status: dict[str, Any]) -> None:
+        """Set .status (the status subresource; the operator is its only writer) as a whole,
+        on this incarnation only: a JSON patch whose first step tests the uid, so a job
+        deleted and created again under the same name is refused (422), never overwritten,
+        and no key of an earlier status can stay behind."""
         answer = self.custom.patch_namespaced_custom_object_status(
             GROUP,
             VERSION,
             namespace,
             PLURAL,
             name,
-            {"status": status},
+            [
+                {"op": "test", "path": "/metadata/uid", "value": uid},
+                {"op": "add", "path": "/status", "value": status},
+            ],
+            _content_type="application/json-patch+json",
             _preload_content=False,
             **TIMEOUT,
         )

@@ -13,7 +13,8 @@ Level-triggered: every event of a job, its RayJob or its report ConfigMap leads 
   training again from scratch (see `Problem` in status_mapping for every such case);
 - RayJob spec.suspend follows runPolicy.suspend (never fighting Kueue's admission);
 - the status is computed by the pure `map_rayjob_status` and written only when it changed,
-  as a merge patch against what the API server holds, with an Event per phase change;
+  whole (no stale keys can remain) and only onto this incarnation of the job (the write
+  tests the uid), with an Event per phase change;
 - errors: the API's answer reaches the status and a Warning event; permanent ones (the
   object or request is wrong) are not retried, transient ones back off with at most one
   pending retry per job; every request has a timeout (controller/kube.py).
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -150,25 +152,6 @@ def _status_of(raw: dict[str, Any] | None) -> FineTuneJobStatus | None:
         return None
 
 
-def merge_patch(old: Any, new: Any) -> dict[str, Any]:
-    """The RFC 7386 merge patch that turns `old` into `new`: changed keys only, removed keys
-    (at any depth) set to null, lists replaced whole."""
-    old_map = old if isinstance(old, dict) else {}
-    patch: dict[str, Any] = {}
-    for key, value in new.items():
-        before = old_map.get(key)
-        if isinstance(value, dict) and isinstance(before, dict):
-            nested = merge_patch(before, value)
-            if nested:
-                patch[key] = nested
-        elif value != before or key not in old_map:
-            patch[key] = value
-    for key in old_map:
-        if key not in new:
-            patch[key] = None
-    return patch
-
-
 # --------------------------------------------------------------------------- reconcile
 
 
@@ -220,15 +203,22 @@ def _previous(js: JobState, body: dict[str, Any]) -> FineTuneJobStatus | None:
     return js.written
 
 
+def _finished(js: JobState, body: dict[str, Any]) -> bool:
+    """Terminal by what this process wrote or by what the API server holds (another replica
+    may have finished it, and a status this version cannot parse still has its phase)."""
+    phase = ((body.get("status") or {}).get("phase"), js.written.phase if js.written else None)
+    return any(p in TERMINAL_PHASES for p in phase)
+
+
 async def _reconcile_locked(op: Operator, js: JobState, body: dict[str, Any]) -> bool:
     """One pass; True when a transient problem asks for a retry."""
+    if _finished(js, body):
+        return False  # finished stays finished: nothing is created, adopted or written
     checked = cached_check(js, body)
     if isinstance(checked, list):
         await _reject(op, js, body, checked)
         return False
     previous = _previous(js, body)
-    if previous is not None and previous.phase in TERMINAL_PHASES:
-        return False  # finished stays finished: nothing is created, adopted or written
     problem = None
     if not js.ensured:
         problem = await ensure_children(op, js, checked, previous)
@@ -262,8 +252,12 @@ async def ensure_children(
     that, a missing one was deleted under the job and is never created again.
     """
     *channel, rayjob = owned_objects(job, op.config)
+    created_before = (previous is not None and previous.ray_job is not None) or bool(
+        (js.written_wire or {}).get("rayJob")
+    )
+    rayjob_exists = False
     try:
-        if previous is not None and previous.ray_job is not None:
+        if created_before:
             await _find_rayjob(op, js, job, rayjob, previous)
         else:
             # The RayJob first: it starts the slow part (the cluster). KubeRay retries pod
@@ -275,13 +269,16 @@ async def ensure_children(
                 _observe_rayjob(js, existing)
             if js.rayjob_suspend is not None:
                 await _sync_suspend(op, job, js.rayjob_suspend)
+        rayjob_exists = not js.rayjob_gone
         *independent, binding = channel
         await asyncio.gather(*(_ensure(op, o) for o in independent))
         # The RoleBinding last: without the `bind` verb the API server checks that the
         # operator holds everything the referenced Role grants, which needs the Role.
         await _ensure(op, binding)
     except _ChildError as error:
-        return error.problem
+        # A report-channel object that failed after the RayJob exists: the status must still
+        # record the RayJob, so that it is never created a second time.
+        return dataclasses.replace(error.problem, rayjob_exists=rayjob_exists)
     return None
 
 
@@ -290,13 +287,13 @@ async def _find_rayjob(
     js: JobState,
     job: FineTuneJob,
     wanted: dict[str, Any],
-    previous: FineTuneJobStatus,
+    previous: FineTuneJobStatus | None,
 ) -> None:
     """After a restart: the RayJob this job created, or the fact that it is gone."""
     existing = await _io(op, op.kube.read, "RayJob", namespace_of(job), wanted["metadata"]["name"])
     if existing is None:
         js.rayjob_gone = True
-        ref = previous.ray_job
+        ref = previous.ray_job if previous is not None else None
         if js.rayjob_status is None and ref is not None:
             js.rayjob_status = {
                 "jobDeploymentStatus": ref.deployment_status or "",
@@ -385,9 +382,11 @@ async def _refresh(
         )
     if previous is not None and previous.to_wire() == status.to_wire():
         return
-    await _write(op, js, body, status, previous)
     if status.phase == "Failed" and not js.rayjob_gone:
+        # Before the verdict: once it is written the job is never touched again, so a
+        # failed delete must leave the job open for the retry.
         await _stop_run(op, job, status)
+    await _write(op, js, body, status, previous)
 
 
 async def _stop_run(op: Operator, job: FineTuneJob, status: FineTuneJobStatus) -> None:
@@ -438,13 +437,7 @@ async def _write(
 ) -> None:
     meta = body["metadata"]
     wire = status.to_wire()
-    await _io(
-        op,
-        op.kube.patch_status,
-        meta["namespace"],
-        meta["name"],
-        merge_patch(js.written_wire, wire),
-    )
+    await _io(op, op.kube.replace_status, meta["namespace"], meta["name"], str(meta["uid"]), wire)
     metrics.WRITES.labels("status").inc()
     js.written, js.written_wire = status, wire
     metrics.publish_phases(op.state.phase_counts)

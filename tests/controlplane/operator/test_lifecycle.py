@@ -116,11 +116,15 @@ def test_failures_are_explained(
     assert (failed["status"], failed["reason"]) == ("True", reason)
     assert words in status["message"]
     assert condition(status, "Running")["status"] == "False"
-    warnings = [
-        e
-        for e in events_for(client.CoreV1Api(kube_api), namespace, "broken")
-        if e.type == "Warning"
-    ]
+    # The event follows the status write: wait for it, then check there is just the one.
+    warnings = wait_for(
+        lambda: [
+            e
+            for e in events_for(client.CoreV1Api(kube_api), namespace, "broken")
+            if e.type == "Warning"
+        ],
+        what="the Warning event",
+    )
     assert [e.reason for e in warnings] == [reason]
     if reason == "Diverged":  # KubeRay still ran it: the operator stops the run itself
         wait_for(lambda: not rayjobs(custom, namespace), what="the RayJob deleted")

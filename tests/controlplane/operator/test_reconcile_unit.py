@@ -16,7 +16,7 @@ from kubernetes.client.rest import ApiException
 
 from kubetune.config import OperatorConfig
 from kubetune.controller.kube import check_owner, event_name
-from kubetune.controller.reconcile import Operator, merge_patch, reconcile_job
+from kubetune.controller.reconcile import Operator, reconcile_job
 from kubetune.controller.state import OperatorState
 from tests.controlplane.operator.helpers import job_manifest
 from tests.support.kuberay_double import SCORES, report_document
@@ -56,27 +56,15 @@ class FakeKube:
         self.objects.pop(("RayJob", name))
         self.writes.append(("delete", "RayJob"))
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def replace_status(self, namespace: str, name: str, uid: str, status: dict[str, Any]) -> None:
         json.dumps(status, allow_nan=False)  # the API server accepts JSON only
-        self.status = apply_merge_patch(self.status, status)
-        self.writes.append(("status", status.get("phase", self.status.get("phase", ""))))
+        assert uid == "uid-1", "the write names this incarnation"
+        self.status = copy.deepcopy(status)
+        self.writes.append(("status", status.get("phase", "")))
 
     def post_event(self, job: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.writes.append(("event", reason))
         self.events.append((type_, reason, message))
-
-
-def apply_merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386, as the API server applies it."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = apply_merge_patch(result.get(key), value)
-    return result
 
 
 def body(name: str = "job", generation: int = 1, **spec: Any) -> dict[str, Any]:
@@ -370,16 +358,6 @@ def test_phase_counts_survive_a_restart() -> None:
     assert dict(op2.state.phase_counts) == {}
 
 
-def test_merge_patch_removes_stale_nested_keys() -> None:
-    old = {"phase": "Training", "progress": {"epoch": 2, "etaSeconds": 60}, "epochs": [1, 2]}
-    new = {"phase": "Failed", "progress": {"epoch": 2}, "epochs": [1]}
-    patch = merge_patch(old, new)
-    assert patch == {"phase": "Failed", "progress": {"etaSeconds": None}, "epochs": [1]}
-    assert apply_merge_patch(old, patch) == new
-    assert merge_patch(new, new) == {}
-    assert apply_merge_patch(None, merge_patch(None, new)) == new
-
-
 @pytest.mark.parametrize(
     "name", ["a", "a" * 253, ("x" * 62 + ".") * 4 + "y", "a-" * 100 + "b", "9start.with.digit"]
 )
@@ -419,7 +397,7 @@ def test_a_hung_api_server_cannot_hold_a_call(monkeypatch: pytest.MonkeyPatch) -
                     "metadata": {"name": "x", "namespace": "ns"},
                 }
             ),
-            lambda: kube.patch_status("ns", "job", {"phase": "Pending"}),
+            lambda: kube.replace_status("ns", "job", "uid-1", {"phase": "Pending"}),
         ]
         for call in calls:
             started = time.monotonic()
@@ -428,3 +406,69 @@ def test_a_hung_api_server_cannot_hold_a_call(monkeypatch: pytest.MonkeyPatch) -
             # 1 s timeouts; without one the call would hang for good (the bound allows a
             # loaded machine)
             assert time.monotonic() - started < 15
+
+
+def test_finished_job_is_not_reparsed_or_rewritten_by_a_newer_operator() -> None:
+    """A Succeeded job whose spec a later operator version would refuse stays Succeeded."""
+    kube = FakeKube()
+    op = operator(kube)
+    run(op, body())
+    run(op, body(), rayjob_status=COMPLETE, report_text=report("Succeeded", evaluation=SCORES))
+    before = list(kube.writes)
+    op2, listed = restarted(kube, body(compute={"workers": 12}))  # now "invalid"
+    run(op2, listed)
+    assert kube.writes == before
+
+
+def test_a_status_finished_elsewhere_is_never_overwritten() -> None:
+    """Another replica (or a status this version cannot parse) says Succeeded: hands off."""
+    kube = FakeKube()
+    op = operator(kube)
+    run(op, body())
+    before = list(kube.writes)
+    finished = {**body(), "status": {"phase": "Succeeded", "someFutureField": 1}}
+    run(op, finished, rayjob_status=RUNNING)
+    assert kube.writes == before
+
+
+def test_rayjob_created_before_a_channel_failure_is_never_created_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kube = FakeKube()
+    real = kube.ensure
+
+    def no_configmaps(obj: dict[str, Any]) -> str:
+        if obj["kind"] == "ConfigMap":
+            raise ApiException(http_resp=_Response(403, {"message": "exceeded quota"}))
+        return real(obj)
+
+    monkeypatch.setattr(kube, "ensure", no_configmaps)
+    op = operator(kube)
+    run(op, body())
+    assert kube.status["phase"] == "Pending" and "rayJob" in kube.status
+    del kube.objects[("RayJob", "job")]
+    monkeypatch.setattr(kube, "ensure", real)
+    op.state.jobs["uid-1"].retry_pending = False
+    run(op, body())
+    assert ("RayJob", "job") not in kube.objects, "training would start again"
+    assert _reason(kube.status) == "RayJobDeleted"
+
+
+def test_the_run_is_stopped_before_the_verdict_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed delete leaves the job open (and retried), never Failed with its GPUs held."""
+    kube = FakeKube()
+    op = operator(kube)
+    run(op, body())
+
+    def refuse(namespace: str, name: str, uid: str) -> None:
+        raise ApiException(status=503, reason="unavailable")
+
+    monkeypatch.setattr(kube, "delete_rayjob", refuse)
+    doc = json.loads(report())
+    doc["epochs"][1]["validationPerplexity"] = math.inf
+    run(op, body(), rayjob_status=RUNNING, report_text=json.dumps(doc))
+    assert kube.status["phase"] != "Failed" and op.state.jobs["uid-1"].retry_pending
+    monkeypatch.undo()
+    op.state.jobs["uid-1"].retry_pending = False
+    run(op, body())
+    assert kube.status["phase"] == "Failed" and ("delete", "RayJob") in kube.writes

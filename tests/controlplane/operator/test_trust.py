@@ -7,8 +7,12 @@ import time
 
 import pytest
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 
+from kubetune.controller.kube import Kube
 from tests.controlplane.operator.helpers import (
+    FTJ,
+    FTJS,
     condition,
     create_job,
     events_for,
@@ -52,7 +56,8 @@ def test_foreign_object_with_a_childs_name_is_never_adopted_or_changed(
     after = core.read_namespaced_config_map("squat-report", namespace)
     assert after.metadata.resource_version == foreign.metadata.resource_version
     assert not after.metadata.owner_references
-    assert [e.reason for e in warnings(kube_api, namespace, "squat")] == ["NameConflict"]
+    posted = wait_for(lambda: warnings(kube_api, namespace, "squat"), what="the Warning event")
+    assert [e.reason for e in posted] == ["NameConflict"]
     # the RayJob it had already created is its own: deleted, the GPUs freed
     wait_for(lambda: not rayjobs(custom, namespace), what="our RayJob deleted")
 
@@ -85,7 +90,8 @@ def test_quota_refusal_reaches_status_and_the_job_recovers(
     running = condition(status, "Running")
     assert running["reason"] == "CreateFailed" and "exceeded quota" in running["message"]
     assert f"RayJob {namespace}/quota" in status["message"] and "rayJob" not in status
-    assert [e.reason for e in warnings(kube_api, namespace, "quota")] == ["CreateFailed"]
+    posted = wait_for(lambda: warnings(kube_api, namespace, "quota"), what="the Warning event")
+    assert [e.reason for e in posted] == ["CreateFailed"]
     time.sleep(3)  # retries back off and stay one at a time: still one warning
     assert len(warnings(kube_api, namespace, "quota")) == 1
     core.delete_namespaced_resource_quota("no-rayjobs", namespace)
@@ -135,3 +141,30 @@ def test_trainer_reads_a_spec_of_any_size_through_the_api(
     assert len(rayjob["spec"]["entrypoint"]) < 1024
     read = kuberay.runs["big"].job
     assert read is not None and read["spec"]["stages"][7]["task"] == stage["task"]
+
+
+def test_status_is_written_whole_and_only_onto_this_incarnation(
+    custom: client.CustomObjectsApi,
+    kube_api: client.ApiClient,
+    namespace: str,
+    kuberay: KubeRayDouble,
+) -> None:
+    """The operator's status write, against the real API server: a job deleted and created
+    again under the same name refuses the old job's write; no key of an earlier status
+    stays behind (a merge patch after a restart used to leave nested keys)."""
+    kuberay.script("twice", Script(hold_at="Running"))
+    create_job(custom, namespace, job_manifest("twice"))
+    wait_for(lambda: kuberay.is_held("twice"), what="training")
+    uid = custom.get_namespaced_custom_object(*FTJ, namespace, FTJS, "twice")["metadata"]["uid"]
+    kube = Kube(kube_api)
+    with pytest.raises(ApiException) as refused:
+        kube.replace_status(namespace, "twice", "uid-of-an-earlier-twice", {"phase": "Failed"})
+    assert refused.value.status == 422
+    assert status_of(custom, namespace, "twice")["phase"] != "Failed"
+    kube.replace_status(
+        namespace, "twice", uid, {"phase": "Training", "progress": {"step": 1, "etaSeconds": 9}}
+    )
+    kube.replace_status(namespace, "twice", uid, {"phase": "Training", "progress": {"step": 2}})
+    progress = status_of(custom, namespace, "twice")["progress"]  # schema defaults filled in
+    assert progress["step"] == 2 and "etaSeconds" not in progress
+    kuberay.release("twice")
