@@ -25,6 +25,8 @@ from kubetune.api.v1alpha1 import (
     MESSAGE_LIMIT,
     TERMINAL_PHASES,
     Condition,
+    EpochMetrics,
+    EvaluationResult,
     FineTuneJob,
     FineTuneJobStatus,
     Phase,
@@ -34,6 +36,8 @@ from kubetune.api.v1alpha1 import (
 from kubetune.builders.naming import rayjob_name
 
 ConditionStatus = Literal["True", "False", "Unknown"]
+# KubeRay deployment statuses after which the RayJob runs nothing more.
+TERMINAL_DEPLOYMENTS = ("Complete", "Failed", "ValidationFailed")
 
 DEPLOYMENT_STATUSES = (
     "",
@@ -272,26 +276,39 @@ def _retrying_verdict(status: dict[str, Any], attempts: int, backoff_limit: int)
     )
 
 
+EPOCH_NUMBERS = ("train_loss", "validation_loss", "validation_perplexity")
+
+
+def _epoch_numbers(e: EpochMetrics) -> dict[str, float]:
+    return {name: getattr(e, name) for name in EPOCH_NUMBERS}
+
+
+def _scores(ev: EvaluationResult) -> dict[str, float]:
+    return {
+        "score": ev.score,
+        **ev.metrics,
+        **{f"baseline {k}": v for k, v in (ev.baseline or {}).items()},
+    }
+
+
+def _all_finite(numbers: dict[str, float]) -> bool:
+    return all(math.isfinite(v) for v in numbers.values())
+
+
 def nonfinite_fields(report: TrainerReport) -> list[str]:
     """Paths of NaN/Inf numbers in the report (JSON, and so the status, cannot carry them)."""
-    found = []
-    for i, e in enumerate(report.epochs):
-        for name in ("train_loss", "validation_loss", "validation_perplexity"):
-            if not math.isfinite(getattr(e, name)):
-                found.append(
-                    f"epochs[{i}] (stage {e.stage}, epoch {e.epoch}) {name}={getattr(e, name)}"
-                )
+    found = [
+        f"epochs[{i}] (stage {e.stage}, epoch {e.epoch}) {name}={value}"
+        for i, e in enumerate(report.epochs)
+        for name, value in _epoch_numbers(e).items()
+        if not math.isfinite(value)
+    ]
     best = report.best_checkpoint
     if best is not None and not math.isfinite(best.validation_perplexity):
         found.append(f"bestCheckpoint validation_perplexity={best.validation_perplexity}")
     ev = report.evaluation
     if ev is not None:
-        numbers = {
-            "score": ev.score,
-            **ev.metrics,
-            **{f"baseline {k}": v for k, v in (ev.baseline or {}).items()},
-        }
-        found += [f"evaluation {k}={v}" for k, v in numbers.items() if not math.isfinite(v)]
+        found += [f"evaluation {k}={v}" for k, v in _scores(ev).items() if not math.isfinite(v)]
     return found
 
 
@@ -383,10 +400,7 @@ def count_attempts(status: dict[str, Any] | None, previous: RayJobRef | None) ->
     if deployment in ("", "New", "Suspended", "Suspending"):
         return before
     finished = int(status.get("failed") or 0) + int(status.get("succeeded") or 0)
-    if deployment in ("Complete", "Failed", "ValidationFailed"):
-        current = max(finished, 1)
-    else:
-        current = finished + 1
+    current = max(finished, 1) if deployment in TERMINAL_DEPLOYMENTS else finished + 1
     return max(before, current)
 
 
@@ -479,21 +493,14 @@ def _ray_job_ref(
 
 def _finite_results(report: TrainerReport) -> dict[str, Any]:
     """The report's results without non-finite numbers (the verdict already names them)."""
-    epochs = [
-        e
-        for e in report.epochs
-        if all(math.isfinite(v) for v in (e.train_loss, e.validation_loss, e.validation_perplexity))
-    ]
-    best = report.best_checkpoint
-    if best is not None and not math.isfinite(best.validation_perplexity):
-        best = None
-    ev = report.evaluation
-    if ev is not None and any(
-        not math.isfinite(v)
-        for v in (ev.score, *ev.metrics.values(), *(ev.baseline or {}).values())
-    ):
-        ev = None
-    return {"epochs": epochs, "best_checkpoint": best, "evaluation": ev}
+    best, ev = report.best_checkpoint, report.evaluation
+    return {
+        "epochs": [e for e in report.epochs if _all_finite(_epoch_numbers(e))],
+        "best_checkpoint": best
+        if best is None or math.isfinite(best.validation_perplexity)
+        else None,
+        "evaluation": ev if ev is None or _all_finite(_scores(ev)) else None,
+    }
 
 
 def local_rayjob_status(report: TrainerReport) -> dict[str, Any]:

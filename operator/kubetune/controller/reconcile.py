@@ -56,6 +56,7 @@ from kubetune.controller.kube import (
 from kubetune.controller.state import JobKey, JobState, OperatorState
 from kubetune.report_checks import ReportReading, read_report
 from kubetune.status_mapping import (
+    TERMINAL_DEPLOYMENTS,
     WARNING_REASONS,
     Problem,
     invalid_spec_status,
@@ -234,7 +235,7 @@ async def _reconcile_locked(op: Operator, js: JobState, body: dict[str, Any]) ->
 def _deleted_problem(js: JobState, job: FineTuneJob) -> Problem | None:
     """A RayJob gone before it finished (a terminal last status is mapped as it is)."""
     deployment = (js.rayjob_status or {}).get("jobDeploymentStatus")
-    if not js.rayjob_gone or deployment in ("Complete", "Failed", "ValidationFailed"):
+    if not js.rayjob_gone or deployment in TERMINAL_DEPLOYMENTS:
         return None
     return Problem(
         "RayJobDeleted",
@@ -252,9 +253,8 @@ async def ensure_children(
     that, a missing one was deleted under the job and is never created again.
     """
     *channel, rayjob = owned_objects(job, op.config)
-    created_before = (previous is not None and previous.ray_job is not None) or bool(
-        (js.written_wire or {}).get("rayJob")
-    )
+    # From the raw status: also when this version cannot parse it (`previous` is None then).
+    created_before = bool((js.written_wire or {}).get("rayJob"))
     rayjob_exists = False
     try:
         if created_before:
@@ -396,7 +396,7 @@ async def _stop_run(op: Operator, job: FineTuneJob, status: FineTuneJobStatus) -
     reason = _reason(status)
     uid = uid_of(job)
     deployment = status.ray_job.deployment_status if status.ray_job else None
-    if reason not in OWN_VERDICTS or deployment in ("Complete", "Failed"):
+    if reason not in OWN_VERDICTS or deployment in TERMINAL_DEPLOYMENTS:
         return
     name = rayjob_name(job.metadata.name)
     existing = await _io(op, op.kube.read, "RayJob", namespace_of(job), name)
