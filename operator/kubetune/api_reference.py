@@ -105,7 +105,7 @@ def render_api_reference() -> str:
         "## Status (written only by the operator)",
         "",
         *_walk("status", structural_schema(FineTuneJobStatus)),
-        "## Trainer report (per-job ConfigMap, key `report.json`)",
+        "## Trainer report (per-job FineTuneJobReport, field `report`, as JSON text)",
         "",
         *_walk("report", structural_schema(TrainerReport)),
         "## Known instance types",

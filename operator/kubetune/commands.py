@@ -17,7 +17,7 @@ import yaml
 from kubetune.api.v1alpha1 import FineTuneJob
 from kubetune.builders.render import owned_objects
 from kubetune.config import OperatorConfig
-from kubetune.crd import render_crds
+from kubetune.crd import render_crds, render_report_crd
 from kubetune.validation import FieldProblem, SpecError, parse_finetunejob, semantic_problems
 
 
@@ -74,12 +74,14 @@ def add_validate(subparsers: Any) -> None:
 
 
 def run_manifests(args: argparse.Namespace) -> int:
-    sys.stdout.write(render_crds())
+    sys.stdout.write(render_crds() + "---\n" + render_report_crd())
     return 0
 
 
 def add_manifests(subparsers: Any) -> None:
-    parser = subparsers.add_parser("manifests", help="print the FineTuneJob CRD")
+    parser = subparsers.add_parser(
+        "manifests", help="print the FineTuneJob and FineTuneJobReport CRDs"
+    )
     parser.set_defaults(handler=run_manifests)
 
 
@@ -109,7 +111,7 @@ def run_render(args: argparse.Namespace) -> int:
 
 def add_render(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "render", help="print the RayJob, report ConfigMap and RBAC the operator would create"
+        "render", help="print the RayJob, report, NetworkPolicy and RBAC the operator would create"
     )
     parser.add_argument(
         "-f", "--file", required=True, help="FineTuneJob YAML file (or - for stdin)"

@@ -18,6 +18,7 @@ previews exactly what an operator with the same environment would create.
 | KUBETUNE_HEALTH_PORT | 8080 | liveness endpoint port (/healthz) |
 | KUBETUNE_METRICS_PORT | 9090 | Prometheus metrics port (/metrics); 0 disables |
 | KUBETUNE_BIND_ADDRESS | 0.0.0.0 | address of the liveness and metrics servers |
+| KUBETUNE_KUBERAY_NAMESPACE | kuberay-system | namespace of the KubeRay operator (the only one a job's NetworkPolicy lets reach the Ray dashboard) |
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class OperatorConfig:
     health_port: int = 8080
     metrics_port: int = 9090
     bind_address: str = "0.0.0.0"
+    kuberay_namespace: str = "kuberay-system"
 
     def __post_init__(self) -> None:
         for name in ("cpu_headroom", "memory_headroom"):
@@ -83,4 +85,5 @@ class OperatorConfig:
             health_port=int(get("HEALTH_PORT") or defaults.health_port),
             metrics_port=int(get("METRICS_PORT") or defaults.metrics_port),
             bind_address=get("BIND_ADDRESS") or defaults.bind_address,
+            kuberay_namespace=get("KUBERAY_NAMESPACE") or defaults.kuberay_namespace,
         )

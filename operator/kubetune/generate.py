@@ -9,16 +9,19 @@ import sys
 from pathlib import Path
 
 from kubetune.api_reference import render_api_reference
-from kubetune.crd import render_crds
+from kubetune.crd import render_crds, render_report_crd
 
 CRD_NAME = "kubetune.dev_finetunejobs.yaml"
+REPORT_CRD_NAME = "kubetune.dev_finetunejobreports.yaml"
 
 
 def generated_files(root: Path) -> dict[Path, str]:
-    crd = render_crds()
+    crd, report_crd = render_crds(), render_report_crd()
     return {
         root / "crds" / CRD_NAME: crd,
         root / "charts" / "kubetune" / "crds" / CRD_NAME: crd,
+        root / "crds" / REPORT_CRD_NAME: report_crd,
+        root / "charts" / "kubetune" / "crds" / REPORT_CRD_NAME: report_crd,
         root / "docs" / "api-reference.md": render_api_reference(),
     }
 

@@ -1,6 +1,6 @@
 """What the operator accepts from a trainer's report before any of it reaches status. Pure.
 
-The report ConfigMap is writable by the job's Ray pods, which run user-chosen images and
+The FineTuneJobReport is writable by the job's Ray pods, which run user-chosen images and
 code, so its contents are input, not truth:
 - it must name this FineTuneJob incarnation (`jobUid`): a report of an earlier job with the
   same name, or one forging another job's uid, is ignored;

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from kubetune.api.base import cut_text
+from kubetune.api.credentials import redact
 from kubetune.api.report import TrainerReport
 from kubetune.api.v1alpha1 import (
     MESSAGE_LIMIT,
@@ -66,7 +67,12 @@ FAILURE_REASONS = {
 }
 # What the operator itself observed (not KubeRay's status) when it decides the phase.
 ProblemReason = Literal[
-    "CreateFailed", "CreateRejected", "NameConflict", "RayJobDeleted", "InvalidReport"
+    "CreateFailed",
+    "CreateRejected",
+    "KubeRayTooOld",
+    "NameConflict",
+    "RayJobDeleted",
+    "InvalidReport",
 ]
 PROBLEM_REASONS: tuple[str, ...] = get_args(ProblemReason)
 # Transient: the phase stays Pending and the operator retries (with backoff).
@@ -77,6 +83,10 @@ HINTS = {
     "CreateRejected": (
         "fix what the API server names (a ResourceQuota, an admission policy or webhook, the "
         "installed KubeRay CRD) and create the FineTuneJob again"
+    ),
+    "KubeRayTooOld": (
+        "upgrade the KubeRay operator and its CRDs (helm upgrade kuberay-operator), then create "
+        "the FineTuneJob again"
     ),
     "NameConflict": (
         "kubetune never adopts or changes an object it did not create: delete or rename that "
@@ -514,7 +524,7 @@ def local_rayjob_status(report: TrainerReport) -> dict[str, Any]:
     return {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}
 
 
-CREATION_PROBLEMS = ("CreateFailed", "CreateRejected", "NameConflict")
+CREATION_PROBLEMS = ("CreateFailed", "CreateRejected", "KubeRayTooOld", "NameConflict")
 
 
 def map_rayjob_status(
@@ -537,8 +547,9 @@ def map_rayjob_status(
     prev_ref = previous.ray_job
     attempts = count_attempts(rayjob_status, prev_ref)
     verdict = decide_phase(job, rayjob_status, report, attempts, problem)
-    # Within the schema's limit, cut with a marker: a message is never refused whole.
-    verdict = Verdict(verdict.phase, verdict.reason, cut_text(verdict.message, MESSAGE_LIMIT))
+    # Credentials out first (KubeRay's and the trainer's words are not ours), then within
+    # the schema's limit, cut with a marker: a message is never refused whole.
+    verdict = Verdict(verdict.phase, verdict.reason, safe_message(verdict.message))
     started = verdict.phase not in ("Pending", "Queued", "Suspended")
     terminal = verdict.phase in TERMINAL_PHASES
     generation = _generation(job)
@@ -570,12 +581,17 @@ def map_rayjob_status(
     return status
 
 
+def safe_message(text: str) -> str:
+    """What may be written into status and events: redacted, then cut to MESSAGE_LIMIT."""
+    return cut_text(redact(text), MESSAGE_LIMIT)
+
+
 def invalid_spec_status(
     generation: int | None, problems: list[str], previous_status: FineTuneJobStatus | None, now: str
 ) -> FineTuneJobStatus:
     """Phase Failed, reason InvalidSpec, a message naming every offending field."""
     previous = previous_status or FineTuneJobStatus()
-    message = cut_text("invalid spec: " + "; ".join(problems), MESSAGE_LIMIT)
+    message = safe_message("invalid spec: " + "; ".join(problems))
     verdict = Verdict("Failed", "InvalidSpec", message)
     states = _condition_states(verdict)
     states["Accepted"] = ("False", "InvalidSpec", message)

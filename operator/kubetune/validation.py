@@ -12,14 +12,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kubetune.api.credentials import redact
 from kubetune.api.instance_types import lookup_instance_type
 from kubetune.api.v1alpha1 import (
-    DATA_URI,
     DNS_LABEL,
     DNS_SUBDOMAIN,
     DURABLE_SCHEMES,
     QUANTITY,
-    STORAGE_URI,
     FineTuneJob,
     FineTuneJobSpec,
     stages_of,
@@ -27,8 +26,6 @@ from kubetune.api.v1alpha1 import (
 
 # Regular expressions mean little to users; say what the pattern stands for.
 PATTERN_MEANINGS = {
-    DATA_URI: "unsupported URI: use a path, file://, s3://, gs://, pvc://claim/path or hf://dataset",
-    STORAGE_URI: "unsupported URI: use s3://, gs://, pvc://claim/path (or a local path for kubetune run)",
     DNS_LABEL: "must be a DNS label: lower-case letters, digits and '-', starting and ending alphanumeric",
     DNS_SUBDOMAIN: "must be a DNS subdomain: lower-case letters, digits, '-' and '.'",
     QUANTITY: "must be a Kubernetes quantity such as 4, 500m, 16Gi",
@@ -74,7 +71,8 @@ def problems_from_validation_error(
         message = item["msg"]
         if item["type"] == "string_pattern_mismatch":
             pattern = item.get("ctx", {}).get("pattern", "")
-            message = f"{PATTERN_MEANINGS.get(pattern, message)} (got {item['input']!r})"
+            got = redact(str(item["input"]))
+            message = f"{PATTERN_MEANINGS.get(pattern, message)} (got {got!r})"
         if item["type"] == "extra_forbidden":
             message = "unknown field (check the spelling; unknown fields are errors)"
         problems.append(FieldProblem(format_location(loc), message))

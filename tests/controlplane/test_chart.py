@@ -72,10 +72,72 @@ def test_values_schema_refuses_bad_values(control_plane, bad):
     assert "values don't meet the specifications of the schema" in result.stderr
 
 
-def test_chart_installs_and_the_operator_may_do_its_job(control_plane, kube_api, namespace):
+# What the operator may do in a namespace it serves: each verb is used (or granted to the
+# trainer, which RBAC requires it to hold).
+GRANTED = [
+    ("kubetune.dev", "finetunejobs", "", ["get", "list", "watch"]),
+    ("kubetune.dev", "finetunejobs", "status", ["get", "patch", "update"]),
+    ("kubetune.dev", "finetunejobs", "finalizers", ["update"]),
+    ("kubetune.dev", "finetunejobreports", "", ["get", "list", "watch", "create", "patch"]),
+    ("ray.io", "rayjobs", "", ["get", "list", "watch", "create", "patch", "delete"]),
+    ("", "serviceaccounts", "", ["get", "create"]),
+    ("rbac.authorization.k8s.io", "roles", "", ["get", "create"]),
+    ("rbac.authorization.k8s.io", "rolebindings", "", ["get", "create"]),
+    ("networking.k8s.io", "networkpolicies", "", ["get", "create"]),
+    ("", "pods", "", ["get", "list", "watch"]),
+    ("", "events", "", ["create", "list"]),
+]
+# What it must never be able to do, anywhere.
+DENIED = (
+    [("", "configmaps", "", verb) for verb in ("get", "create", "update", "patch", "delete")]
+    + [("", "secrets", "", verb) for verb in ("get", "list", "create", "update", "patch")]
+    + [
+        ("kubetune.dev", "finetunejobs", "", "patch"),  # it writes only .status
+        ("", "pods", "", "create"),
+        ("", "pods", "exec", "create"),
+        ("", "serviceaccounts", "", "patch"),  # no adoption by patching
+        ("rbac.authorization.k8s.io", "roles", "", "patch"),
+        ("rbac.authorization.k8s.io", "rolebindings", "", "patch"),
+        ("rbac.authorization.k8s.io", "clusterroles", "", "create"),
+        ("networking.k8s.io", "networkpolicies", "", "delete"),
+    ]
+)
+
+
+def _access_checker(kube_api, user: str):
+    authz = client.AuthorizationV1Api(kube_api)
+
+    def allowed(namespace: str, group: str, resource: str, subresource: str, verb: str) -> bool:
+        review = client.V1SubjectAccessReview(
+            spec=client.V1SubjectAccessReviewSpec(
+                user=user,
+                groups=["system:serviceaccounts"],
+                resource_attributes=client.V1ResourceAttributes(
+                    group=group,
+                    resource=resource,
+                    verb=verb,
+                    subresource=subresource or None,
+                    namespace=namespace or None,
+                ),
+            )
+        )
+        return bool(authz.create_subject_access_review(review).status.allowed)
+
+    return allowed
+
+
+@pytest.mark.parametrize("mode", ["cluster-wide", "watch-namespaces"])
+def test_chart_installs_and_the_operator_may_do_its_job(control_plane, kube_api, namespace, mode):
+    """Checked with the real RBAC authorizer (SubjectAccessReview) on the installed chart."""
     release = f"kt-{namespace[-6:]}"
+    served = f"{namespace}-team"
+    scoped = mode == "watch-namespaces"
+    core = client.CoreV1Api(kube_api)
+    if scoped:
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=served)))
+    values = ["--set", f"watchNamespaces={{{served}}}"] if scoped else []
     # No --kube-version: helm asks the server, whose version must satisfy the chart's kubeVersion.
-    install = helm(control_plane, "install", release, str(CHART), "-n", namespace)
+    install = helm(control_plane, "install", release, str(CHART), "-n", namespace, *values)
     assert install.returncode == 0, install.stderr
     try:
         apps = client.AppsV1Api(kube_api)
@@ -83,44 +145,31 @@ def test_chart_installs_and_the_operator_may_do_its_job(control_plane, kube_api,
         assert deployment.spec.replicas == 1
         env = {e.name: e.value for e in deployment.spec.template.spec.containers[0].env}
         # Empty strings come back as unset values.
-        assert not env["KUBETUNE_PEERING"] and not env["KUBETUNE_NAMESPACES"]
-        user = f"system:serviceaccount:{namespace}:{release}-operator"
-        authz = client.AuthorizationV1Api(kube_api)
-
-        def allowed(group: str, resource: str, verb: str, subresource: str = "") -> bool:
-            review = client.V1SubjectAccessReview(
-                spec=client.V1SubjectAccessReviewSpec(
-                    user=user,
-                    groups=["system:serviceaccounts"],
-                    resource_attributes=client.V1ResourceAttributes(
-                        group=group,
-                        resource=resource,
-                        verb=verb,
-                        subresource=subresource or None,
-                        namespace="some-team",
-                    ),
-                )
-            )
-            return bool(authz.create_subject_access_review(review).status.allowed)
-
-        for group, resource, verbs in [
-            ("kubetune.dev", "finetunejobs", ["get", "list", "watch"]),
-            ("ray.io", "rayjobs", ["get", "list", "watch", "create", "patch", "delete"]),
-            ("", "configmaps", ["get", "create", "patch"]),
-            ("", "serviceaccounts", ["get", "create"]),
-            ("rbac.authorization.k8s.io", "roles", ["get", "create"]),
-            ("rbac.authorization.k8s.io", "rolebindings", ["get", "create"]),
-            ("", "events", ["create"]),
-        ]:
+        assert not env["KUBETUNE_PEERING"]
+        assert env["KUBETUNE_NAMESPACES"] == (served if scoped else None)
+        allowed = _access_checker(kube_api, f"system:serviceaccount:{namespace}:{release}-operator")
+        elsewhere = ["kube-system", "other-team"]
+        for group, resource, subresource, verbs in GRANTED:
             for verb in verbs:
-                assert allowed(group, resource, verb), (resource, verb)
-        assert allowed("kubetune.dev", "finetunejobs", "patch", "status")
-        assert not allowed("", "secrets", "get"), "the operator must not read secrets"
-        assert not allowed("kubetune.dev", "finetunejobs", "patch"), "it writes only .status"
-        assert not allowed("", "pods", "create")
-        for resource in ("serviceaccounts", "roles", "rolebindings"):
-            group = "" if resource == "serviceaccounts" else "rbac.authorization.k8s.io"
-            assert not allowed(group, resource, "patch"), f"no adoption by patching {resource}"
+                assert allowed(
+                    served if scoped else "some-team", group, resource, subresource, verb
+                ), (
+                    resource,
+                    subresource,
+                    verb,
+                )
+                if scoped:
+                    for other in elsewhere:
+                        assert not allowed(other, group, resource, subresource, verb), (
+                            f"{verb} {resource} in {other}: watchNamespaces grants nothing there"
+                        )
+        for ns in [served, *elsewhere, ""]:
+            for group, resource, subresource, verb in DENIED:
+                assert not allowed(ns, group, resource, subresource, verb), (ns, resource, verb)
+        # Cluster-scoped discovery stays readable in both modes (kopf needs it).
+        assert allowed("", "apiextensions.k8s.io", "customresourcedefinitions", "", "list")
     finally:
         uninstall = helm(control_plane, "uninstall", release, "-n", namespace)
         assert uninstall.returncode == 0, uninstall.stderr
+        if scoped:
+            core.delete_namespace(served)

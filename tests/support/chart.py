@@ -21,9 +21,13 @@ def render_chart(helm: Path, *set_values: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-def operator_cluster_role_rules(helm: Path) -> list[dict[str, Any]]:
-    role = next(d for d in render_chart(helm) if d["kind"] == "ClusterRole")
-    return list(role["rules"])
+RBAC_KINDS = ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+
+
+def operator_rbac(helm: Path, namespaces: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The chart's RBAC objects, cluster-wide or (with namespaces) watchNamespaces mode."""
+    values = [f"watchNamespaces={{{','.join(namespaces)}}}"] if namespaces else []
+    return [d for d in render_chart(helm, *values) if d["kind"] in RBAC_KINDS]
 
 
 def peering_crds_yaml() -> str:

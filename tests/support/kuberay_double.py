@@ -4,8 +4,8 @@ It polls the RayJobs of one namespace and writes their status the way KubeRay v1
 "" -> Initializing -> Running (PENDING, then RUNNING) -> Complete/SUCCEEDED, or Failed with
 KubeRay's reasons (AppFailed, DeadlineExceeded with a stale RUNNING jobStatus,
 SubmissionFailed), Retrying with `status.failed` and a fresh cluster, Suspending/Suspended
-when spec.suspend is set. While "running" it plays the trainer: it writes report.json into
-the job's report ConfigMap with a token of the trainer's own ServiceAccount (TokenRequest),
+when spec.suspend is set. While "running" it plays the trainer: it writes the report into
+the job's FineTuneJobReport with a token of the trainer's own ServiceAccount (TokenRequest),
 so the operator-made RBAC is exercised by real requests.
 
 Each RayJob follows a `Script` that a test picks (`double.script(name, ...)`); `hold`
@@ -29,7 +29,7 @@ from kubernetes.client.rest import ApiException
 from kubetune.api.report import REPORT_SCHEMA_VERSION, TrainerReport
 from kubetune_trainer.entrypoint import build_parser
 from kubetune_trainer.job_source import JobSourceError, read_own_job
-from kubetune_trainer.reporting import ConfigMapReporter
+from kubetune_trainer.reporting import OBJECT_TARGET, ObjectReporter
 
 RAY = ("ray.io", "v1")
 RAYJOBS = "rayjobs"
@@ -417,13 +417,13 @@ class KubeRayDouble:
                 raise NotReady(str(error)) from None
 
     def _write_report(self, rayjob: dict[str, Any], report: dict[str, Any]) -> None:
-        """What the trainer does: patch report.json, stamped with the job's uid, into the
-        ConfigMap named in --report."""
+        """What the trainer does: patch the report, stamped with the job's uid, into the
+        FineTuneJobReport named in --report."""
         args = trainer_args(rayjob)
-        configmap = args.report.removeprefix("configmap:")
+        target = args.report.removeprefix(f"{OBJECT_TARGET}:")
         with self.trainer_client(rayjob) as api:
             # The trainer's own reporter (with its retries), as the trainer's account.
-            reporter = ConfigMapReporter(configmap, self.namespace, api=client.CoreV1Api(api))
+            reporter = ObjectReporter(target, self.namespace, api=client.CustomObjectsApi(api))
             try:
                 reporter.write(TrainerReport.model_validate({"jobUid": args.job_uid, **report}))
             except ApiException as error:

@@ -5,7 +5,7 @@ wrote into the RayJob runs as a local process (its `ray.init()` starts a local R
 the environment KubeRay would give the driver: the head container's plain env values (never
 secret values: those stay references), pvc:// volumes mapped to a local folder, and the
 trainer ServiceAccount's own token as its credentials (TokenRequest), so the report reaches
-the ConfigMap through the RBAC the operator created. Status is written the way KubeRay
+the FineTuneJobReport through the RBAC the operator created. Status is written the way KubeRay
 does: Initializing -> Running/RUNNING -> Complete/SUCCEEDED or Failed/FAILED (AppFailed).
 """
 

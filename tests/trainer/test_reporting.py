@@ -1,4 +1,4 @@
-"""Reporters: atomic file writes, ConfigMap patches, throttling, secret redaction."""
+"""Reporters: atomic file writes, FineTuneJobReport patches, throttling, secret redaction."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from kubetune.api.report import REPORT_KEY, TrainerReport
+from kubetune.api.report import REPORT_FIELD, REPORT_PLURAL, TrainerReport
 from kubetune_trainer.reporting import (
-    ConfigMapReporter,
     FileReporter,
+    ObjectReporter,
     ThrottledReporter,
     redact,
     reporter_from_target,
@@ -65,23 +65,32 @@ def test_secret_values_are_redacted(monkeypatch):
     assert "supersecret" not in inner.reports[0].error
 
 
-def test_configmap_reporter_patches_the_report_key():
+def test_object_reporter_patches_the_report_field():
     calls = []
 
     class FakeApi:
-        def patch_namespaced_config_map(self, name, namespace, body, _request_timeout):
+        def patch_namespaced_custom_object(
+            self, group, version, namespace, plural, name, body, _request_timeout
+        ):
             assert _request_timeout, "every request has a timeout"
-            calls.append((name, namespace, body))
+            calls.append((group, plural, name, namespace, body))
 
-    ConfigMapReporter("job-report", "team-a", api=FakeApi()).write(TrainerReport(phase="Succeeded"))
-    name, namespace, body = calls[0]
-    assert (name, namespace) == ("job-report", "team-a")
-    assert json.loads(body["data"][REPORT_KEY])["phase"] == "Succeeded"
+    ObjectReporter("job-report", "team-a", api=FakeApi()).write(TrainerReport(phase="Succeeded"))
+    group, plural, name, namespace, body = calls[0]
+    assert (group, plural, name, namespace) == (
+        "kubetune.dev",
+        REPORT_PLURAL,
+        "job-report",
+        "team-a",
+    )
+    assert json.loads(body[REPORT_FIELD])["phase"] == "Succeeded"
 
 
 def test_report_targets(tmp_path):
     assert isinstance(reporter_from_target(f"file:{tmp_path}/x.json"), FileReporter)
-    assert isinstance(reporter_from_target("configmap:abc", "ns"), ConfigMapReporter)
+    assert isinstance(reporter_from_target("finetunejobreport:abc", "ns"), ObjectReporter)
+    with pytest.raises(ValueError, match="unknown report target kind 'configmap'"):
+        reporter_from_target("configmap:abc")
     with pytest.raises(ValueError):
         reporter_from_target("abc")
 
@@ -93,7 +102,7 @@ class FlakyApi:
         self.statuses = list(statuses)
         self.patches = 0
 
-    def patch_namespaced_config_map(self, name, namespace, body, _request_timeout=None):
+    def patch_namespaced_custom_object(self, *args, _request_timeout=None):
         if self.statuses:
             error = RuntimeError("api error")
             error.status = self.statuses.pop(0)
@@ -101,19 +110,19 @@ class FlakyApi:
         self.patches += 1
 
 
-def test_configmap_reporter_retries_while_its_rbac_catches_up(monkeypatch):
+def test_object_reporter_retries_while_its_rbac_catches_up(monkeypatch):
     monkeypatch.setattr("kubetune_trainer.reporting.RETRY_DELAYS_S", (0, 0, 0))
     api = FlakyApi([403, 404, 503])
-    ConfigMapReporter("job-report", "team-a", api=api).write(TrainerReport())
+    ObjectReporter("job-report", "team-a", api=api).write(TrainerReport())
     assert api.patches == 1
 
 
 @pytest.mark.parametrize(
     "statuses", [[422], [403, 403, 403, 403]], ids=["not-retryable", "gives-up"]
 )
-def test_configmap_reporter_raises_what_retrying_cannot_fix(monkeypatch, statuses):
+def test_object_reporter_raises_what_retrying_cannot_fix(monkeypatch, statuses):
     monkeypatch.setattr("kubetune_trainer.reporting.RETRY_DELAYS_S", (0, 0, 0))
     api = FlakyApi(statuses)
     with pytest.raises(RuntimeError):
-        ConfigMapReporter("job-report", "team-a", api=api).write(TrainerReport())
+        ObjectReporter("job-report", "team-a", api=api).write(TrainerReport())
     assert api.patches == 0

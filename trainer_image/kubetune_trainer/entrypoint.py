@@ -1,7 +1,7 @@
 """Cluster entrypoint (the command the operator puts in the RayJob):
 
     python -m kubetune_trainer.entrypoint --job-name NAME --namespace NS --job-uid UID \\
-        --report configmap:NAME|file:PATH [--spec-json JSON] [--output-dir DIR]
+        --report finetunejobreport:NAME|file:PATH [--spec-json JSON] [--output-dir DIR]
 
 Without --spec-json the trainer reads its own FineTuneJob through the API (job_source.py),
 so the spec has no size limit. Runs the whole job (all stages, evaluation) and writes
@@ -43,12 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--job-name", required=True, help="FineTuneJob name (names the Ray runs).")
     parser.add_argument(
-        "--namespace", default=None, help="Namespace of the job and its report ConfigMap."
+        "--namespace", default=None, help="Namespace of the job and its FineTuneJobReport."
     )
     parser.add_argument(
         "--job-uid", default=None, help="uid of the FineTuneJob (checked, and put in reports)."
     )
-    parser.add_argument("--report", required=True, help="configmap:NAME or file:PATH.")
+    parser.add_argument("--report", required=True, help="finetunejobreport:NAME or file:PATH.")
     parser.add_argument("--output-dir", default=None, help="Scratch folder (default: a temp dir).")
     parser.add_argument(
         "--report-interval",

@@ -1,7 +1,7 @@
-"""Where the trainer's report goes: a file (kubetune run) or the job's ConfigMap (cluster).
+"""Where the trainer's report goes: a file (kubetune run) or the job's FineTuneJobReport (cluster).
 
-Both write the whole `TrainerReport` document (camelCase JSON) under one key; the operator
-reads the ConfigMap and mirrors it into FineTuneJob.status. Writes are throttled (at most one
+Both write the whole `TrainerReport` document (camelCase JSON text); the operator reads the
+FineTuneJobReport and mirrors it into FineTuneJob.status. Writes are throttled (at most one
 per `min_interval_s`) except forced ones: phase changes, epoch ends and the final report.
 Error text is redacted of secret values from the environment before it is written anywhere.
 """
@@ -19,13 +19,22 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from kubetune.api.base import cut_text
-from kubetune.api.report import REPORT_KEY, REPORT_TEXT_LIMIT, TrainerReport
+from kubetune.api.credentials import redact as redact_credentials
+from kubetune.api.report import (
+    REPORT_FIELD,
+    REPORT_PLURAL,
+    REPORT_SINGULAR,
+    REPORT_TEXT_LIMIT,
+    TrainerReport,
+)
+from kubetune.api.v1alpha1 import GROUP, VERSION
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|CREDENTIAL|ACCESS_KEY|API_KEY", re.I)
 DEFAULT_MIN_INTERVAL_S = 10.0
-# The operator creates the RayJob first (the cluster starts sooner) and the report
-# ConfigMap and its RBAC right after, so a fast first write may see 403/404 for a moment;
+OBJECT_TARGET = REPORT_SINGULAR  # --report finetunejobreport:NAME
+# The operator creates the RayJob first (the cluster starts sooner) and the
+# FineTuneJobReport and its RBAC right after, so a fast first write may see 403/404 for a moment;
 # API server hiccups (429, 5xx, connection errors) are retried the same way.
 RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
 RETRYABLE_STATUS = frozenset({403, 404, 409, 429, 500, 502, 503, 504})
@@ -42,12 +51,13 @@ def now_rfc3339() -> str:
 
 
 def redact(text: str, environ: dict[str, str] | None = None) -> str:
-    """Replace the values of secret-looking environment variables (HF_TOKEN, AWS_SECRET_...)."""
+    """Replace the values of secret-looking environment variables (HF_TOKEN, AWS_SECRET_...,
+    RAY_AUTH_TOKEN), then anything credential-shaped (kubetune.api.credentials)."""
     env = os.environ if environ is None else environ
     for name, value in env.items():
         if SECRET_NAME.search(name) and len(value) >= 6:
             text = text.replace(value, f"<{name} redacted>")
-    return text
+    return redact_credentials(text)
 
 
 def render(report: TrainerReport) -> str:
@@ -93,27 +103,33 @@ def with_retries(call: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
-class ConfigMapReporter:
-    """Patches key `report.json` of the ConfigMap the operator created for this job (the
-    trainer's service account may update only that ConfigMap)."""
+class ObjectReporter:
+    """Patches field `report` of the FineTuneJobReport the operator created for this job (the
+    trainer's service account may update only that object)."""
 
     def __init__(self, name: str, namespace: str | None = None, api: Any = None):
         self.name = name
         self.namespace = namespace or default_namespace()
         self._api = api
 
-    def _core_api(self) -> Any:
+    def _custom_api(self) -> Any:
         if self._api is None:
             from kubernetes import client
 
-            self._api = client.CoreV1Api(load_api_client())
+            self._api = client.CustomObjectsApi(load_api_client())
         return self._api
 
     def write(self, report: TrainerReport) -> None:
-        body = {"data": {REPORT_KEY: render(report)}}
+        body = {REPORT_FIELD: render(report)}
         with_retries(
-            lambda: self._core_api().patch_namespaced_config_map(
-                self.name, self.namespace, body, _request_timeout=REQUEST_TIMEOUT
+            lambda: self._custom_api().patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                self.namespace,
+                REPORT_PLURAL,
+                self.name,
+                body,
+                _request_timeout=REQUEST_TIMEOUT,
             )
         )
 
@@ -153,12 +169,12 @@ class ThrottledReporter:
 
 
 def reporter_from_target(target: str, namespace: str | None = None) -> Reporter:
-    """`configmap:NAME` or `file:PATH` (the entrypoint's --report argument)."""
+    """`finetunejobreport:NAME` or `file:PATH` (the entrypoint's --report argument)."""
     kind, _, value = target.partition(":")
     if not value:
-        raise ValueError(f"--report must be configmap:NAME or file:PATH, got {target!r}")
+        raise ValueError(f"--report must be {OBJECT_TARGET}:NAME or file:PATH, got {target!r}")
     if kind == "file":
         return FileReporter(Path(value))
-    if kind == "configmap":
-        return ConfigMapReporter(value, namespace)
-    raise ValueError(f"unknown report target kind {kind!r} (use configmap: or file:)")
+    if kind == OBJECT_TARGET:
+        return ObjectReporter(value, namespace)
+    raise ValueError(f"unknown report target kind {kind!r} (use {OBJECT_TARGET}: or file:)")

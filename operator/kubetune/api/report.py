@@ -1,7 +1,7 @@
 """The trainer's report: the one document the trainer writes and the operator reads.
 
-In a cluster it lives in the per-job ConfigMap (key `report.json`) that the operator
-creates; locally `kubetune run` writes it to a file. The operator mirrors it into
+In a cluster it lives in the job's FineTuneJobReport (field `report`, the document as JSON
+text), which the operator creates; locally `kubetune run` writes it to a file. The operator mirrors it into
 `FineTuneJob.status`, so both sides share these models (and the status sub-models).
 """
 
@@ -15,11 +15,21 @@ from pydantic import BaseModel, Field
 from kubetune.api.base import KubeModel
 from kubetune.api.v1alpha1 import MESSAGE_LIMIT, BestCheckpoint, EpochMetrics, EvaluationResult
 
-REPORT_KEY = "report.json"
+# The kind that carries the report in a cluster: kubetune's own, so the operator holds write
+# rights on nothing cluster-wide but its own CRDs (a ConfigMap channel needed them on every
+# ConfigMap). The document stays JSON text: a diverged run's NaN/Inf must reach the operator,
+# and JSON objects cannot carry them.
+REPORT_KIND = "FineTuneJobReport"
+REPORT_PLURAL = "finetunejobreports"
+REPORT_SINGULAR = "finetunejobreport"
+REPORT_FIELD = "report"
+# The report's JSON text, bounded below etcd's 1.5 MiB request limit; the bounds below keep a
+# real report far smaller.
+REPORT_DOCUMENT_LIMIT = 1_000_000
 # 2: jobUid (the report names the FineTuneJob incarnation it belongs to).
 REPORT_SCHEMA_VERSION = 2
-# Bounds that keep one report, and the status mirrored from it, far below the ConfigMap and
-# etcd object limits (1 MiB): every list and free text the trainer writes is bounded.
+# Bounds that keep one report, and the status mirrored from it, far below REPORT_DOCUMENT_LIMIT
+# and etcd's object limit: every list and free text the trainer writes is bounded.
 MAX_EPOCHS = 2048
 MAX_SPLITS = 64
 REPORT_TEXT_LIMIT = MESSAGE_LIMIT

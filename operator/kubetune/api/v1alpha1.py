@@ -15,6 +15,11 @@ from pydantic import Field
 from pydantic.alias_generators import to_snake
 
 from kubetune.api.base import KubeModel, Rule, immutable, nested
+from kubetune.api.credentials import (
+    CREDENTIALS_MESSAGE,
+    EMBEDDED_CREDENTIALS,
+    has_embedded_credentials,
+)
 from kubetune.api.instance_types import INSTANCE_TYPES, lookup_instance_type
 
 GROUP = "kubetune.dev"
@@ -40,6 +45,15 @@ QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$"
 # Local path (no scheme), file://, s3://, gs://, hf:// (datasets hub), pvc://claim/path.
 DATA_URI = r"^((file|s3|gs|hf|pvc)://.+|[^:]+)$"
 STORAGE_URI = r"^((file|s3|gs|pvc)://.+|[^:]+)$"
+DATA_URI_MEANING = (
+    "unsupported URI: use a path, file://, s3://, gs://, pvc://claim/path or hf://dataset"
+)
+STORAGE_URI_MEANING = (
+    "unsupported URI: use s3://, gs://, pvc://claim/path (or a local path for kubetune run)"
+)
+NO_WHITESPACE = r"^[^\s]+$"
+RAY_VERSION = r"^[0-9]+\.[0-9]+\.[0-9]+$"
+MIN_RAY_MINOR = 52  # Ray 2.52: token authentication (RAY_AUTH_MODE=token)
 DURABLE_SCHEMES = ("s3://", "gs://", "pvc://")
 
 TaskPreset = Literal["viggo", "sql", "gsm8k", "mathqa", "custom"]
@@ -57,6 +71,38 @@ NON_ZERO_DIGIT = "[1-9]"
 
 def _has_both(a: object, b: object) -> bool:
     return a is not None and b is not None
+
+
+def _ray_version_ok(version: str) -> bool:
+    if re.match(RAY_VERSION, version) is None:
+        return True  # the pattern says what is wrong
+    major, minor, _ = (int(part) for part in version.split("."))
+    return major > 2 or (major == 2 and minor >= MIN_RAY_MINOR)
+
+
+def matches_rule(field: str, pattern: str, message: str) -> Rule:
+    """A required string field (camelCase name) that must match `pattern`, as a rule rather
+    than a schema `pattern`: the API server's pattern error quotes the value, and a value
+    that carries credentials must never be echoed. A CEL rule's error names only the field."""
+    attribute = to_snake(field)
+    compiled = re.compile(pattern)
+    return Rule(
+        cel=f"self.{field}.matches(r'{pattern}')",
+        message=message,
+        field=field,
+        check=lambda m: compiled.search(getattr(m, attribute)) is not None,
+    )
+
+
+def no_credentials_rule(field: str) -> Rule:
+    """A required string field that must not carry credentials (kubetune.api.credentials)."""
+    attribute = to_snake(field)
+    return Rule(
+        cel=f"!self.{field}.matches(r'{EMBEDDED_CREDENTIALS}')",
+        message=f"{field} {CREDENTIALS_MESSAGE}",
+        field=field,
+        check=lambda m: not has_embedded_credentials(getattr(m, attribute)),
+    )
 
 
 def positive_quantity(field: str) -> Rule:
@@ -121,10 +167,14 @@ class SecretRef(KubeModel):
 class ModelSpec(KubeModel):
     """The base model to fine-tune."""
 
+    rules = (
+        no_credentials_rule("name"),
+        matches_rule("name", NO_WHITESPACE, "name must not contain whitespace"),
+    )
+
     name: str = Field(
         min_length=1,
         max_length=SHORT,
-        pattern=r"^[^\s]+$",
         description=(
             "Hugging Face model id (e.g. meta-llama/Llama-2-13b-hf), a local or "
             "mounted directory with an HF checkpoint, or builtin:tiny-llama (a small "
@@ -196,10 +246,14 @@ class TaskSpec(KubeModel):
 class DataSource(KubeModel):
     """One split of the data."""
 
+    rules = (
+        no_credentials_rule("uri"),
+        matches_rule("uri", DATA_URI, DATA_URI_MEANING),
+    )
+
     uri: str = Field(
         min_length=1,
         max_length=LONG,
-        pattern=DATA_URI,
         description=(
             "Where the rows are: a local or mounted path, file://, s3://, gs://, "
             "pvc://claim/path, or hf://dataset?config=NAME&split=SPLIT."
@@ -532,6 +586,19 @@ class SubmitterSpec(KubeModel):
 class ComputeSpec(KubeModel):
     """Where and how wide training runs."""
 
+    rules = (
+        Rule(
+            cel=f"!self.rayVersion.matches(r'{RAY_VERSION}') || "
+            "int(self.rayVersion.split('.')[0]) > 2 || "
+            f"(int(self.rayVersion.split('.')[0]) == 2 && "
+            f"int(self.rayVersion.split('.')[1]) >= {MIN_RAY_MINOR})",
+            message=f"rayVersion must be 2.{MIN_RAY_MINOR}.0 or newer (Ray token "
+            "authentication, which kubetune always turns on)",
+            field="rayVersion",
+            check=lambda c: _ray_version_ok(c.ray_version),
+        ),
+    )
+
     workers: int = Field(
         1,
         ge=1,
@@ -551,7 +618,7 @@ class ComputeSpec(KubeModel):
     )
     ray_version: str = Field(
         "2.60.0",
-        pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$",
+        pattern=RAY_VERSION,
         max_length=32,
         description="Ray version of the image (KubeRay needs it).",
     )
@@ -561,6 +628,8 @@ class OutputSpec(KubeModel):
     """Where checkpoints and results go."""
 
     rules = (
+        no_credentials_rule("storageURI"),
+        matches_rule("storageURI", STORAGE_URI, STORAGE_URI_MEANING),
         Rule(
             cel="!has(self.credentialsSecretRef) || self.storageURI.startsWith('s3://') || "
             "self.storageURI.startsWith('gs://')",
@@ -576,7 +645,6 @@ class OutputSpec(KubeModel):
         alias="storageURI",
         min_length=1,
         max_length=LONG,
-        pattern=STORAGE_URI,
         description=(
             "Durable storage for checkpoints: s3://bucket/prefix, gs://bucket/prefix or "
             "pvc://claim/path on Kubernetes; a local path for kubetune run."

@@ -1,7 +1,7 @@
 """Metadata shared by every object the operator owns: names, labels, ownerReferences.
 
 The ownerReference (controller, blockOwnerDeletion) lets the garbage collector delete the
-RayJob, the report ConfigMap and the RBAC objects with their FineTuneJob, so the operator
+RayJob, the FineTuneJobReport and the RBAC objects with their FineTuneJob, so the operator
 needs no finalizer. Without a uid (`kubetune render` of a file) there is no owner yet and
 the reference is left out.
 """

@@ -36,7 +36,7 @@ def rayjob_name(job_name: str) -> str:
     return f"{head}-{_short_hash(job_name)}"
 
 
-def report_configmap_name(job_name: str) -> str:
+def report_name(job_name: str) -> str:
     return f"{rayjob_name(job_name)}-report"
 
 

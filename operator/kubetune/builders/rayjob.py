@@ -28,15 +28,30 @@ retries) and SidecarMode needs KubeRay 1.5+.
 
 Secrets never appear as values: the HF token is a `secretKeyRef`, storage credentials an
 `envFrom` of the whole Secret.
+
+Ray token authentication is on (`authOptions.mode: token`, KubeRay 1.5.1+, Ray 2.52+):
+KubeRay generates the token Secret, owns it, and injects RAY_AUTH_MODE/RAY_AUTH_TOKEN into the
+head, the workers, their wait-gcs-ready init container and the submitter; its own status
+polling sends the token too. kubetune never creates or reads that Secret. Without the token a
+pod that reaches the dashboard (8265) cannot submit code that would run with the job's secrets.
+
+Every pod meets the `restricted` Pod Security Standard: non-root (uid 1000, the `ray` user of
+Ray's and kubetune's images), no privilege escalation, no capabilities, the runtime's default
+seccomp profile. KubeRay copies the Ray container's securityContext into the init container it
+injects and mounts /dev/shm as a memory emptyDir itself; the root filesystem stays writable
+(Ray's session directory, compile caches), which `restricted` allows.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import re
 import shlex
 from typing import Any
 
 from kubetune.api.instance_types import lookup_instance_type
+from kubetune.api.report import REPORT_SINGULAR
 from kubetune.api.v1alpha1 import (
     FineTuneJob,
     FineTuneJobSpec,
@@ -45,7 +60,7 @@ from kubetune.api.v1alpha1 import (
     stages_of,
 )
 from kubetune.builders.meta import labels_for, namespace_of, object_meta, uid_of
-from kubetune.builders.naming import rayjob_name, report_configmap_name, service_account_name
+from kubetune.builders.naming import rayjob_name, report_name, service_account_name
 from kubetune.config import OperatorConfig
 
 RAY_API_VERSION = "ray.io/v1"
@@ -66,6 +81,27 @@ CPU_WORKER_GROUP = "cpu-workers"
 # on a GPU node) must not advertise them to Ray.
 CPU_WORKER_START_PARAMS = {"num-cpus": "1", "num-gpus": "0"}
 PVC_ROOT = "/mnt/pvc"
+RAY_UID = 1000  # the `ray` user of rayproject/ray and kubetune's trainer image
+AUTH_OPTIONS = {"mode": "token"}
+# The pod and container securityContexts that satisfy the `restricted` Pod Security Standard.
+POD_SECURITY_CONTEXT = {
+    "runAsNonRoot": True,
+    "runAsUser": RAY_UID,
+    "fsGroup": RAY_UID,  # claims mounted for checkpoints are writable by the trainer
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT = {
+    "runAsNonRoot": True,
+    "runAsUser": RAY_UID,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+# RayJob fields kubetune writes that older KubeRay CRDs lack, and the release that added them.
+# RayJobs are created with strict field validation, so an older CRD refuses them by name
+# instead of silently dropping them (an unauthenticated head).
+KUBERAY_FIELD_SINCE = {"spec.rayClusterSpec.authOptions": "1.5.1"}
+_UNKNOWN_FIELD = re.compile(r'unknown field "([^"]+)"')
 TRAINER_MODULE = "kubetune_trainer.entrypoint"
 
 
@@ -126,7 +162,7 @@ def trainer_entrypoint(job: FineTuneJob) -> str:
             namespace_of(job),
             *(["--job-uid", uid] if uid else []),
             "--report",
-            f"configmap:{report_configmap_name(job.metadata.name)}",
+            f"{REPORT_SINGULAR}:{report_name(job.metadata.name)}",
         ]
     )
 
@@ -183,17 +219,27 @@ def _pod_template(
         "image": job.spec.compute.image or config.trainer_image,
         **container,
         **_env(job.spec),
+        "securityContext": _container_security(),
     }
     if mounts:
         container["volumeMounts"] = mounts
     pod: dict[str, Any] = {
         "serviceAccountName": service_account_name(job.metadata.name),
+        "securityContext": _pod_security(),
         **scheduling,
         "containers": [container],
     }
     if volumes:
         pod["volumes"] = volumes
     return {"metadata": {"labels": labels_for(job, component)}, "spec": pod}
+
+
+def _pod_security() -> dict[str, Any]:
+    return copy.deepcopy(POD_SECURITY_CONTEXT)  # a copy per pod: YAML dumps no shared anchors
+
+
+def _container_security() -> dict[str, Any]:
+    return copy.deepcopy(CONTAINER_SECURITY_CONTEXT)
 
 
 def _scheduling(selector: dict[str, str], tolerations: list[dict[str, Any]]) -> dict[str, Any]:
@@ -244,12 +290,16 @@ def submitter_template(job: FineTuneJob, config: OperatorConfig) -> dict[str, An
     size = {"cpu": submitter.cpu, "memory": submitter.memory}
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
+        # No API access: `ray job submit` needs the dashboard and the Ray token only.
+        "automountServiceAccountToken": False,
+        "securityContext": _pod_security(),
         **_scheduling(dict(head.node_selector), _tolerations(head.tolerations, [])),
         "containers": [
             {
                 "name": "ray-job-submitter",
                 "image": job.spec.compute.image or config.trainer_image,
                 "resources": {"requests": size, "limits": dict(size)},
+                "securityContext": _container_security(),
             }
         ],
     }
@@ -291,6 +341,7 @@ def build_rayjob(job: FineTuneJob, config: OperatorConfig) -> dict[str, Any]:
         "suspend": desired_suspend(job),
         "rayClusterSpec": {
             "rayVersion": job.spec.compute.ray_version,
+            "authOptions": dict(AUTH_OPTIONS),
             "enableInTreeAutoscaling": False,
             "headGroupSpec": head_group(job, config),
             "workerGroupSpecs": [worker_group(job, config)],
@@ -307,3 +358,20 @@ def build_rayjob(job: FineTuneJob, config: OperatorConfig) -> dict[str, Any]:
         "metadata": object_meta(job, rayjob_name(job.metadata.name), "training", extra_labels),
         "spec": spec,
     }
+
+
+def kuberay_too_old(message: str) -> str | None:
+    """What to say when the API server refused a RayJob for fields its KubeRay CRD lacks."""
+    missing = [f for f in _UNKNOWN_FIELD.findall(message) if f in KUBERAY_FIELD_SINCE]
+    if not missing:
+        return None
+    needed = max((KUBERAY_FIELD_SINCE[f] for f in missing), key=_version_key)
+    return (
+        f"the installed KubeRay is older than {needed}: its RayJob CRD has no "
+        f"{', '.join(sorted(set(missing)))} (Ray token authentication); kubetune needs "
+        f"KubeRay {needed} or newer"
+    )
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))

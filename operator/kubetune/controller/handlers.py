@@ -1,7 +1,7 @@
 """kopf handlers: `kopf run -m kubetune.controller.handlers` (or `kubetune operator`).
 
-Event routing only: every event of a FineTuneJob, of a RayJob we own, or of a report
-ConfigMap we own leads to `reconcile.reconcile_job` for the owning job (level-triggered, see
+Event routing only: every event of a FineTuneJob, of a RayJob we own, or of a
+FineTuneJobReport we own leads to `reconcile.reconcile_job` for the owning job (level-triggered, see
 there). Only `kopf.on.event` handlers are used, so kopf writes nothing onto the objects: no
 progress, no diffbase, no finalizer (deletion is the garbage collector's job through
 ownerReferences). Should a stateful handler ever be added, kopf is already configured to keep
@@ -16,6 +16,7 @@ from typing import Any
 
 import kopf
 
+from kubetune.api.report import REPORT_PLURAL
 from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kubetune.builders.meta import COMPONENT_LABEL, MANAGED_BY
 from kubetune.config import OperatorConfig
@@ -108,7 +109,7 @@ async def rayjob_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, *
     await reconcile_job(op, key)
 
 
-@kopf.on.event("", "v1", "configmaps", labels=REPORTS)
+@kopf.on.event(GROUP, VERSION, REPORT_PLURAL, labels=REPORTS)
 async def report_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     op, key = _op(memo), owner_key(body)
     if key is None or event["type"] == "DELETED":

@@ -17,10 +17,16 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from kubetune.api.credentials import redact
+from kubetune.api.report import REPORT_KIND, REPORT_PLURAL
 from kubetune.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
 from kubetune.builders.naming import rayjob_name
 
 RAY_GROUP, RAY_VERSION, RAY_PLURAL = "ray.io", "v1", "rayjobs"
+CUSTOM_KINDS = {
+    "RayJob": (RAY_GROUP, RAY_VERSION, RAY_PLURAL),
+    REPORT_KIND: (GROUP, VERSION, REPORT_PLURAL),
+}
 # A RayJob field the installed KubeRay CRD does not know is an error, never silently pruned
 # (an older KubeRay would otherwise drop e.g. preRunningDeadlineSeconds without a word).
 STRICT = "Strict"
@@ -43,14 +49,15 @@ def api_status(error: BaseException) -> int | None:
 
 
 def api_message(error: BaseException) -> str:
-    """The API server's own message (its Status object), else the error's text."""
+    """The API server's own message (its Status object), else the error's text; redacted,
+    because it may quote the object it refused (and goes to status, events and logs)."""
     if isinstance(error, ApiException):
         try:
             message = json.loads(error.body or "{}").get("message")
         except (ValueError, AttributeError):
             message = None
-        return str(message or f"{error.status} {error.reason}")
-    return f"{type(error).__name__}: {error}"
+        return redact(str(message or f"{error.status} {error.reason}"))
+    return redact(f"{type(error).__name__}: {error}")
 
 
 def is_permanent(error: BaseException) -> bool:
@@ -92,6 +99,10 @@ class Kube:
         return client.RbacAuthorizationV1Api(self.api)
 
     @cached_property
+    def networking(self) -> client.NetworkingV1Api:
+        return client.NetworkingV1Api(self.api)
+
+    @cached_property
     def custom(self) -> client.CustomObjectsApi:
         return client.CustomObjectsApi(self.api)
 
@@ -104,14 +115,18 @@ class Kube:
         kind = obj["kind"]
         raw: Any = {"_preload_content": False, **TIMEOUT}
         answer: Any
-        if kind == "ConfigMap":
-            answer = self.core.create_namespaced_config_map(ns, obj, **raw)
+        if kind == REPORT_KIND:
+            answer = self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, ns, REPORT_PLURAL, obj, field_validation=STRICT, **raw
+            )
         elif kind == "ServiceAccount":
             answer = self.core.create_namespaced_service_account(ns, obj, **raw)
         elif kind == "Role":
             answer = self.rbac.create_namespaced_role(ns, obj, **raw)
         elif kind == "RoleBinding":
             answer = self.rbac.create_namespaced_role_binding(ns, obj, **raw)
+        elif kind == "NetworkPolicy":
+            answer = self.networking.create_namespaced_network_policy(ns, obj, **raw)
         elif kind == "RayJob":
             answer = self.custom.create_namespaced_custom_object(
                 RAY_GROUP, RAY_VERSION, ns, RAY_PLURAL, obj, field_validation=STRICT, **raw
@@ -123,17 +138,18 @@ class Kube:
     def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object as a plain dict, or None when it does not exist."""
         try:
-            if kind == "RayJob":
+            if kind in CUSTOM_KINDS:
+                group, version, plural = CUSTOM_KINDS[kind]
                 return dict(
                     self.custom.get_namespaced_custom_object(  # type: ignore[call-overload]
-                        RAY_GROUP, RAY_VERSION, namespace, RAY_PLURAL, name, **TIMEOUT
+                        group, version, namespace, plural, name, **TIMEOUT
                     )
                 )
             readers = {
-                "ConfigMap": self.core.read_namespaced_config_map,
                 "ServiceAccount": self.core.read_namespaced_service_account,
                 "Role": self.rbac.read_namespaced_role,
                 "RoleBinding": self.rbac.read_namespaced_role_binding,
+                "NetworkPolicy": self.networking.read_namespaced_network_policy,
             }
             obj = readers[kind](name, namespace, **TIMEOUT)
             return dict(self.api.sanitize_for_serialization(obj))

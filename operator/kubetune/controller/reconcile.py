@@ -1,6 +1,6 @@
 """What the operator does for a FineTuneJob; the kopf handlers only route events here.
 
-Level-triggered: every event of a job, its RayJob or its report ConfigMap leads to
+Level-triggered: every event of a job, its RayJob or its FineTuneJobReport leads to
 `reconcile_job`, which compares what exists with what should and acts on the difference:
 - the spec is parsed and checked once per generation; an invalid one gets phase Failed,
   reason InvalidSpec, a Warning event, and nothing is created;
@@ -35,11 +35,11 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from kubetune.api.report import REPORT_KEY
+from kubetune.api.report import REPORT_FIELD, REPORT_KIND
 from kubetune.api.v1alpha1 import TERMINAL_PHASES, FineTuneJob, FineTuneJobStatus
 from kubetune.builders.meta import namespace_of, uid_of
-from kubetune.builders.naming import rayjob_name, report_configmap_name
-from kubetune.builders.rayjob import suspend_target
+from kubetune.builders.naming import rayjob_name, report_name
+from kubetune.builders.rayjob import kuberay_too_old, suspend_target
 from kubetune.builders.render import owned_objects
 from kubetune.config import OperatorConfig
 from kubetune.controller import metrics
@@ -67,7 +67,7 @@ from kubetune.validation import SpecError, parse_finetunejob, semantic_problems
 log = logging.getLogger("kubetune.operator")
 RETRY_DELAYS = (1, 2, 5, 10, 30, 60)
 # Failures the operator decides itself while KubeRay may still run the RayJob.
-OWN_VERDICTS = ("Diverged", "InvalidReport", "NameConflict", "CreateRejected")
+OWN_VERDICTS = ("Diverged", "InvalidReport", "NameConflict", "CreateRejected", "KubeRayTooOld")
 BACKGROUND_MAX_WAIT = 2.0  # seconds; bounds how long status writes can be starved
 T = TypeVar("T")
 
@@ -131,8 +131,10 @@ def cached_check(js: JobState, body: dict[str, Any]) -> FineTuneJob | list[str]:
     return js.parsed[1]
 
 
-def report_text(configmap: dict[str, Any] | None) -> str | None:
-    return ((configmap or {}).get("data") or {}).get(REPORT_KEY) or None
+def report_text(report: dict[str, Any] | None) -> str | None:
+    """The report document of a FineTuneJobReport; None while the trainer has written none."""
+    text = (report or {}).get(REPORT_FIELD)
+    return text if isinstance(text, str) and text else None
 
 
 def reading_of(js: JobState, job: FineTuneJob) -> ReportReading:
@@ -252,11 +254,13 @@ async def ensure_children(
     The RayJob is created only if the status says it never was (no `rayJob` yet); after
     that, a missing one was deleted under the job and is never created again.
     """
-    *channel, rayjob = owned_objects(job, op.config)
+    network_policy, *channel, rayjob = owned_objects(job, op.config)
     # From the raw status: also when this version cannot parse it (`previous` is None then).
     created_before = bool((js.written_wire or {}).get("rayJob"))
     rayjob_exists = False
     try:
+        # Before the RayJob: its pods are never reachable without the policy.
+        await _ensure(op, network_policy, urgent=not created_before)
         if created_before:
             await _find_rayjob(op, js, job, rayjob, previous)
         else:
@@ -330,6 +334,9 @@ async def _ensure(op: Operator, obj: dict[str, Any], urgent: bool = False) -> st
         raise _ChildError(Problem("NameConflict", str(error))) from None
     except Exception as error:
         message = api_message(error)
+        too_old = kuberay_too_old(message) if obj["kind"] == "RayJob" else None
+        if api_status(error) == 400 and too_old:
+            raise _ChildError(Problem("KubeRayTooOld", f"{too_old} ({message})")) from None
         if api_status(error) in (400, 422):
             raise _ChildError(
                 Problem("CreateRejected", f"the API server refused {what}: {message}")
@@ -408,14 +415,14 @@ async def _stop_run(op: Operator, job: FineTuneJob, status: FineTuneJobStatus) -
 
 async def _reload_children(op: Operator, js: JobState, job: FineTuneJob) -> None:
     ns, name = namespace_of(job), job.metadata.name
-    rayjob, configmap = await asyncio.gather(
+    rayjob, report = await asyncio.gather(
         _io(op, op.kube.read, "RayJob", ns, rayjob_name(name)),
-        _io(op, op.kube.read, "ConfigMap", ns, report_configmap_name(name)),
+        _io(op, op.kube.read, REPORT_KIND, ns, report_name(name)),
     )
     if rayjob is not None:
         js.rayjob_status = rayjob.get("status")
-    if configmap is not None and controller_uid(configmap) == uid_of(job):
-        js.report_text = report_text(configmap) or js.report_text
+    if report is not None and controller_uid(report) == uid_of(job):
+        js.report_text = report_text(report) or js.report_text
 
 
 def _reason(status: FineTuneJobStatus) -> str:

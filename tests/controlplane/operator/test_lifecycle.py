@@ -80,12 +80,14 @@ def test_one_rayjob_with_owned_children(
     # level-triggered: nothing but .status is written onto the job (no kopf progress,
     # no diffbase, no finalizer); deletion is left to the garbage collector
     assert not job["metadata"].get("annotations") and not job["metadata"].get("finalizers")
-    core = client.CoreV1Api(kube_api)
     # The RayJob is created first (the cluster starts sooner); the report channel follows.
     report = wait_for(
-        lambda: core.read_namespaced_config_map("owned-report", namespace), what="report ConfigMap"
+        lambda: custom.get_namespaced_custom_object(
+            *FTJ, namespace, "finetunejobreports", "owned-report"
+        ),
+        what="FineTuneJobReport",
     )
-    assert report.metadata.owner_references[0].name == "owned"
+    assert report["metadata"]["ownerReferences"][0]["name"] == "owned"
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from kubetune.api.v1alpha1 import GROUP
 from kubetune_trainer import reporting
 from kubetune_trainer.job_source import JobSourceError, read_own_job
 from tests.controlplane.operator.helpers import REPO_ROOT, create_job, job_manifest, wait_for
@@ -60,16 +61,19 @@ def test_trainer_can_update_its_report_and_nothing_else(
         )
     sa = f"system:serviceaccount:{namespace}:alpha-trainer"
     for verb in ("get", "update", "patch"):
-        assert can(kube_api, sa, namespace, verb, "configmaps", "alpha-report")
+        assert can(kube_api, sa, namespace, verb, "finetunejobreports", "alpha-report", GROUP)
     assert can(kube_api, sa, namespace, "get", "finetunejobs", "alpha", "kubetune.dev")
     denied: list[tuple[str, str, str, str]] = [
         ("get", "finetunejobs", "beta", "kubetune.dev"),
         ("list", "finetunejobs", "", "kubetune.dev"),
         ("watch", "finetunejobs", "", "kubetune.dev"),
-        ("update", "configmaps", "beta-report", ""),
-        ("create", "configmaps", "", ""),
-        ("delete", "configmaps", "alpha-report", ""),
-        ("list", "configmaps", "", ""),
+        ("update", "finetunejobreports", "beta-report", GROUP),
+        ("create", "finetunejobreports", "", GROUP),
+        ("delete", "finetunejobreports", "alpha-report", GROUP),
+        ("list", "finetunejobreports", "", GROUP),
+        ("watch", "finetunejobreports", "", GROUP),
+        ("get", "configmaps", "alpha-report", ""),
+        ("patch", "configmaps", "alpha-report", ""),
         ("get", "secrets", "hf-token", ""),
         ("list", "secrets", "", ""),
         ("update", "finetunejobs", "alpha", "kubetune.dev"),
@@ -142,8 +146,10 @@ def test_golden_object_accepted_by_api_server(
         client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
             "ray.io", "v1", namespace, "rayjobs", obj, dry_run="All"
         )
-    elif obj["kind"] == "ConfigMap":
-        client.CoreV1Api(kube_api).create_namespaced_config_map(namespace, obj, dry_run="All")
+    elif obj["kind"] == "FineTuneJobReport":
+        client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
+            "kubetune.dev", "v1alpha1", namespace, "finetunejobreports", obj, dry_run="All"
+        )
     elif obj["kind"] == "ServiceAccount":
         client.CoreV1Api(kube_api).create_namespaced_service_account(namespace, obj, dry_run="All")
     elif obj["kind"] == "Role":

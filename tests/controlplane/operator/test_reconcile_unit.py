@@ -84,10 +84,8 @@ def run(op: Operator, doc: dict[str, Any], **observed: Any) -> None:
     name = doc["metadata"]["name"]
     if "rayjob_status" in observed and ("RayJob", name) in kube.objects:
         kube.objects[("RayJob", name)]["status"] = observed["rayjob_status"]
-    if "report_text" in observed and ("ConfigMap", f"{name}-report") in kube.objects:
-        kube.objects[("ConfigMap", f"{name}-report")]["data"] = {
-            "report.json": observed["report_text"]
-        }
+    if "report_text" in observed and ("FineTuneJobReport", f"{name}-report") in kube.objects:
+        kube.objects[("FineTuneJobReport", f"{name}-report")]["report"] = observed["report_text"]
     asyncio.run(reconcile_job(op, key))
 
 
@@ -118,8 +116,9 @@ def test_creates_children_once_and_writes_status_once() -> None:
     op = operator(kube)
     run(op, body())
     assert kube.writes == [
+        ("create", "NetworkPolicy"),
         ("create", "RayJob"),
-        ("create", "ConfigMap"),
+        ("create", "FineTuneJobReport"),
         ("create", "ServiceAccount"),
         ("create", "Role"),
         ("create", "RoleBinding"),
@@ -128,7 +127,7 @@ def test_creates_children_once_and_writes_status_once() -> None:
     ]
     run(op, body())
     run(op, body(), rayjob_status=None)
-    assert len(kube.writes) == 7, "nothing changed, so nothing was written"
+    assert len(kube.writes) == 8, "nothing changed, so nothing was written"
 
 
 def test_status_written_per_change_only() -> None:
@@ -293,13 +292,16 @@ def test_permanent_create_error_fails_the_job_and_is_not_retried(
 
 def test_object_of_another_owner_is_a_name_conflict_and_untouched() -> None:
     kube = FakeKube()
-    foreign = {"kind": "ConfigMap", "metadata": {"name": "job-report", "namespace": "ns"}}
-    kube.objects[("ConfigMap", "job-report")] = copy.deepcopy(foreign)
+    foreign = {"kind": "FineTuneJobReport", "metadata": {"name": "job-report", "namespace": "ns"}}
+    kube.objects[("FineTuneJobReport", "job-report")] = copy.deepcopy(foreign)
     op = operator(kube)
     run(op, body())
     assert kube.status["phase"] == "Failed" and _reason(kube.status) == "NameConflict"
-    assert "ConfigMap ns/job-report already exists and is not owned" in kube.status["message"]
-    assert kube.objects[("ConfigMap", "job-report")] == foreign
+    assert (
+        "FineTuneJobReport ns/job-report already exists and is not owned"
+        in (kube.status["message"])
+    )
+    assert kube.objects[("FineTuneJobReport", "job-report")] == foreign
 
 
 def test_diverged_run_fails_with_a_writable_status_and_stops_the_rayjob() -> None:
@@ -392,8 +394,8 @@ def test_a_hung_api_server_cannot_hold_a_call(monkeypatch: pytest.MonkeyPatch) -
             lambda: kube.read("RayJob", "ns", "job"),
             lambda: kube.ensure(
                 {
-                    "apiVersion": "v1",
-                    "kind": "ConfigMap",
+                    "apiVersion": "kubetune.dev/v1alpha1",
+                    "kind": "FineTuneJobReport",
                     "metadata": {"name": "x", "namespace": "ns"},
                 }
             ),
@@ -437,12 +439,12 @@ def test_rayjob_created_before_a_channel_failure_is_never_created_again(
     kube = FakeKube()
     real = kube.ensure
 
-    def no_configmaps(obj: dict[str, Any]) -> str:
-        if obj["kind"] == "ConfigMap":
+    def no_reports(obj: dict[str, Any]) -> str:
+        if obj["kind"] == "FineTuneJobReport":
             raise ApiException(http_resp=_Response(403, {"message": "exceeded quota"}))
         return real(obj)
 
-    monkeypatch.setattr(kube, "ensure", no_configmaps)
+    monkeypatch.setattr(kube, "ensure", no_reports)
     op = operator(kube)
     run(op, body())
     assert kube.status["phase"] == "Pending" and "rayJob" in kube.status

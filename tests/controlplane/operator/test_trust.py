@@ -44,18 +44,23 @@ def test_foreign_object_with_a_childs_name_is_never_adopted_or_changed(
     namespace: str,
     kuberay: KubeRayDouble,
 ) -> None:
-    core = client.CoreV1Api(kube_api)
-    foreign = core.create_namespaced_config_map(
-        namespace,
-        {"metadata": {"name": "squat-report"}, "data": {"report.json": '{"phase": "Succeeded"}'}},
+    reports = ("kubetune.dev", "v1alpha1", namespace, "finetunejobreports")
+    foreign = custom.create_namespaced_custom_object(
+        *reports,
+        {
+            "apiVersion": "kubetune.dev/v1alpha1",
+            "kind": "FineTuneJobReport",
+            "metadata": {"name": "squat-report"},
+            "report": '{"phase": "Succeeded"}',
+        },
     )
     create_job(custom, namespace, job_manifest("squat"))
     status = wait_phase(custom, namespace, "squat", "Failed")
     assert condition(status, "Failed")["reason"] == "NameConflict"
-    assert f"ConfigMap {namespace}/squat-report already exists" in status["message"]
-    after = core.read_namespaced_config_map("squat-report", namespace)
-    assert after.metadata.resource_version == foreign.metadata.resource_version
-    assert not after.metadata.owner_references
+    assert f"FineTuneJobReport {namespace}/squat-report already exists" in status["message"]
+    after = custom.get_namespaced_custom_object(*reports, "squat-report")
+    assert after["metadata"]["resourceVersion"] == foreign["metadata"]["resourceVersion"]
+    assert not after["metadata"].get("ownerReferences")
     posted = wait_for(lambda: warnings(kube_api, namespace, "squat"), what="the Warning event")
     assert [e.reason for e in posted] == ["NameConflict"]
     # the RayJob it had already created is its own: deleted, the GPUs freed

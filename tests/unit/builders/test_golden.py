@@ -50,7 +50,14 @@ def test_render_prints_every_object_without_owner() -> None:
     text, problems = render_documents([doc], OperatorConfig())
     assert problems == []
     kinds = [o["kind"] for o in yaml.safe_load_all(text)]
-    assert kinds == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "RayJob"]
+    assert kinds == [
+        "NetworkPolicy",
+        "FineTuneJobReport",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "RayJob",
+    ]
     assert "ownerReferences" not in text and "&id" not in text
 
 

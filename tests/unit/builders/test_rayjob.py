@@ -115,7 +115,7 @@ def test_entrypoint_names_the_job_and_the_trainer_parser_reads_it() -> None:
         NAMESPACE,
         FAKE_UID,
     )
-    assert args.report == "configmap:llama2-13b-gsm8k-report"
+    assert args.report == "finetunejobreport:llama2-13b-gsm8k-report"
 
 
 def test_entrypoint_stays_short_for_the_largest_valid_spec() -> None:

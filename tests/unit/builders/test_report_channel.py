@@ -1,4 +1,4 @@
-"""The report channel: one ConfigMap and RBAC naming only it."""
+"""The report channel: one FineTuneJobReport and RBAC naming only it."""
 
 from __future__ import annotations
 
@@ -12,17 +12,18 @@ pytestmark = pytest.mark.unit
 
 def test_objects_and_order() -> None:
     kinds = [o["kind"] for o in report_channel(example_job("gsm8k-llama2-13b"))]
-    assert kinds == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding"]
+    assert kinds == ["FineTuneJobReport", "ServiceAccount", "Role", "RoleBinding"]
 
 
-def test_role_names_exactly_the_report_configmap_and_the_job() -> None:
+def test_role_names_exactly_the_report_and_the_job() -> None:
     job = example_job("gsm8k-llama2-13b")
-    cm, sa, role, binding = report_channel(job)
+    report, sa, role, binding = report_channel(job)
+    assert report["apiVersion"] == "kubetune.dev/v1alpha1" and "report" not in report
     assert role["rules"] == [
         {
-            "apiGroups": [""],
-            "resources": ["configmaps"],
-            "resourceNames": [cm["metadata"]["name"]],
+            "apiGroups": ["kubetune.dev"],
+            "resources": ["finetunejobreports"],
+            "resourceNames": [report["metadata"]["name"]],
             "verbs": ["get", "update", "patch"],
         },
         {
