@@ -18,6 +18,7 @@ from kubetune.api.v1alpha1 import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
     DURABLE_SCHEMES,
+    IMAGE_REFERENCE,
     QUANTITY,
     FineTuneJob,
     FineTuneJobSpec,
@@ -29,6 +30,7 @@ PATTERN_MEANINGS = {
     DNS_LABEL: "must be a DNS label: lower-case letters, digits and '-', starting and ending alphanumeric",
     DNS_SUBDOMAIN: "must be a DNS subdomain: lower-case letters, digits, '-' and '.'",
     QUANTITY: "must be a Kubernetes quantity such as 4, 500m, 16Gi",
+    IMAGE_REFERENCE: "must be an image reference such as registry.example/team/trainer:1.0",
 }
 
 

@@ -4,6 +4,7 @@ grants the operator every permission it uses (checked with the real RBAC authori
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pytest
 import yaml
@@ -173,3 +174,73 @@ def test_chart_installs_and_the_operator_may_do_its_job(control_plane, kube_api,
         assert uninstall.returncode == 0, uninstall.stderr
         if scoped:
             core.delete_namespace(served)
+
+
+def test_admission_policy_limits_images_and_gpus(control_plane, kube_api, namespace):
+    """The chart's optional ValidatingAdmissionPolicy, on the real API server: a job with an
+    image outside the allowed prefixes, or more GPUs than allowed, is denied with a message
+    naming the field; a job within the limits (and one using the default image) is created."""
+    from kubernetes.client.rest import ApiException
+
+    from tests.controlplane.operator.helpers import job_manifest
+
+    release = f"kt-{namespace[-6:]}"
+    served = f"{namespace}-adm"
+    core = client.CoreV1Api(kube_api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=served)))
+    install = helm(
+        control_plane,
+        "install",
+        release,
+        str(CHART),
+        "-n",
+        namespace,
+        "--set",
+        f"watchNamespaces={{{served}}}",
+        "--set",
+        "admissionPolicy.enabled=true",
+        "--set",
+        "admissionPolicy.allowedImagePrefixes={registry.internal/ml/}",
+        "--set",
+        "admissionPolicy.maxGPUsPerJob=16",
+    )
+    assert install.returncode == 0, install.stderr
+    custom = client.CustomObjectsApi(kube_api)
+
+    def create(name, **compute):
+        doc = job_manifest(name)
+        doc["spec"]["compute"].update(compute)
+        return custom.create_namespaced_custom_object(
+            "kubetune.dev", "v1alpha1", served, "finetunejobs", doc, dry_run="All"
+        )
+
+    def denial(name, **compute):
+        """The policy's answer; it takes effect a moment after install (bounded wait)."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                create(name, **compute)
+            except ApiException as error:
+                return error
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{compute} was never denied")
+            time.sleep(0.5)
+
+    try:
+        error = denial("bad-image", image="docker.io/evil/miner:latest")
+        assert error.status in (403, 422)
+        assert "spec.compute.image: not from an allowed registry" in error.body
+        assert "registry.internal/ml/" in error.body
+        error = denial("too-many-gpus", workers=24)
+        assert "spec.compute.workers: 24 GPUs asked, at most 16" in error.body
+        create("allowed", image="registry.internal/ml/trainer:1", workers=16)
+        create("default-image")  # spec.compute.image unset: the operator's own image
+        create(
+            "cpu-only",
+            workers=32,
+            nodePool={"instanceType": "m5.4xlarge", "gpusPerNode": 0, "cpu": "4", "memory": "16Gi"},
+        )
+    finally:
+        uninstall = helm(control_plane, "uninstall", release, "-n", namespace)
+        assert uninstall.returncode == 0, uninstall.stderr
+        core.delete_namespace(served)

@@ -91,8 +91,12 @@ def test_invalid_corpus_is_refused_naming_the_same_field(kube_api, namespace):
             message = rejection(error)
             if error.status not in (400, 422) or case.field not in message:
                 disagreements.append(f"{case.id}: API server said {message!r}")
+            if case.secret and case.secret in (error.body or ""):
+                disagreements.append(f"{case.id}: API server quoted the secret")
         else:
             disagreements.append(f"{case.id}: API server accepted it")
+        if case.secret and any(case.secret in str(p) for p in offline):
+            disagreements.append(f"{case.id}: kubetune validate quoted the secret")
         if not offline or not str(offline[0]).startswith(case.field):
             disagreements.append(f"{case.id}: kubetune validate said {[str(p) for p in offline]}")
     assert not disagreements, "\n".join(disagreements)

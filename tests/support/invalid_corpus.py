@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+SECRET = "hunter22-Zq8vXk"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 BASE_EXAMPLE = EXAMPLES / "gsm8k-llama2-7b.yaml"
 
@@ -23,6 +24,7 @@ class InvalidCase:
     id: str
     mutate: Callable[[dict[str, Any]], None]
     field: str  # the path the error must name
+    secret: str | None = None  # a value no error may quote
 
 
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -182,6 +184,34 @@ CASES: list[InvalidCase] = [
         "bad-submitter-memory",
         _set("spec.compute.submitter.memory", "1 GB"),
         "spec.compute.submitter.memory",
+    ),
+    # Credentials, '..' segments and old Ray: refused by CEL rules that never quote the value.
+    InvalidCase(
+        "storage-uri-credentials",
+        _set("spec.output.storageURI", f"https://admin:{SECRET}@minio.local/ckpt"),
+        "spec.output.storageURI",
+        secret=SECRET,
+    ),
+    InvalidCase(
+        "data-uri-signed",
+        _set("spec.data.train.uri", f"s3://b/t.jsonl?X-Amz-Signature={SECRET}"),
+        "spec.data.train.uri",
+        secret=SECRET,
+    ),
+    InvalidCase(
+        "model-name-credentials",
+        _set("spec.model.name", f"https://bot:{SECRET}@hub.local/m x"),
+        "spec.model.name",
+        secret=SECRET,
+    ),
+    InvalidCase(
+        "storage-uri-parent",
+        _set("spec.output.storageURI", "pvc://c/../x"),
+        "spec.output.storageURI",
+    ),
+    InvalidCase("old-ray", _set("spec.compute.rayVersion", "2.9.3"), "spec.compute.rayVersion"),
+    InvalidCase(
+        "image-with-shell", _set("spec.compute.image", "t:1;curl x|sh"), "spec.compute.image"
     ),
     InvalidCase("wrong-type-epochs", _set("spec.training.epochs", "ten"), "spec.training.epochs"),
     InvalidCase(

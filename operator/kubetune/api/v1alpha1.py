@@ -53,6 +53,10 @@ STORAGE_URI_MEANING = (
 )
 NO_WHITESPACE = r"^[^\s]+$"
 RAY_VERSION = r"^[0-9]+\.[0-9]+\.[0-9]+$"
+# An image reference (registry/repository:tag@digest): no spaces, quotes or shell syntax.
+IMAGE_REFERENCE = r"^[a-zA-Z0-9][a-zA-Z0-9._/:@-]*$"
+# A `..` segment after a scheme (local paths of `kubetune run` are the user's own to choose).
+PARENT_SEGMENT = r"^[a-zA-Z][a-zA-Z0-9+.-]*://(.*/)?\.\.(/|$)"
 MIN_RAY_MINOR = 52  # Ray 2.52: token authentication (RAY_AUTH_MODE=token)
 DURABLE_SCHEMES = ("s3://", "gs://", "pvc://")
 
@@ -91,6 +95,18 @@ def matches_rule(field: str, pattern: str, message: str) -> Rule:
         message=message,
         field=field,
         check=lambda m: compiled.search(getattr(m, attribute)) is not None,
+    )
+
+
+def no_parent_segments_rule(field: str) -> Rule:
+    """No `..` segment in a URI: pvc://claim/../.. would reach outside the claim's mount."""
+    attribute = to_snake(field)
+    compiled = re.compile(PARENT_SEGMENT)
+    return Rule(
+        cel=f"!self.{field}.matches(r'{PARENT_SEGMENT}')",
+        message=f"{field} must not contain '..' segments after its scheme",
+        field=field,
+        check=lambda m: compiled.search(getattr(m, attribute)) is None,
     )
 
 
@@ -249,6 +265,7 @@ class DataSource(KubeModel):
     rules = (
         no_credentials_rule("uri"),
         matches_rule("uri", DATA_URI, DATA_URI_MEANING),
+        no_parent_segments_rule("uri"),
     )
 
     uri: str = Field(
@@ -614,6 +631,7 @@ class ComputeSpec(KubeModel):
         None,
         min_length=1,
         max_length=LONG,
+        pattern=IMAGE_REFERENCE,
         description="Trainer image; defaults to the operator's configured image.",
     )
     ray_version: str = Field(
@@ -630,6 +648,7 @@ class OutputSpec(KubeModel):
     rules = (
         no_credentials_rule("storageURI"),
         matches_rule("storageURI", STORAGE_URI, STORAGE_URI_MEANING),
+        no_parent_segments_rule("storageURI"),
         Rule(
             cel="!has(self.credentialsSecretRef) || self.storageURI.startsWith('s3://') || "
             "self.storageURI.startsWith('gs://')",

@@ -104,10 +104,11 @@ def assert_real_token_is_limited(
     cfg.host, cfg.ssl_ca_cert = control_plane.server, str(control_plane.ca_path)
     cfg.api_key = {"authorization": f"Bearer {token}"}
     with client.ApiClient(cfg) as api:
-        core = client.CoreV1Api(api)
-        core.patch_namespaced_config_map("alpha-report", namespace, {"data": {"x": "1"}})
+        own = client.CustomObjectsApi(api)
+        reports = (GROUP, "v1alpha1", namespace, "finetunejobreports")
+        own.patch_namespaced_custom_object(*reports, "alpha-report", {"report": "{}"})
         with pytest.raises(ApiException) as refused:
-            core.patch_namespaced_config_map("beta-report", namespace, {"data": {"x": "1"}})
+            own.patch_namespaced_custom_object(*reports, "beta-report", {"report": "{}"})
         assert refused.value.status == 403
         # The trainer reads its own job (and checks its uid), and no other
         alpha = client.CustomObjectsApi(kube_api).get_namespaced_custom_object(
@@ -149,6 +150,10 @@ def test_golden_object_accepted_by_api_server(
     elif obj["kind"] == "FineTuneJobReport":
         client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
             "kubetune.dev", "v1alpha1", namespace, "finetunejobreports", obj, dry_run="All"
+        )
+    elif obj["kind"] == "NetworkPolicy":
+        client.NetworkingV1Api(kube_api).create_namespaced_network_policy(
+            namespace, obj, dry_run="All"
         )
     elif obj["kind"] == "ServiceAccount":
         client.CoreV1Api(kube_api).create_namespaced_service_account(namespace, obj, dry_run="All")
