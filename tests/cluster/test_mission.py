@@ -48,10 +48,74 @@ def _ray_pods(cluster: LocalCluster, job: str) -> list[str]:
     ]
 
 
-def _follow(cluster: LocalCluster, name: str) -> tuple[dict[str, Any], list[list[str]], list[str]]:
-    """Poll the job and its RayJob until the job is terminal; the distinct states seen."""
+PROBE = """
+import json, urllib.error, urllib.request
+request = urllib.request.Request(
+    "http://%s:8265/api/jobs/", data=json.dumps({"entrypoint": "echo pwned"}).encode(),
+    headers={"Content-Type": "application/json"})
+try:
+    urllib.request.urlopen(request, timeout=20)
+    print("PROBE SUBMITTED")
+except urllib.error.HTTPError as error:
+    print("PROBE HTTP", error.code)
+except Exception as error:
+    print("PROBE ERROR", type(error).__name__, error)
+"""
+
+
+def _submit_from_outside(cluster: LocalCluster, rayjob: dict[str, Any]) -> str:
+    """What the Jobs API says to a pod that is not the job's (no Ray token): one try."""
+    head = f"{rayjob['status']['rayClusterName']}-head-svc"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "outsider", "labels": {"app": "outsider"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": "probe",
+                    "image": cluster.images["trainer"],
+                    "imagePullPolicy": "Never",
+                    "command": ["python", "-c", PROBE % head],
+                    "resources": {"limits": {"cpu": "200m", "memory": "256Mi"}},
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
+        },
+    }
+    cluster.kubectl("delete", "pod", "outsider", "--ignore-not-found", "--wait=true")
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    cluster.kubectl(
+        "wait",
+        "--for=jsonpath={.status.phase}=Succeeded",
+        "pod/outsider",
+        "--timeout=180s",
+        check=False,
+        timeout=200,
+    )
+    logs = cluster.kubectl("logs", "outsider", check=False).stdout
+    cluster.kubectl("delete", "pod", "outsider", "--ignore-not-found", "--wait=false")
+    return logs
+
+
+def _follow(
+    cluster: LocalCluster, name: str
+) -> tuple[dict[str, Any], list[list[str]], list[str], str]:
+    """Poll the job and its RayJob until the job is terminal; the distinct states seen, and
+    what the Jobs API said to an outsider while the job trained."""
     states: list[list[str]] = []
     phases: list[str] = []
+    probe = ""
     deadline = time.monotonic() + RUN_TIMEOUT
     while time.monotonic() < deadline:
         job = _get(cluster, "finetunejob", name) or {}
@@ -68,8 +132,10 @@ def _follow(cluster: LocalCluster, name: str) -> tuple[dict[str, Any], list[list
         phase = status.get("phase")
         if phase and (not phases or phases[-1] != phase):
             phases.append(phase)
+        if phase == "Training" and not probe and rayjob is not None:
+            probe = _submit_from_outside(cluster, rayjob)
         if phase in ("Succeeded", "Failed"):
-            return job, states, phases
+            return job, states, phases, probe
         time.sleep(1)
     raise AssertionError(
         f"{name} not finished in {RUN_TIMEOUT} s; phases {phases}, "
@@ -119,10 +185,19 @@ def test_local_cluster_example_succeeds_on_real_pods(local_cluster: LocalCluster
     manifest = yaml.safe_load(EXAMPLE.read_text())
     name = manifest["metadata"]["name"]
     cluster.kubectl("delete", "finetunejob", name, "--ignore-not-found", "--wait=true", timeout=180)
+    # The namespace enforces the restricted Pod Security Standard: every pod KubeRay makes
+    # from our RayJob must pass it, or the job never starts.
+    cluster.kubectl(
+        "label",
+        "namespace",
+        "default",
+        "--overwrite",
+        "pod-security.kubernetes.io/enforce=restricted",
+    )
     applied = cluster.kubectl("apply", "-f", str(EXAMPLE))
     assert f"finetunejob.kubetune.dev/{name} created" in applied.stdout
 
-    job, states, phases = _follow(cluster, name)
+    job, states, phases, probe = _follow(cluster, name)
     finished = time.monotonic()
     status = FineTuneJobStatus.model_validate(job["status"])
     assert status.phase == "Succeeded", (
@@ -131,6 +206,10 @@ def test_local_cluster_example_succeeds_on_real_pods(local_cluster: LocalCluster
             "logs", "-n", OPERATOR_NAMESPACE, "deploy/kubetune-operator", "--tail=50", check=False
         ).stdout
     )
+
+    # Ray token authentication: a pod that reaches the dashboard without the token cannot
+    # submit (this bridge network enforces no NetworkPolicy, so only the token stops it).
+    assert "PROBE HTTP 401" in probe, probe
 
     epochs = manifest["spec"]["training"]["epochs"]
     assert [e.epoch for e in status.epochs] == list(range(1, epochs + 1))
