@@ -58,12 +58,16 @@ def run_validate(args: argparse.Namespace) -> int:
         errors, warnings = validate_document(doc)
         for problem in errors:
             print(f"{label}: {problem}", file=sys.stderr)
-        for problem in warnings:
-            print(f"{label}: warning: {problem}", file=sys.stderr)
         failed = failed or bool(errors)
         if not errors:
             name = doc.get("metadata", {}).get("name")
             print(f"{label}: FineTuneJob {name} is valid")
+        # Warnings follow the verdict on the same stream, one per line, so they can neither
+        # be lost nor interleave with it when both streams share a terminal or a pipe.
+        stream = sys.stderr if errors else sys.stdout
+        for problem in warnings:
+            print(f"{label}: warning: {problem}", file=stream)
+        stream.flush()
     return 1 if failed else 0
 
 

@@ -33,6 +33,7 @@ from kubetune.api.v1alpha1 import (
     Phase,
     Progress,
     RayJobRef,
+    StepMetrics,
 )
 from kubetune.builders.naming import rayjob_name
 
@@ -258,6 +259,9 @@ def _success_message(report: TrainerReport | None) -> str:
     if report.evaluation is not None:
         ev = report.evaluation
         text += f"; {ev.task} {ev.primary_metric} {ev.score:.4g} on {ev.samples} samples"
+        if ev.baseline and ev.primary_metric in ev.baseline:
+            base = ev.baseline[ev.primary_metric]
+            text += f" (base model {base:.4g}, gain {ev.score - base:+.4g})"
     return text
 
 
@@ -293,6 +297,11 @@ def _epoch_numbers(e: EpochMetrics) -> dict[str, float]:
     return {name: getattr(e, name) for name in EPOCH_NUMBERS}
 
 
+def _step_numbers(s: StepMetrics) -> dict[str, float]:
+    numbers = {"train_loss": s.train_loss, "learning_rate": s.learning_rate}
+    return numbers if s.grad_norm is None else {**numbers, "grad_norm": s.grad_norm}
+
+
 def _scores(ev: EvaluationResult) -> dict[str, float]:
     return {
         "score": ev.score,
@@ -313,6 +322,13 @@ def nonfinite_fields(report: TrainerReport) -> list[str]:
         for name, value in _epoch_numbers(e).items()
         if not math.isfinite(value)
     ]
+    # A step's loss goes NaN before its epoch ends; its gradient norm may be Inf on a skipped
+    # fp16 step without any divergence, so only the loss counts here.
+    found += [
+        f"steps (stage {s.stage}, step {s.step}) train_loss={s.train_loss}"
+        for s in report.steps
+        if not math.isfinite(s.train_loss)
+    ][:1]
     best = report.best_checkpoint
     if best is not None and not math.isfinite(best.validation_perplexity):
         found.append(f"bestCheckpoint validation_perplexity={best.validation_perplexity}")
@@ -506,10 +522,11 @@ def _finite_results(report: TrainerReport) -> dict[str, Any]:
     best, ev = report.best_checkpoint, report.evaluation
     return {
         "epochs": [e for e in report.epochs if _all_finite(_epoch_numbers(e))],
+        "steps": [s for s in report.steps if _all_finite(_step_numbers(s))],
         "best_checkpoint": best
         if best is None or math.isfinite(best.validation_perplexity)
         else None,
-        "evaluation": ev if ev is None or _all_finite(_scores(ev)) else None,
+        "evaluation": ev.with_gain() if ev is not None and _all_finite(_scores(ev)) else None,
     }
 
 

@@ -148,6 +148,78 @@ def test_quickstart_example_resolves_relative_to_the_manifest():
 
     manifest = Path(__file__).resolve().parents[2] / "examples" / "quickstart-local.yaml"
     job = load_manifest(manifest)
-    assert job.spec.model.name == "builtin:tiny-llama" and job.spec.task.preset == "gsm8k"
+    assert job.spec.model.name == "builtin:small-llama" and job.spec.task.preset == "viggo"
     assert job.spec.compute.workers == 2 and not job.spec.training.deepspeed.enabled
     assert Path(resolve_local(job.spec.data.train.uri, manifest.parent)).exists()
+
+
+def test_summary_shows_base_model_trained_and_gain_per_metric_and_the_files(tmp_path):
+    report = finished_report()
+    report.evaluation = EvaluationResult(
+        task="viggo",
+        samples=200,
+        primary_metric="exact_match",
+        score=0.62,
+        metrics={"function_accuracy": 0.95, "exact_match": 0.62},
+        baseline={"function_accuracy": 0.05, "exact_match": 0.0},
+    )
+    files = {"status": tmp_path / "status.json", "log": tmp_path / "run.log"}
+    table = summary_table(report, 95.0, files).splitlines()
+    assert any(line.split() == ["function_accuracy", "0.050", "0.950", "+0.900"] for line in table)
+    assert any(line.split() == ["exact_match", "0.000", "0.620", "+0.620"] for line in table)
+    assert "Succeeded in 95 s" in table
+    assert any(line.split() == ["log", str(tmp_path / "run.log")] for line in table)
+    best = [line for line in table if line.endswith("<- best")]
+    assert len(best) == 1 and best[0].split()[:2] == ["gsm8k", "2"]
+
+
+def test_progress_bar_shows_epoch_loss_lr_tokens_and_perplexity():
+    from kubetune.api.v1alpha1 import StepMetrics
+    from kubetune_trainer.local_run import bar_fields
+
+    report = finished_report().model_copy(update={"phase": "Training", "epoch": 2})
+    report.steps = [
+        StepMetrics(
+            stage="gsm8k",
+            epoch=2,
+            step=8,
+            train_loss=0.8123,
+            learning_rate=2.5e-4,
+            tokens_per_second=1234.5,
+            useful_tokens_per_second=600.0,
+            packing_fill=0.9,
+        )
+    ]
+    assert bar_fields(report) == {
+        "epoch": "2/2",
+        "loss": "0.812",
+        "lr": "2.50e-04",
+        "tok/s": "1,234",
+        "val_ppl": "8.00",
+    }
+
+
+def test_console_sends_process_output_to_the_log_and_keeps_the_terminal(tmp_path):
+    """What Ray, its forwarded workers and C-level libraries write to file descriptors 1 and 2
+    lands in the log; what kubetune writes to the console reaches the terminal; after restore,
+    the process writes to the terminal again."""
+    import subprocess
+    import sys
+
+    script = f"""
+import os, sys
+from pathlib import Path
+from kubetune_trainer.local_run import Console
+console = Console(Path({str(tmp_path / "run.log")!r}))
+print("python chatter")
+os.write(2, b"fd chatter\\n")
+console.out.write("progress for the user\\n")
+console.restore()
+print("after restore")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.splitlines() == ["progress for the user", "after restore"]
+    assert result.stderr == ""
+    assert (tmp_path / "run.log").read_text().splitlines() == ["python chatter", "fd chatter"]

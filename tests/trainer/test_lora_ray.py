@@ -68,7 +68,8 @@ def test_lora_ddp_run_trains_only_adapters_and_merged_checkpoint_generates(tmp_p
     assert best["epoch"] in (1, 2)
     assert Path(best["uri"]).parent == tmp_path / "checkpoints" / "gsm8k"
     metrics = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
-    assert [m["type"] for m in metrics] == ["epoch", "epoch"]
+    assert [m["type"] for m in metrics if m["type"] != "step"] == ["epoch", "epoch"]
+    assert [m["step"] for m in metrics if m["type"] == "step"][-1] == status["progress"]["step"]
 
     folder = Path(best["uri"])
     # merged: a plain model checkpoint, no peft adapter files and no peft-prefixed weights

@@ -60,3 +60,21 @@ def test_exact_match_and_mathqa_letter():
     assert details[0] == {"exact_match": True, "answer_correct": True}
     assert mathqa_letter("so the answer : ( e ) .") is None or mathqa_letter("answer: (e)") == "e"
     assert exact_match_scores("custom", ["a"], ["a "])[0] == {"exact_match": 1.0}
+
+
+def test_step_point_weighs_loss_by_tokens_and_rates_by_wall_time():
+    from kubetune_trainer.metrics import StepWindow, step_point
+
+    rank0, rank1 = StepWindow(), StepWindow()
+    rank0.add_batch(loss_sum=30.0, useful=10, tokens=200, slots=256)
+    rank1.add_batch(loss_sum=2.0, useful=2, tokens=100, slots=256)
+    for window in (rank0, rank1):  # both see the same all-reduced gradient norm
+        window.add_step(1e-3, 2.0)
+        window.add_step(5e-4, 4.0)
+    sums = [a + b for a, b in zip(rank0.sums(), rank1.sums(), strict=True)]
+    point = step_point(sums, rank0.learning_rate, elapsed_s=2.0)
+    assert point["train_loss"] == pytest.approx(32.0 / 12)  # not the mean of 3.0 and 1.0
+    assert point["learning_rate"] == 5e-4 and point["grad_norm"] == pytest.approx(3.0)
+    assert point["tokens_per_second"] == 150.0 and point["useful_tokens_per_second"] == 6.0
+    assert point["packing_fill"] == pytest.approx(300 / 512)
+    assert step_point(StepWindow().sums(), 0.0, 1.0)["grad_norm"] is None

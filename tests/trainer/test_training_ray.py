@@ -103,7 +103,8 @@ def test_curriculum_ddp_run_learns_and_checkpoint_generates(tmp_path, datasets_d
     assert status["progress"]["step"] == status["progress"]["totalSteps"] > 0
     assert (output / "learning_curve.png").stat().st_size > 1000
     metrics = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
-    assert [m["type"] for m in metrics] == ["epoch"] * 3 + ["evaluation"]
+    assert [m["type"] for m in metrics if m["type"] != "step"] == ["epoch"] * 3 + ["evaluation"]
+    assert_step_series(metrics, status, tmp_path / "checkpoints")
     report = json.loads((output / "report.json").read_text())
     assert {d["split"] for d in report["data"]} >= {
         "mathqa/train",
@@ -111,6 +112,25 @@ def test_curriculum_ddp_run_learns_and_checkpoint_generates(tmp_path, datasets_d
         "gsm8k/test",
     }
     assert_checkpoint_generates(Path(best["uri"]))
+
+
+def assert_step_series(metrics: list[dict], status: dict, storage: Path) -> None:
+    """Per-step points of every stage: in metrics.jsonl (the full series, also in the stage's
+    storage), each epoch's last step among them, and a downsampled copy in the status."""
+    for stage in ("mathqa", "gsm8k"):
+        points = [m for m in metrics if m["type"] == "step" and m["stage"] == stage]
+        stored = (storage / stage / "steps.jsonl").read_text().splitlines()
+        assert [{"type": "step", **json.loads(line)} for line in stored] == points
+        steps = [p["step"] for p in points]
+        assert steps == sorted(set(steps)) and steps[0] >= 1
+        epoch_ends = [e["step"] for e in status["epochs"] if e["stage"] == stage]
+        assert set(epoch_ends) <= set(steps)  # the last step of an epoch always records
+        for point in points:
+            assert point["trainLoss"] > 0 and point["learningRate"] > 0
+            assert point["gradNorm"] > 0 and 0 < point["packingFill"] <= 1
+            assert point["tokensPerSecond"] >= point["usefulTokensPerSecond"] > 0
+    all_steps = [m for m in metrics if m["type"] == "step"]
+    assert len(status["steps"]) == min(len(all_steps), 200)
 
 
 def assert_checkpoint_generates(folder: Path) -> None:

@@ -293,3 +293,51 @@ def test_invalid_spec_status() -> None:
     assert (accepted.status, accepted.reason) == ("False", "InvalidSpec")
     assert "spec.compute.workers" in accepted.message
     assert isinstance(FineTuneJobStatus.model_validate(status.to_wire()), FineTuneJobStatus)
+
+
+def step_point(step: int, loss: float = 1.0, **extra: Any) -> dict[str, Any]:
+    return {
+        "stage": "gsm8k",
+        "epoch": 1,
+        "step": step,
+        "trainLoss": loss,
+        "learningRate": 1e-3,
+        "gradNorm": 0.5,
+        "tokensPerSecond": 900.0,
+        "usefulTokensPerSecond": 400.0,
+        "packingFill": 0.9,
+        **extra,
+    }
+
+
+def test_gain_is_derived_from_scores_and_baseline_not_taken_from_the_report() -> None:
+    scores = {
+        **SCORES,
+        "metrics": {"accuracy": 0.47, "format_rate": 0.9},
+        "baseline": {"accuracy": 0.28},
+        "gain": {"accuracy": 99.0},  # a trainer's own number is never mirrored
+    }
+    done = report(phase="Succeeded", bestCheckpoint=BEST, evaluation=scores)
+    status = map_rayjob_status(job(), rj("Complete", "SUCCEEDED"), done, None, T0)
+    assert status.evaluation is not None and status.evaluation.gain == {
+        "accuracy": pytest.approx(0.19)
+    }
+    assert "base model 0.28, gain +0.19" in (status.message or "")
+    no_baseline = map_rayjob_status(job(), rj("Complete", "SUCCEEDED"), FULL, None, T0)
+    assert no_baseline.evaluation is not None and no_baseline.evaluation.gain is None
+
+
+def test_step_curve_is_mirrored_without_non_finite_points() -> None:
+    steps = [step_point(10), step_point(20, gradNorm=float("inf")), step_point(30)]
+    status = map_rayjob_status(job(), rj("Running", "RUNNING"), report(steps=steps), None, T0)
+    assert status.phase == "Training"
+    assert [s.step for s in status.steps] == [10, 30]  # JSON cannot carry Inf
+    FineTuneJobStatus.model_validate(status.to_wire())
+
+
+def test_a_nan_step_loss_is_divergence_before_the_epoch_ends() -> None:
+    steps = [step_point(10), step_point(20, loss=float("nan"))]
+    status = map_rayjob_status(job(), rj("Running", "RUNNING"), report(steps=steps), None, T0)
+    assert status.phase == "Failed"
+    diverged = next(c for c in status.conditions if c.type == "Failed")
+    assert diverged.reason == "Diverged" and "step 20" in (diverged.message or "")

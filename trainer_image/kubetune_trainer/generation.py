@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,27 @@ def cut_at_stop(ids: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
     return out
 
 
+@dataclass
+class Endings:
+    """How generations ended: with a stop token, or cut at maxNewTokens without one."""
+
+    stopped: int = 0
+    truncated: int = 0
+    total: int = 0
+
+    def add(self, new_ids: Sequence[int], stop_ids: Sequence[int], max_new_tokens: int) -> None:
+        kept = cut_at_stop(new_ids, stop_ids)
+        self.total += 1
+        if len(kept) < len(new_ids) and new_ids[len(kept)] in stop_ids:
+            self.stopped += 1
+        elif len(kept) >= max_new_tokens:
+            self.truncated += 1
+
+    def metrics(self) -> dict[str, float]:
+        total = max(self.total, 1)
+        return {"stop_token_rate": self.stopped / total, "truncated_rate": self.truncated / total}
+
+
 @torch.no_grad()
 def generate(
     model: Any,
@@ -58,8 +80,10 @@ def generate(
     batch_size: int,
     max_new_tokens: int,
     prefix: str = "",
+    endings: Endings | None = None,
 ) -> list[str]:
-    """Greedy completions of `prompts` (same BOS + prompt prefix as in training)."""
+    """Greedy completions of `prompts` (same BOS + prompt prefix as in training); `endings`,
+    when given, counts how each one ended."""
     stop_ids = [tokenizer.convert_tokens_to_ids(stop_token)]
     if tokenizer.eos_token_id is not None:
         stop_ids.append(tokenizer.eos_token_id)
@@ -78,6 +102,8 @@ def generate(
             pad_token_id=tokenizer.pad_token_id,
         )
         for row in generated[:, ids.shape[1] :].tolist():
+            if endings is not None:
+                endings.add(row, stop_ids, max_new_tokens)
             outputs.append(
                 tokenizer.decode(cut_at_stop(row, stop_ids), skip_special_tokens=True).strip()
             )
@@ -148,6 +174,7 @@ def evaluate_model(
         model.resize_token_embeddings(len(tokenizer))
     if torch.cuda.is_available():
         model = model.cuda()
+    endings = Endings()
     predictions = generate(
         model,
         tokenizer,
@@ -156,6 +183,8 @@ def evaluate_model(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         prefix=few_shot_prefix(few_shot),
+        endings=endings,
     )
     metrics, details = score(task, predictions, rows)
+    metrics = {**metrics, **endings.metrics()}
     return {"metrics": metrics, "details": details, "predictions": predictions}

@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 MAX_LOG_PERPLEXITY = 700.0  # exp() overflows a float just above 709
 
@@ -35,6 +36,60 @@ class TokenLoss:
     @property
     def mean(self) -> float:
         return self.loss_sum / self.tokens if self.tokens else math.nan
+
+
+# The sums a step window keeps on each worker; summed across workers in one collective.
+WINDOW_FIELDS = ("loss_sum", "useful_tokens", "tokens", "slots", "grad_norm_sum", "norms")
+
+
+@dataclass
+class StepWindow:
+    """What happened since the last step point on one worker: losses and token counts of its
+    micro-batches, the gradient norms of its optimizer steps, and the last learning rate."""
+
+    started: float = 0.0  # monotonic clock when the window opened
+    loss_sum: float = 0.0
+    useful_tokens: int = 0  # tokens that carry loss (completion tokens)
+    tokens: int = 0  # non-padding tokens fed to the model
+    slots: int = 0  # rows x contextLength: what packing fills
+    # A number, or a device tensor summed without a host sync until the point is recorded.
+    grad_norm_sum: Any = 0.0
+    norms: int = 0
+    learning_rate: float = 0.0
+
+    def add_batch(self, loss_sum: float, useful: int, tokens: int, slots: int) -> None:
+        self.loss_sum += loss_sum
+        self.useful_tokens += useful
+        self.tokens += tokens
+        self.slots += slots
+
+    def add_step(self, learning_rate: float, grad_norm: Any) -> None:
+        self.learning_rate = learning_rate
+        if grad_norm is not None:
+            self.grad_norm_sum += grad_norm
+            self.norms += 1
+
+    def sums(self) -> list[float]:
+        return [float(getattr(self, name)) for name in WINDOW_FIELDS]
+
+
+def step_point(
+    sums: Sequence[float], learning_rate: float, elapsed_s: float
+) -> dict[str, float | None]:
+    """A step point's numbers from the window sums of all workers (`WINDOW_FIELDS` order):
+    token-weighted loss, rates over the window's wall time, fill of the context slots, and the
+    gradient norm averaged over the steps and workers (all see the same all-reduced norm)."""
+    totals = dict(zip(WINDOW_FIELDS, sums, strict=True))
+    seconds = max(elapsed_s, 1e-9)
+    norms = totals["norms"]
+    return {
+        "train_loss": TokenLoss(totals["loss_sum"], int(totals["useful_tokens"])).mean,
+        "learning_rate": learning_rate,
+        "grad_norm": totals["grad_norm_sum"] / norms if norms else None,
+        "tokens_per_second": totals["tokens"] / seconds,
+        "useful_tokens_per_second": totals["useful_tokens"] / seconds,
+        "packing_fill": min(1.0, totals["tokens"] / totals["slots"]) if totals["slots"] else 0.0,
+    }
 
 
 def perplexity(mean_loss: float) -> float:

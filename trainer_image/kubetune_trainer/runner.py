@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.report import TrainerReport
+from kubetune.api.report import TrainerReport, downsample
 from kubetune.api.v1alpha1 import (
     BestCheckpoint,
     EpochMetrics,
     EvaluationResult,
     FineTuneJobSpec,
     StageSpec,
+    StepMetrics,
     TrainingSpec,
     stages_of,
 )
@@ -36,7 +37,7 @@ from kubetune_trainer.data.loaders import LoadedRows, resolve_local
 from kubetune_trainer.data.prepare import PreparedData, load_texts, prepare_data
 from kubetune_trainer.data.presets import Preset, preset_for_task
 from kubetune_trainer.generation import PRIMARY_METRIC
-from kubetune_trainer.model import BUILTIN_PREFIX, TINY_LLAMA
+from kubetune_trainer.model import BUILTIN_PREFIX
 from kubetune_trainer.reporting import ThrottledReporter, redact
 from kubetune_trainer.train_loop import (
     STATE_FILE,
@@ -62,6 +63,8 @@ class RunOptions:
     local: bool = False
     report_interval_s: float = 10.0
     on_report: Callable[[TrainerReport], None] | None = None
+    # Called after each stage with the full per-step series so far (the report's is downsampled).
+    on_steps: Callable[[list[StepMetrics]], None] | None = None
     eval_outputs: Path | None = None
     job_uid: str | None = None  # stamped into every report (the operator matches on it)
 
@@ -75,6 +78,7 @@ class JobState:
     model_source: dict[str, Any] = field(default_factory=dict)
     base_model: str = ""
     records: list[CheckpointRecord] = field(default_factory=list)
+    steps: list[StepMetrics] = field(default_factory=list)  # every stage's full series
 
 
 def publish(options: RunOptions, report: TrainerReport, force: bool = True) -> None:
@@ -145,9 +149,8 @@ def initial_model(
 
     name = spec.model.name
     if name.startswith(BUILTIN_PREFIX):
-        if name != TINY_LLAMA:
-            raise ValueError(f"unknown builtin model {name!r}; available: {TINY_LLAMA}")
-        folder = build_tiny_llama(texts, workdir / "tiny-llama", seed=spec.training.seed)
+        folder = workdir / name.removeprefix(BUILTIN_PREFIX)
+        folder = build_tiny_llama(texts, folder, seed=spec.training.seed, name=name)
         return {"kind": "files", "files": read_files(folder)}, load_tokenizer(str(folder))
     local = Path(name)
     if local.is_dir():
@@ -251,6 +254,11 @@ def run_stage(
     )
     report.epochs = [e for e in report.epochs if e.stage != stage.name]
     report.epochs += [EpochMetrics.model_validate(e) for e in state.epochs]
+    job.steps = [s for s in job.steps if s.stage != stage.name]
+    job.steps += [StepMetrics.model_validate(s) for s in state.steps]
+    report.steps = downsample(job.steps)
+    if options.on_steps is not None:
+        options.on_steps(job.steps)
     report.epoch, report.step = state.epoch, state.step
     job.records = state.checkpoint_records()
     best = select_best_checkpoint(job.records)

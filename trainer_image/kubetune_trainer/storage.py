@@ -39,6 +39,23 @@ def upload_dir(local: Path, uri: str) -> None:
     shutil.copytree(local, target)
 
 
+def write_text(uri: str, text: str) -> None:
+    """Write (replace) one small file at `uri`: written whole, then renamed into place locally;
+    an object store makes a single PUT visible whole by itself."""
+    if is_remote(uri):
+        from pyarrow import fs
+
+        filesystem, path = fs.FileSystem.from_uri(uri)
+        with filesystem.open_output_stream(path) as stream:
+            stream.write(text.encode())
+        return
+    target = Path(resolve_local(uri))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    partial.write_text(text)
+    partial.replace(target)
+
+
 def download_dir(uri: str, local: Path) -> Path:
     """A local folder with the contents of `uri` (the folder itself when it is local)."""
     if not is_remote(uri):

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from kubetune.api.report import TrainerReport
-from kubetune.api.v1alpha1 import BestCheckpoint, EpochMetrics, TrainingSpec
+from kubetune.api.report import TrainerReport, downsample
+from kubetune.api.v1alpha1 import BestCheckpoint, EpochMetrics, StepMetrics, TrainingSpec
 from kubetune_trainer import storage
 from kubetune_trainer.checkpoints import (
     CheckpointRecord,
@@ -39,15 +39,18 @@ from kubetune_trainer.data.tokenization import (
 )
 from kubetune_trainer.deepspeed_config import ADAM_BETAS, ADAM_EPS, build_deepspeed_config
 from kubetune_trainer.metrics import (
+    StepWindow,
     TokenLoss,
     eta_seconds,
     lr_multiplier,
     perplexity,
+    step_point,
     warmup_steps,
 )
 from kubetune_trainer.reporting import ThrottledReporter, reporter_from_target
 
 STATE_FILE = "kubetune_state.json"
+STEPS_FILE = "steps.jsonl"  # the stage's full per-step series, beside its checkpoints
 
 
 @dataclass
@@ -79,6 +82,7 @@ class StageState:
     epochs: list[dict[str, Any]] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
+    steps: list[dict[str, Any]] = field(default_factory=list)  # StepMetrics, wire form
 
     def checkpoint_records(self) -> list[CheckpointRecord]:
         return [CheckpointRecord(**r) for r in self.records]
@@ -262,15 +266,44 @@ def train_micro_step(
 
 def optimizer_step(
     accelerator: Any, model: Any, optimizer: Any, scheduler: Any, config: StageConfig
-) -> None:
+) -> Any:
     """Clip, step, schedule: only at accumulation boundaries (DeepSpeed does all of it inside
-    backward; these calls are then no-ops)."""
+    backward; these calls are then no-ops). Returns the gradient norm before clipping (a
+    tensor, read on the host only when a step point is recorded), or None if unknown."""
     if config.training.deepspeed.enabled:
-        return
-    accelerator.clip_grad_norm_(model.parameters(), config.training.max_grad_norm)
+        norm = model.get_global_grad_norm()
+        return None if norm is None else torch.as_tensor(norm, dtype=torch.float32)
+    norm = accelerator.clip_grad_norm_(model.parameters(), config.training.max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    return None if norm is None else norm.detach().float()
+
+
+def current_lr(optimizer: Any) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def batch_tokens(
+    batch: dict[str, torch.Tensor], pad_id: int, context_length: int
+) -> tuple[int, int]:
+    """(non-padding tokens, contextLength slots) of a micro-batch: what packing fills."""
+    input_ids = batch["input_ids"]
+    return int((input_ids != pad_id).sum()), input_ids.shape[0] * context_length
+
+
+def record_step(ctx: dict[str, Any], epoch: int, state: StageState, window: StepWindow) -> bool:
+    """Sum the window over all workers (one collective, every rank at the same step) and
+    append its point; False (nothing recorded) when the window held no completion token."""
+    config: StageConfig = ctx["config"]
+    sums = global_sum(ctx["accelerator"], torch.tensor(window.sums(), dtype=torch.float64))
+    if not sums[1] > 0:
+        return False
+    numbers = step_point(sums.tolist(), window.learning_rate, time.monotonic() - window.started)
+    state.steps.append(
+        StepMetrics(stage=config.stage, epoch=epoch, step=state.step, **numbers).to_wire()
+    )
+    return True
 
 
 @torch.no_grad()
@@ -401,6 +434,8 @@ class Progress:
     def __init__(self, config: StageConfig, is_main: bool, total_steps: int):
         self.report = config.report.model_copy(deep=True)
         self.prior_epochs = list(self.report.epochs)
+        self.prior_steps = list(self.report.steps)
+        self.steps: list[StepMetrics] = []  # this stage's points, parsed once each
         self.report.phase, self.report.stage = "Training", config.stage
         self.report.stage_index = config.stage_index
         self.report.total_epochs, self.report.total_steps = stage_epochs(config), total_steps
@@ -424,6 +459,8 @@ class Progress:
             r.total_steps - self.start_step,
         )
         r.epochs = self.prior_epochs + [EpochMetrics.model_validate(e) for e in state.epochs]
+        self.steps += [StepMetrics.model_validate(s) for s in state.steps[len(self.steps) :]]
+        r.steps = downsample(self.prior_steps + self.steps)
         best = select_best_checkpoint(state.checkpoint_records())
         if best is not None:
             r.best_checkpoint = BestCheckpoint(
@@ -457,14 +494,26 @@ def run_epoch(ctx: dict[str, Any], epoch: int, state: StageState) -> float:
         accumulation=t.gradient_accumulation_steps,
     )
     total = TokenLoss()
+    window = StepWindow(started=time.monotonic())
     model.train()
     for index, batch in enumerate(batches, start=1):
         ctx["fault"].maybe_kill(epoch, index)
+        tokens, slots = batch_tokens(batch, ctx["pad_id"], t.context_length)
         with accelerator.accumulate(model):
-            total.add(*train_micro_step(accelerator, model, batch, ctx["world"]))
+            loss_sum, useful = train_micro_step(accelerator, model, batch, ctx["world"])
+            total.add(loss_sum, useful)
+            window.add_batch(loss_sum, useful, tokens, slots)
             if index % t.gradient_accumulation_steps == 0:
-                optimizer_step(accelerator, model, ctx["optimizer"], ctx["scheduler"], config)
+                lr = current_lr(ctx["optimizer"])
+                norm = optimizer_step(
+                    accelerator, model, ctx["optimizer"], ctx["scheduler"], config
+                )
+                window.add_step(lr, norm)
                 state.step += 1
+                if (state.step % t.log_every_steps == 0 or index == len(batches)) and record_step(
+                    ctx, epoch, state, window
+                ):
+                    window = StepWindow(started=time.monotonic())
                 ctx["progress"].update(state, epoch)
     return all_reduce_mean(accelerator, total)
 
@@ -483,6 +532,7 @@ def finish_epoch(ctx: dict[str, Any], epoch: int, state: StageState, train_loss:
         EpochMetrics(
             stage=config.stage,
             epoch=epoch,
+            step=state.step,
             train_loss=train_loss,
             validation_loss=val_loss,
             validation_perplexity=ppl,
@@ -491,6 +541,9 @@ def finish_epoch(ctx: dict[str, Any], epoch: int, state: StageState, train_loss:
     )
     state.records.append(asdict(CheckpointRecord(config.stage, epoch, uri, ppl)))
     retain_best(config, state, accelerator.is_main_process)
+    if accelerator.is_main_process:
+        steps = "".join(json.dumps(point) + "\n" for point in state.steps)
+        storage.write_text(storage.join(config.storage_uri, config.stage, STEPS_FILE), steps)
     early = config.training.early_stopping
     state.stopped_early = early is not None and should_stop_early(
         [e["validationPerplexity"] for e in state.epochs], early.patience, early.min_delta

@@ -8,12 +8,19 @@ text), which the operator creates; locally `kubetune run` writes it to a file. T
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, Field
 
 from kubetune.api.base import KubeModel
-from kubetune.api.v1alpha1 import MESSAGE_LIMIT, BestCheckpoint, EpochMetrics, EvaluationResult
+from kubetune.api.v1alpha1 import (
+    MESSAGE_LIMIT,
+    STEP_POINTS,
+    BestCheckpoint,
+    EpochMetrics,
+    EvaluationResult,
+    StepMetrics,
+)
 
 # The kind that carries the report in a cluster: kubetune's own, so the operator holds write
 # rights on nothing cluster-wide but its own CRDs (a ConfigMap channel needed them on every
@@ -33,6 +40,8 @@ REPORT_SCHEMA_VERSION = 2
 MAX_EPOCHS = 2048
 MAX_SPLITS = 64
 REPORT_TEXT_LIMIT = MESSAGE_LIMIT
+
+T = TypeVar("T")
 
 TrainerPhase = Literal["Preparing", "Training", "Evaluating", "Succeeded", "Failed"]
 
@@ -88,6 +97,11 @@ class TrainerReport(KubeModel):
     epochs: list[EpochMetrics] = Field(
         default_factory=list, max_length=MAX_EPOCHS, description="Learning curve so far."
     )
+    steps: list[StepMetrics] = Field(
+        default_factory=list,
+        max_length=STEP_POINTS,
+        description="Per-step curve of every stage so far, downsampled (see `downsample`).",
+    )
     best_checkpoint: BestCheckpoint | None = Field(None, description="Best checkpoint so far.")
     data: list[SplitReport] = Field(
         default_factory=list,
@@ -98,6 +112,18 @@ class TrainerReport(KubeModel):
     error: str | None = Field(
         None, max_length=REPORT_TEXT_LIMIT, description="Why the trainer failed (phase Failed)."
     )
+
+
+def downsample(points: list[T], limit: int = STEP_POINTS) -> list[T]:
+    """At most `limit` points, evenly spread, always keeping the first and the last: the
+    shape of a long curve in an object of bounded size."""
+    if len(points) <= limit:
+        return list(points)
+    if limit == 1:
+        return [points[-1]]
+    last = len(points) - 1
+    picks = sorted({round(i * last / (limit - 1)) for i in range(limit)})
+    return [points[i] for i in picks]
 
 
 # --------------------------------------------------------------------------- reading

@@ -38,6 +38,8 @@ TEMPLATE = 16384
 # Longest message in status (conditions and .message); longer text is cut with a marker.
 MESSAGE_LIMIT = 32768
 METRICS_LIMIT = 64
+# Points of the per-step curve kept in the report and the status (objects have size limits).
+STEP_POINTS = 200
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -193,9 +195,9 @@ class ModelSpec(KubeModel):
         max_length=SHORT,
         description=(
             "Hugging Face model id (e.g. meta-llama/Llama-2-13b-hf), a local or "
-            "mounted directory with an HF checkpoint, or builtin:tiny-llama (a small "
-            "random Llama built offline with a tokenizer trained on the training text, "
-            "for quick starts and tests)."
+            "mounted directory with an HF checkpoint, or builtin:tiny-llama / "
+            "builtin:small-llama (small random Llamas built offline with a tokenizer trained "
+            "on the training text, for quick starts and tests)."
         ),
     )
     revision: str = Field(
@@ -428,6 +430,15 @@ class TrainingSpec(KubeModel):
     )
     early_stopping: EarlyStopping | None = Field(
         None, description="Stop early on a validation plateau."
+    )
+    log_every_steps: int = Field(
+        10,
+        ge=1,
+        le=100_000,
+        description=(
+            "Record a step point (train loss, learning rate, gradient norm, tokens/s, packing "
+            "fill) every this many optimizer steps; the last step of an epoch always records."
+        ),
     )
     deepspeed: DeepSpeedSpec = nested(DeepSpeedSpec, "DeepSpeed ZeRO settings.")
 
@@ -813,11 +824,33 @@ class EpochMetrics(KubeModel):
 
     stage: str = Field(max_length=SHORT, description="Stage name.")
     epoch: int = Field(ge=1, description="Epoch number, 1-based.")
+    step: int | None = Field(None, ge=0, description="Optimizer steps done in the stage by then.")
     train_loss: float = Field(description="Mean training loss over completion tokens.")
     validation_loss: float = Field(description="Token-weighted mean validation loss.")
     validation_perplexity: float = Field(description="exp(validationLoss).")
     checkpoint: str | None = Field(
         None, max_length=LONG, description="URI of this epoch's checkpoint, if kept."
+    )
+
+
+class StepMetrics(KubeModel):
+    """One point of the per-step training curve (means over the steps since the last point,
+    across all workers)."""
+
+    stage: str = Field(max_length=SHORT, description="Stage name.")
+    epoch: int = Field(ge=1, description="Epoch number, 1-based.")
+    step: int = Field(ge=1, description="Optimizer steps done in the stage.")
+    train_loss: float = Field(description="Mean training loss over completion tokens.")
+    learning_rate: float = Field(description="Learning rate of the last step.")
+    grad_norm: float | None = Field(
+        None, description="Gradient norm before clipping, mean over the steps."
+    )
+    tokens_per_second: float = Field(ge=0, description="Non-padding tokens per second.")
+    useful_tokens_per_second: float = Field(
+        ge=0, description="Completion tokens (those that carry loss) per second."
+    )
+    packing_fill: float = Field(
+        ge=0, le=1, description="Share of the batches' contextLength slots holding tokens."
     )
 
 
@@ -845,6 +878,19 @@ class EvaluationResult(KubeModel):
     baseline: dict[str, float] | None = Field(
         None, max_length=METRICS_LIMIT, description="Same metrics for the base model."
     )
+    gain: dict[str, float] | None = Field(
+        None,
+        max_length=METRICS_LIMIT,
+        description="Checkpoint minus base model, for each metric both have (with a baseline).",
+    )
+
+    def with_gain(self) -> EvaluationResult:
+        """This result with `gain` derived from `metrics` and `baseline` (never taken from the
+        trainer: one fact, computed in one place)."""
+        if self.baseline is None:
+            return self.model_copy(update={"gain": None})
+        gain = {k: v - self.baseline[k] for k, v in self.metrics.items() if k in self.baseline}
+        return self.model_copy(update={"gain": gain})
 
 
 class FineTuneJobStatus(KubeModel):
@@ -874,6 +920,14 @@ class FineTuneJobStatus(KubeModel):
     progress: Progress | None = Field(None, description="Current stage, epoch, step and ETA.")
     epochs: list[EpochMetrics] = Field(
         default_factory=list, description="Learning curve, one entry per epoch."
+    )
+    steps: list[StepMetrics] = Field(
+        default_factory=list,
+        max_length=STEP_POINTS,
+        description=(
+            f"Per-step training curve, downsampled to at most {STEP_POINTS} points (the full "
+            "series is in the job's storage, <storageURI>/<stage>/steps.jsonl)."
+        ),
     )
     best_checkpoint: BestCheckpoint | None = Field(
         None, description="Best checkpoint by validation perplexity."

@@ -3,6 +3,7 @@ named), an older report still reads, a known field with a bad value is still an 
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -13,6 +14,7 @@ from kubetune.api.base import cut_text
 from kubetune.api.report import (
     REPORT_SCHEMA_VERSION,
     TrainerReport,
+    downsample,
     parse_report_json,
     strip_unknown,
 )
@@ -93,3 +95,15 @@ def test_cut_text_fits_and_says_how_much_was_cut(size: int) -> None:
         count = int(cut.split(" characters cut")[0].rsplit(" ", 1)[1])
         assert len(cut) - len(f" [... {count} characters cut ...] ") + count == size
         assert cut.startswith(text[:100]) and cut.endswith(text[-100:])
+
+
+@pytest.mark.parametrize(("length", "limit"), [(0, 5), (3, 5), (5, 5), (6, 5), (1000, 200), (7, 1)])
+def test_downsample_keeps_the_ends_and_spreads_evenly(length: int, limit: int) -> None:
+    points = list(range(length))
+    kept = downsample(points, limit)
+    assert len(kept) == min(length, limit) and kept == sorted(set(kept))
+    if length and limit > 1:
+        assert kept[0] == 0 and kept[-1] == length - 1
+    if length > limit > 1:
+        gaps = [b - a for a, b in itertools.pairwise(kept)]
+        assert max(gaps) - min(gaps) <= 1
