@@ -130,6 +130,7 @@ def plot_learning_curve(
         )
         ppl.plot(ends, [e.validation_perplexity for e in report.epochs], "s-", color="C2")
     loss.set_title("loss on completion tokens")
+    loss.set_yscale("log")  # the first steps fall by orders of magnitude
     loss.legend()
     ppl.set_title("validation perplexity (per epoch)")
     lr.set_title("learning rate")
