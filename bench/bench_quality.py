@@ -3,7 +3,7 @@
     python bench/bench_quality.py [--only quickstart|quality] [--keep DIR]
 
 Both run `kubetune run` exactly as a user would (a subprocess, the example manifest), on the
-builtin tiny Llama (random weights, tokenizer trained on the training text), and read the
+example's builtin:small-llama (random weights, tokenizer trained on the training text), and read the
 numbers back from the run's `status.json`:
 
 - quickstart: `examples/quickstart-local.yaml` as it is (what `make demo` runs): untrained

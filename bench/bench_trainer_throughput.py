@@ -40,7 +40,12 @@ from kubetune_trainer.data.tokenization import (
     pack_examples,
     token_loss_sum,
 )
-from kubetune_trainer.model import add_special_tokens, build_tiny_llama, load_model, load_tokenizer
+from kubetune_trainer.model import (
+    add_special_tokens,
+    build_builtin_model,
+    load_model,
+    load_tokenizer,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "gsm8k" / "train.jsonl"
 
@@ -107,7 +112,7 @@ def main() -> None:
             json.loads(line)["question"] + json.loads(line)["answer"]
             for line in DATA.read_text().splitlines()[:2000]
         ]
-        model_dir = build_tiny_llama(texts, Path(tmp) / "tiny")
+        model_dir = build_builtin_model(texts, Path(tmp) / "tiny")
         tokenizer = load_tokenizer(str(model_dir))
         add_special_tokens(tokenizer, make_preset("gsm8k").special_tokens)
         examples = load_examples(tokenizer, args.rows, args.context, loss_on_prompt=False)

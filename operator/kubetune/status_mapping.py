@@ -259,9 +259,10 @@ def _success_message(report: TrainerReport | None) -> str:
     if report.evaluation is not None:
         ev = report.evaluation
         text += f"; {ev.task} {ev.primary_metric} {ev.score:.4g} on {ev.samples} samples"
-        if ev.baseline and ev.primary_metric in ev.baseline:
+        gain = ev.with_gain().gain or {}
+        if ev.baseline and ev.primary_metric in gain:
             base = ev.baseline[ev.primary_metric]
-            text += f" (base model {base:.4g}, gain {ev.score - base:+.4g})"
+            text += f" (base model {base:.4g}, gain {gain[ev.primary_metric]:+.4g})"
     return text
 
 

@@ -42,10 +42,10 @@ def gsm8k_rows(datasets_dir: Path) -> list[dict]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, gsm8k_rows: list[dict]) -> Path:
     """The builtin tiny Llama with a tokenizer trained on real GSM8k text and the task tokens."""
-    from kubetune_trainer.model import build_tiny_llama
+    from kubetune_trainer.model import build_builtin_model
 
     texts = [row["question"] + "\n" + row["answer"] for row in gsm8k_rows]
-    return build_tiny_llama(texts, tmp_path_factory.mktemp("tiny-llama"))
+    return build_builtin_model(texts, tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")

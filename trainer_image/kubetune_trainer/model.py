@@ -34,7 +34,6 @@ BUILTIN_MODELS: dict[str, dict[str, Any]] = {
     TINY_LLAMA: {"hidden_size": 128, "intermediate_size": 256, **_SHARED_CONFIG},
     SMALL_LLAMA: {"hidden_size": 256, "intermediate_size": 512, **_SHARED_CONFIG},
 }
-TINY_CONFIG = BUILTIN_MODELS[TINY_LLAMA]
 TINY_VOCAB = 2048
 
 
@@ -55,11 +54,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = TINY_VOCAB) -> A
     return PreTrainedTokenizerFast(tokenizer_object=backend, **BASE_SPECIAL)
 
 
-def builtin_model_names() -> str:
-    return ", ".join(BUILTIN_MODELS)
-
-
-def build_tiny_llama(
+def build_builtin_model(
     texts: Iterable[str], out_dir: Path, seed: int = 0, name: str = TINY_LLAMA
 ) -> Path:
     """Create the builtin model `name` + tokenizer checkpoint in `out_dir` (idempotent)."""
@@ -67,7 +62,7 @@ def build_tiny_llama(
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if name not in BUILTIN_MODELS:
-        raise ValueError(f"unknown builtin model {name!r}; available: {builtin_model_names()}")
+        raise ValueError(f"unknown builtin model {name!r}; available: {', '.join(BUILTIN_MODELS)}")
     if (out_dir / "config.json").exists():
         return out_dir
     tokenizer = train_bpe_tokenizer(texts)

@@ -145,12 +145,12 @@ def initial_model(
     spec: FineTuneJobSpec, texts: list[str], workdir: Path
 ) -> tuple[dict[str, Any], Any]:
     """(model source for the workers, base tokenizer)."""
-    from kubetune_trainer.model import build_tiny_llama, load_tokenizer
+    from kubetune_trainer.model import build_builtin_model, load_tokenizer
 
     name = spec.model.name
     if name.startswith(BUILTIN_PREFIX):
         folder = workdir / name.removeprefix(BUILTIN_PREFIX)
-        folder = build_tiny_llama(texts, folder, seed=spec.training.seed, name=name)
+        folder = build_builtin_model(texts, folder, seed=spec.training.seed, name=name)
         return {"kind": "files", "files": read_files(folder)}, load_tokenizer(str(folder))
     local = Path(name)
     if local.is_dir():

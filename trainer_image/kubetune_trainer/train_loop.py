@@ -39,6 +39,7 @@ from kubetune_trainer.data.tokenization import (
 )
 from kubetune_trainer.deepspeed_config import ADAM_BETAS, ADAM_EPS, build_deepspeed_config
 from kubetune_trainer.metrics import (
+    WINDOW_FIELDS,
     StepWindow,
     TokenLoss,
     eta_seconds,
@@ -297,7 +298,7 @@ def record_step(ctx: dict[str, Any], epoch: int, state: StageState, window: Step
     append its point; False (nothing recorded) when the window held no completion token."""
     config: StageConfig = ctx["config"]
     sums = global_sum(ctx["accelerator"], torch.tensor(window.sums(), dtype=torch.float64))
-    if not sums[1] > 0:
+    if not sums[WINDOW_FIELDS.index("useful_tokens")] > 0:
         return False
     numbers = step_point(sums.tolist(), window.learning_rate, time.monotonic() - window.started)
     state.steps.append(
