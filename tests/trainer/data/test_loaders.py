@@ -23,6 +23,17 @@ def test_jsonl_malformed_line_is_reported_with_its_line_number(tmp_path):
     assert loaded.rows_read == 4
 
 
+def test_jsonl_keeps_line_separators_inside_strings(tmp_path):
+    """U+2028/U+2029 (and \\x85, \\x1c) are legal raw inside JSON strings; a splitlines()
+    reader cut such a row in two and reported two malformed rows instead of one good row."""
+    path = tmp_path / "d.jsonl"
+    rows = [{"question": "a\u2028b\u2029c", "answer": "d\x85e\x1cf"}, {"question": "g"}]
+    path.write_text("\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\r\n")
+    loaded = load_rows(str(path))
+    assert loaded.problems == []
+    assert loaded.rows == [(1, rows[0]), (2, rows[1])]
+
+
 def test_json_array_csv_and_parquet(tmp_path, datasets_dir):
     mathqa = load_rows(str(datasets_dir / "mathqa" / "challenge_test.json"))
     assert len(mathqa.rows) == 604 and mathqa.rows[0][0] == 1

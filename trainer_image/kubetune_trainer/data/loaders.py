@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from kubetune_trainer.data.jsonl import iter_jsonl
+
 REMOTE_SCHEMES = ("s3://", "gs://")
 PVC_ROOT_ENV = "KUBETUNE_PVC_ROOT"  # where pvc://claim/path volumes are mounted in the pods
 FORMATS = ("jsonl", "json", "csv", "parquet")
@@ -74,15 +76,11 @@ def _read_bytes(uri: str, base_dir: Path | None) -> bytes:
 
 
 def _parse_jsonl(data: bytes, out: LoadedRows) -> None:
-    for number, line in enumerate(data.decode("utf-8-sig").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            out.problems.append((number, f"malformed JSON ({exc.msg})"))
-            continue
-        _add_record(out, number, value)
+    for line in iter_jsonl(data.decode("utf-8-sig")):
+        if line.error is not None:
+            out.problems.append((line.number, f"malformed JSON ({line.error})"))
+        else:
+            _add_record(out, line.number, line.value)
 
 
 def _add_record(out: LoadedRows, number: int, value: Any) -> None:

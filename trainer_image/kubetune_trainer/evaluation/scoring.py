@@ -7,7 +7,6 @@ a user who passes the wrong file should not have to guess which one.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -16,6 +15,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from kubetune_trainer.data.jsonl import iter_jsonl
 from kubetune_trainer.evaluation import InvalidReference
 
 TASKS = ("viggo", "sql", "gsm8k")
@@ -193,17 +193,13 @@ def read_jsonl(path: Path) -> list[Row]:
         bad_line = raw.count(b"\n", 0, error.start) + 1
         raise InputError(f"{path}:{bad_line}: not UTF-8") from None
     rows = []
-    # split on \n only: str.splitlines() would also split inside JSON strings at U+2028
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise InputError(f"{path}:{number}: invalid JSON: {error.msg}") from None
-        if not isinstance(data, dict):
-            raise InputError(f"{path}:{number}: expected a JSON object, got {_json_type(data)}")
-        rows.append(Row(number, data))
+    for line in iter_jsonl(text):
+        if line.error is not None:
+            raise InputError(f"{path}:{line.number}: invalid JSON: {line.error}")
+        if not isinstance(line.value, dict):
+            kind = _json_type(line.value)
+            raise InputError(f"{path}:{line.number}: expected a JSON object, got {kind}")
+        rows.append(Row(line.number, line.value))
     if not rows:
         raise InputError(f"{path}: no rows")
     return rows
