@@ -4,7 +4,8 @@ Each TorchTrainer.fit() costs ~15-25 s, so the runs are few and each checks seve
 1. `kubetune run` of a two-stage curriculum (MathQA -> GSM8k) with DDP on 2 workers: outputs,
    loss falls, the best checkpoint reloads and generates with the special tokens.
 2. DeepSpeed ZeRO-3 + optimizer offload on 2 workers, uninterrupted and with a worker killed
-   mid-epoch: the retry resumes and ends with the same epochs and the same best checkpoint.
+   mid-epoch: the retry resumes and ends with the same epochs and the same best checkpoint;
+   every planned step runs at the planned learning rate, with zero warmup.
 """
 
 from __future__ import annotations
@@ -160,6 +161,8 @@ def deepspeed_spec(datasets: Path, storage: Path):
                 **TRAINING,
                 "epochs": 2,
                 "checkpointsToKeep": 2,
+                "warmupRatio": 0,  # DeepSpeed's own schedulers refused zero warmup steps
+                "logEverySteps": 1,
                 "deepspeed": {"enabled": True, "stage": 3, "offloadOptimizer": True},
             },
             "evaluation": {"enabled": False},
@@ -207,3 +210,20 @@ def test_deepspeed_zero3_offload_resumes_after_worker_kill(tmp_path, datasets_di
     assert clean.best_checkpoint is not None and resumed.best_checkpoint is not None
     assert resumed.best_checkpoint.epoch == clean.best_checkpoint.epoch
     assert_checkpoint_generates(Path(resumed.best_checkpoint.uri))
+    assert_schedule(clean)
+    assert [p.learning_rate for p in resumed.steps] == [p.learning_rate for p in clean.steps]
+
+
+def assert_schedule(report) -> None:
+    """Every planned step ran, each at the planned learning rate: no step at 0 (DeepSpeed's
+    WarmupLR ran the first two there), the last one at the end of the linear decay."""
+    from kubetune_trainer.metrics import lr_multiplier
+
+    total = report.total_steps
+    assert report.step == total > 2
+    assert [p.step for p in report.steps] == list(range(1, total + 1))
+    planned = [
+        TRAINING["learningRate"] * lr_multiplier(k, total, 0, "linear") for k in range(total)
+    ]
+    assert [p.learning_rate for p in report.steps] == pytest.approx(planned, rel=1e-6)
+    assert min(p.learning_rate for p in report.steps) > 0

@@ -2,9 +2,11 @@
 
 Accelerate fills "auto" values only from objects it sees; with the optimizer and scheduler
 declared here (DummyOptim/DummyScheduler on the Python side) `betas`/`eps` cannot be "auto", and
-explicit numbers make the run reproducible from the config alone. The scheduler is counted in
-optimizer steps (DeepSpeed steps it once per accumulation boundary), fixing the case study's
-schedule counted in samples.
+explicit numbers make the run reproducible from the config alone. There is no "scheduler"
+section: DeepSpeed's warmup schedulers run the first two optimizer steps at learning rate 0 and
+refuse zero warmup steps, so the loop hands DeepSpeed the same LambdaLR (`metrics.lr_multiplier`,
+counted in optimizer steps) that the DDP path uses, and DeepSpeed steps it once per accumulation
+boundary.
 """
 
 from __future__ import annotations
@@ -27,45 +29,7 @@ def _zero_section(stage: int, offload_optimizer: bool, offload_parameters: bool)
     return zero
 
 
-def _scheduler_section(
-    kind: str, learning_rate: float, total_steps: int, warmup: int
-) -> dict[str, Any]:
-    if kind == "constant":
-        return {
-            "type": "WarmupLR",
-            "params": {
-                "warmup_min_lr": 0.0,
-                "warmup_max_lr": learning_rate,
-                "warmup_num_steps": warmup,
-                "warmup_type": "linear",
-            },
-        }
-    if kind == "cosine":
-        return {
-            "type": "WarmupCosineLR",
-            "params": {
-                "total_num_steps": total_steps,
-                "warmup_num_steps": warmup,
-                "warmup_min_ratio": 0.0,
-                "cos_min_ratio": 0.0,
-                "warmup_type": "linear",
-            },
-        }
-    return {
-        "type": "WarmupDecayLR",
-        "params": {
-            "total_num_steps": total_steps,
-            "warmup_min_lr": 0.0,
-            "warmup_max_lr": learning_rate,
-            "warmup_num_steps": warmup,
-            "warmup_type": "linear",
-        },
-    }
-
-
-def build_deepspeed_config(
-    training: Any, world_size: int, total_steps: int, warmup: int
-) -> dict[str, Any]:
+def build_deepspeed_config(training: Any, world_size: int) -> dict[str, Any]:
     """The DeepSpeed config dict for `training` (a TrainingSpec, duck-typed)."""
     ds = training.deepspeed
     return {
@@ -87,9 +51,6 @@ def build_deepspeed_config(
                 "weight_decay": training.weight_decay,
             },
         },
-        "scheduler": _scheduler_section(
-            training.scheduler, training.learning_rate, max(total_steps, 1), warmup
-        ),
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }

@@ -48,16 +48,16 @@ class StepWindow:
     micro-batches, the gradient norms of its optimizer steps, and the last learning rate."""
 
     started: float = 0.0  # monotonic clock when the window opened
-    loss_sum: float = 0.0
+    # Numbers, or device tensors summed without a host sync until the point is recorded.
+    loss_sum: Any = 0.0
     useful_tokens: int = 0  # tokens that carry loss (completion tokens)
     tokens: int = 0  # non-padding tokens fed to the model
     slots: int = 0  # rows x contextLength: what packing fills
-    # A number, or a device tensor summed without a host sync until the point is recorded.
     grad_norm_sum: Any = 0.0
     norms: int = 0
     learning_rate: float = 0.0
 
-    def add_batch(self, loss_sum: float, useful: int, tokens: int, slots: int) -> None:
+    def add_batch(self, loss_sum: Any, useful: int, tokens: int, slots: int) -> None:
         self.loss_sum += loss_sum
         self.useful_tokens += useful
         self.tokens += tokens

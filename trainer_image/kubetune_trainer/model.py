@@ -110,13 +110,41 @@ def add_special_tokens(tokenizer: Any, tokens: Sequence[str]) -> int:
     return int(tokenizer.add_special_tokens({"additional_special_tokens": existing + missing}))
 
 
-def load_model(path: str, revision: str | None = None, dtype: Any = None) -> Any:
+def load_model(
+    path: str, revision: str | None = None, dtype: Any = None, attn_implementation: str = "sdpa"
+) -> Any:
     from transformers import AutoModelForCausalLM
 
     kwargs = hub_kwargs(revision)
     if dtype is not None:
         kwargs["dtype"] = dtype
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if attn_implementation == "flash_attention_2":
+        require_flash_attention()
+    return AutoModelForCausalLM.from_pretrained(
+        path, attn_implementation=attn_implementation, **kwargs
+    )
+
+
+def require_flash_attention() -> None:
+    """Fail at start-up, naming the field, rather than deep inside transformers."""
+    import importlib.util
+
+    import torch
+
+    missing = [
+        what
+        for what, present in (
+            ("the flash-attn package", importlib.util.find_spec("flash_attn") is not None),
+            ("a CUDA GPU", torch.cuda.is_available()),
+        )
+        if not present
+    ]
+    if missing:
+        raise RuntimeError(
+            "training.attnImplementation: flash_attention_2 needs "
+            + " and ".join(missing)
+            + "; use sdpa (the default) or eager"
+        )
 
 
 def resize_for_tokenizer(model: Any, tokenizer: Any) -> None:

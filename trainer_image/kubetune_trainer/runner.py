@@ -44,7 +44,7 @@ from kubetune_trainer.train_loop import (
     StageConfig,
     StageState,
     read_files,
-    steps_per_epoch,
+    stage_steps,
 )
 
 FAULT_ENV = "KUBETUNE_FAULT_INJECT"  # tests only: JSON {"rank", "epoch", "step", "marker"}
@@ -244,7 +244,7 @@ def run_stage(
         use_gpu=use_gpus(spec),
         fault=fault_from_env(),
     )
-    report.total_steps = steps_per_epoch(config, spec.compute.workers) * training.epochs
+    report.total_steps = stage_steps(config, spec.compute.workers)
     config.report.total_steps = report.total_steps
     state = fit_stage(
         config,

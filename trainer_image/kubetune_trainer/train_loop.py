@@ -31,9 +31,11 @@ from kubetune_trainer.checkpoints import (
 )
 from kubetune_trainer.data.tokenization import (
     Example,
+    WorkerBatches,
     batches_per_worker,
+    epoch_units,
     model_inputs,
-    pack_examples,
+    packed_positions_supported,
     token_loss_sum,
     worker_batches,
 )
@@ -96,16 +98,26 @@ def stage_epochs(config: StageConfig) -> int:
     return config.training.epochs
 
 
-def micro_batches(config: StageConfig, world_size: int) -> int:
+def epoch_steps(config: StageConfig, world_size: int, epoch: int) -> int:
+    """Optimizer steps of one epoch, counted from the very units (shuffled, packed) that the
+    epoch trains on, so the schedule ends on the last step and the ETA is right."""
     t = config.training
-    units = len(pack_examples(config.train, t.context_length)) if t.packing else len(config.train)
-    return batches_per_worker(
-        units, world_size, t.batch_size_per_device, t.gradient_accumulation_steps
+    units = epoch_units(
+        config.train,
+        epoch=epoch,
+        seed=t.seed,
+        packing=t.packing,
+        context_length=t.context_length,
     )
+    micro = batches_per_worker(
+        len(units), world_size, t.batch_size_per_device, t.gradient_accumulation_steps
+    )
+    return micro // t.gradient_accumulation_steps
 
 
-def steps_per_epoch(config: StageConfig, world_size: int) -> int:
-    return micro_batches(config, world_size) // config.training.gradient_accumulation_steps
+def stage_steps(config: StageConfig, world_size: int) -> int:
+    """Optimizer steps of the whole stage (epochs are numbered from 1, as the loop runs them)."""
+    return sum(epoch_steps(config, world_size, e) for e in range(1, stage_epochs(config) + 1))
 
 
 # --------------------------------------------------------------------------- setup
@@ -131,7 +143,7 @@ def read_files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
 
-def make_accelerator(config: StageConfig, world_size: int, total_steps: int) -> Any:
+def make_accelerator(config: StageConfig, world_size: int) -> Any:
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
 
@@ -140,10 +152,7 @@ def make_accelerator(config: StageConfig, world_size: int, total_steps: int) -> 
     handlers = [] if config.use_gpu else [InitProcessGroupKwargs(backend="gloo")]
     plugin = None
     if t.deepspeed.enabled:
-        ds_config = build_deepspeed_config(
-            t, world_size, total_steps, warmup_steps(total_steps, t.warmup_ratio)
-        )
-        plugin = DeepSpeedPlugin(hf_ds_config=ds_config)
+        plugin = DeepSpeedPlugin(hf_ds_config=build_deepspeed_config(t, world_size))
     # cpu=True would make Accelerate fall back to DDP and ignore the DeepSpeed plugin; DeepSpeed
     # picks its CPU accelerator by itself when there is no GPU.
     return Accelerator(
@@ -163,7 +172,7 @@ def load_stage_model(
     t = config.training
     path, revision = materialize(config.model_source, workdir)
     dtype = torch.bfloat16 if t.deepspeed.enabled and t.precision == "bf16" else torch.float32
-    model = load_model(path, revision, dtype)
+    model = load_model(path, revision, dtype, t.attn_implementation)
     torch.manual_seed(t.seed)  # the same new embedding rows on every worker
     resize_for_tokenizer(model, tokenizer)
     if t.gradient_checkpointing:
@@ -198,25 +207,31 @@ def apply_lora(model: Any, training: TrainingSpec) -> Any:
 
 
 def make_optimizer(model: Any, config: StageConfig, total_steps: int) -> tuple[Any, Any]:
+    """AdamW and the one learning-rate schedule (`lr_multiplier`) for both backends: under
+    DeepSpeed the schedule is handed over as a callable and DeepSpeed steps it at each
+    accumulation boundary. No optimizer step runs at learning rate 0, and zero warmup works."""
     t = config.training
     params = [p for p in model.parameters() if p.requires_grad]
     warmup = warmup_steps(total_steps, t.warmup_ratio)
+    adam: dict[str, Any] = {
+        "lr": t.learning_rate,
+        "betas": ADAM_BETAS,
+        "eps": ADAM_EPS,
+        "weight_decay": t.weight_decay,
+    }
+
+    def schedule(optimizer: Any) -> Any:
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_multiplier(step, total_steps, warmup, t.scheduler)
+        )
+
     if t.deepspeed.enabled:
         from accelerate.utils import DummyOptim, DummyScheduler
 
-        optimizer = DummyOptim(
-            params, lr=t.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=t.weight_decay
-        )
-        return optimizer, DummyScheduler(
-            optimizer, total_num_steps=total_steps, warmup_num_steps=warmup
-        )
-    optimizer = torch.optim.AdamW(
-        params, lr=t.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=t.weight_decay
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, total_steps, warmup, t.scheduler)
-    )
-    return optimizer, schedule
+        optimizer = DummyOptim(params, **adam)
+        return optimizer, DummyScheduler(optimizer, lr_scheduler_callable=schedule)
+    optimizer = torch.optim.AdamW(params, **adam)
+    return optimizer, schedule(optimizer)
 
 
 def require_deepspeed_engine(model: Any) -> None:
@@ -251,18 +266,29 @@ def global_sum(accelerator: Any, value: torch.Tensor) -> torch.Tensor:
     return accelerator.reduce(value.detach().to(accelerator.device).float(), reduction="sum")
 
 
+def window_scale(
+    accelerator: Any, label_counts: list[int], first: int, accumulation: int, world_size: int
+) -> torch.Tensor:
+    """What each micro-step's token-loss sum is multiplied by so the optimizer step's gradient
+    is the mean over every completion token of the whole accumulation window on all workers:
+    world size (the gradient all-reduce averages) x accumulation steps (Accelerate and DeepSpeed
+    divide each backward by them) / the window's completion tokens summed over workers. One
+    collective per optimizer step; the counts come from the examples, so no micro-step waits
+    for the device."""
+    local = float(sum(label_counts[first : first + accumulation]))
+    tokens = global_sum(accelerator, torch.tensor(local))
+    return world_size * accumulation / tokens.clamp(min=1)
+
+
 def train_micro_step(
-    accelerator: Any, model: Any, batch: dict[str, torch.Tensor], world_size: int
-) -> tuple[float, int]:
-    """Forward + backward of one micro-batch. The loss is this worker's token-loss sum divided
-    by the token count of the whole micro-step across workers (times world size, since the
-    gradient all-reduce averages): every completion token weighs the same, wherever it is."""
+    accelerator: Any, model: Any, batch: dict[str, torch.Tensor], scale: torch.Tensor
+) -> torch.Tensor:
+    """Forward + backward of one micro-batch; returns its token-loss sum (on the device)."""
     labels = batch["labels"].to(accelerator.device)
     logits = model(**model_inputs(batch, model, accelerator.device)).logits
-    loss_sum, count = token_loss_sum(logits, labels)
-    tokens = global_sum(accelerator, count)
-    accelerator.backward(loss_sum * world_size / tokens.clamp(min=1))
-    return float(loss_sum.detach()), int(count)
+    loss_sum, _ = token_loss_sum(logits, labels)
+    accelerator.backward(loss_sum * scale)
+    return loss_sum.detach()
 
 
 def optimizer_step(
@@ -326,6 +352,7 @@ def validation_loss(
         packing=t.packing,
         pad_id=pad_id,
         shuffle=False,
+        block_mask=not packed_positions_supported(),
     ):
         logits = model(**model_inputs(batch, model, accelerator.device)).logits
         loss_sum, count = token_loss_sum(logits, batch["labels"].to(accelerator.device))
@@ -481,7 +508,6 @@ def run_epoch(ctx: dict[str, Any], epoch: int, state: StageState) -> float:
     """One pass over this worker's shard; returns the global token-weighted train loss."""
     config: StageConfig = ctx["config"]
     t = config.training
-    accelerator, model = ctx["accelerator"], ctx["model"]
     batches = worker_batches(
         config.train,
         epoch=epoch,
@@ -493,19 +519,37 @@ def run_epoch(ctx: dict[str, Any], epoch: int, state: StageState) -> float:
         packing=t.packing,
         pad_id=ctx["pad_id"],
         accumulation=t.gradient_accumulation_steps,
+        block_mask=not packed_positions_supported(),
     )
-    total = TokenLoss()
+    return train_batches(ctx, epoch, state, batches)
+
+
+def train_batches(
+    ctx: dict[str, Any], epoch: int, state: StageState, batches: WorkerBatches
+) -> float:
+    """Micro-steps with token-weighted accumulation windows, an optimizer step at each window's
+    end, step points every `logEverySteps`; returns the global token-weighted train loss."""
+    config: StageConfig = ctx["config"]
+    t = config.training
+    accelerator, model = ctx["accelerator"], ctx["model"]
+    accumulation = t.gradient_accumulation_steps
+    counts = batches.label_counts()
+    loss_total: Any = 0.0  # a device tensor once the first micro-step ran: no sync per step
     window = StepWindow(started=time.monotonic())
+    scale, lr = torch.ones(()), 0.0
     model.train()
     for index, batch in enumerate(batches, start=1):
         ctx["fault"].maybe_kill(epoch, index)
         tokens, slots = batch_tokens(batch, ctx["pad_id"], t.context_length)
+        if (index - 1) % accumulation == 0:
+            scale = window_scale(accelerator, counts, index - 1, accumulation, ctx["world"])
+            # Read before the window: DeepSpeed steps optimizer and schedule inside backward.
+            lr = current_lr(ctx["optimizer"])
         with accelerator.accumulate(model):
-            loss_sum, useful = train_micro_step(accelerator, model, batch, ctx["world"])
-            total.add(loss_sum, useful)
-            window.add_batch(loss_sum, useful, tokens, slots)
-            if index % t.gradient_accumulation_steps == 0:
-                lr = current_lr(ctx["optimizer"])
+            loss_sum = train_micro_step(accelerator, model, batch, scale)
+            loss_total = loss_total + loss_sum
+            window.add_batch(loss_sum, counts[index - 1], tokens, slots)
+            if index % accumulation == 0:
                 norm = optimizer_step(
                     accelerator, model, ctx["optimizer"], ctx["scheduler"], config
                 )
@@ -516,7 +560,7 @@ def run_epoch(ctx: dict[str, Any], epoch: int, state: StageState) -> float:
                 ):
                     window = StepWindow(started=time.monotonic())
                 ctx["progress"].update(state, epoch)
-    return all_reduce_mean(accelerator, total)
+    return all_reduce_mean(accelerator, TokenLoss(float(loss_total), sum(counts)))
 
 
 def finish_epoch(ctx: dict[str, Any], epoch: int, state: StageState, train_loss: float) -> None:
@@ -571,8 +615,8 @@ def train_stage(loop_config: dict[str, Any]) -> None:
     config: StageConfig = loop_config["stage"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    total_steps = steps_per_epoch(config, world) * stage_epochs(config)
-    accelerator = make_accelerator(config, world, total_steps)
+    total_steps = stage_steps(config, world)
+    accelerator = make_accelerator(config, world)
     with tempfile.TemporaryDirectory() as workdir:
         tokenizer = load_tokenizer(str(write_files(config.tokenizer_files, Path(workdir, "tok"))))
         model, base_path, _ = load_stage_model(config, Path(workdir), tokenizer)

@@ -66,6 +66,7 @@ TaskPreset = Literal["viggo", "sql", "gsm8k", "mathqa", "custom"]
 Precision = Literal["bf16", "fp16", "fp32"]
 Method = Literal["full", "lora"]
 Scheduler = Literal["linear", "cosine", "constant"]
+AttnImplementation = Literal["sdpa", "eager", "flash_attention_2"]
 DataFormat = Literal["jsonl", "json", "csv", "parquet"]
 
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
@@ -413,6 +414,15 @@ class TrainingSpec(KubeModel):
         False, description="Also train on prompt tokens (default: completion only)."
     )
     gradient_checkpointing: bool = Field(True, description="Recompute activations to save memory.")
+    attn_implementation: AttnImplementation = Field(
+        "sdpa",
+        description=(
+            "Attention kernel (transformers' attn_implementation): sdpa (PyTorch fused, the "
+            "default), eager (plain matmuls), flash_attention_2 (needs the flash-attn package "
+            "in the trainer image and GPUs). Packed examples never attend to each other with "
+            "any of them."
+        ),
+    )
     scheduler: Scheduler = Field("linear", description="Learning-rate decay after warmup.")
     warmup_ratio: float = Field(
         0.03, ge=0, le=0.5, description="Fraction of optimizer steps spent warming up."
