@@ -114,7 +114,9 @@ def collate_packed(
             labels[i, start] = IGNORE_INDEX
             position_ids[i, start:end] = torch.arange(end - start)
             if mask is not None:
-                mask[i, 0, start:end, start:end] = torch.ones(end - start, end - start).tril().bool()
+                mask[i, 0, start:end, start:end] = (
+                    torch.ones(end - start, end - start).tril().bool()
+                )
             start = end
         if mask is not None:
             # Padding attends to itself only, so no row of the mask is empty (no NaN in softmax).
