@@ -1,9 +1,14 @@
 """Evaluation of a checkpoint: batched greedy generation that stops at the stop token, then
 the task's scorer (`kubetune_trainer.evaluation.scoring`) or exact match for mathqa/custom.
 
-The baseline (evaluation.baseline) evaluates the base model with a few-shot prompt: worked
-examples from the training rows in the same format, since an untuned model has never seen the
-special-token layout.
+The baseline (evaluation.baseline) evaluates the base model with a few-shot prompt of worked
+examples from the training rows in plain text ("Question: ... Answer: ..."), and stops it at a
+blank line: an untuned model has never seen the special tokens, so it would neither read that
+layout nor ever emit the stop token (every answer would run to maxNewTokens).
+
+Decoding is greedy whatever the checkpoint says: the model's generation config is replaced,
+because transformers fills unset values of any config passed to generate() from the
+checkpoint's generation_config.json (a repetition penalty there would change every answer).
 """
 
 from __future__ import annotations
@@ -59,15 +64,34 @@ class Endings:
 
     def add(self, new_ids: Sequence[int], stop_ids: Sequence[int], max_new_tokens: int) -> None:
         kept = cut_at_stop(new_ids, stop_ids)
+        stopped = len(kept) < len(new_ids) and new_ids[len(kept)] in stop_ids
+        self.record(stopped, len(kept), max_new_tokens)
+
+    def record(self, stopped: bool, length: int, max_new_tokens: int) -> None:
         self.total += 1
-        if len(kept) < len(new_ids) and new_ids[len(kept)] in stop_ids:
+        if stopped:
             self.stopped += 1
-        elif len(kept) >= max_new_tokens:
+        elif length >= max_new_tokens:
             self.truncated += 1
 
     def metrics(self) -> dict[str, float]:
         total = max(self.total, 1)
         return {"stop_token_rate": self.stopped / total, "truncated_rate": self.truncated / total}
+
+
+def greedy_config(
+    tokenizer: Any, stop_ids: list[int], max_new_tokens: int, stop_text: str | None
+) -> Any:
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=stop_ids,
+        pad_token_id=tokenizer.pad_token_id,
+        stop_strings=[stop_text] if stop_text else None,
+    )
 
 
 @torch.no_grad()
@@ -81,33 +105,47 @@ def generate(
     max_new_tokens: int,
     prefix: str = "",
     endings: Endings | None = None,
+    stop_text: str | None = None,
 ) -> list[str]:
-    """Greedy completions of `prompts` (same BOS + prompt prefix as in training); `endings`,
-    when given, counts how each one ended."""
-    stop_ids = [tokenizer.convert_tokens_to_ids(stop_token)]
+    """Greedy completions of `prompts` (same BOS + prompt prefix as in training), each ending
+    at `stop_token` or, when `stop_text` is given (the plain-text baseline), at that text;
+    `endings`, when given, counts how each one ended."""
+    stop_ids = [] if stop_text else [tokenizer.convert_tokens_to_ids(stop_token)]
     if tokenizer.eos_token_id is not None:
         stop_ids.append(tokenizer.eos_token_id)
     device = next(model.parameters()).device
     model.eval()
+    model.generation_config = greedy_config(tokenizer, stop_ids, max_new_tokens, stop_text)
     outputs: list[str] = []
     for start in range(0, len(prompts), batch_size):
         chunk = [prompt_ids(tokenizer, prefix + p) for p in prompts[start : start + batch_size]]
         ids, mask = left_padded(chunk, tokenizer.pad_token_id)
         generated = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=stop_ids,
-            pad_token_id=tokenizer.pad_token_id,
+            input_ids=ids.to(device), attention_mask=mask.to(device), tokenizer=tokenizer
         )
         for row in generated[:, ids.shape[1] :].tolist():
-            if endings is not None:
-                endings.add(row, stop_ids, max_new_tokens)
-            outputs.append(
-                tokenizer.decode(cut_at_stop(row, stop_ids), skip_special_tokens=True).strip()
-            )
+            outputs.append(decoded(tokenizer, row, stop_ids, stop_text, max_new_tokens, endings))
     return outputs
+
+
+def decoded(
+    tokenizer: Any,
+    row: list[int],
+    stop_ids: list[int],
+    stop_text: str | None,
+    max_new_tokens: int,
+    endings: Endings | None,
+) -> str:
+    kept = cut_at_stop(row, stop_ids)
+    text = tokenizer.decode(kept, skip_special_tokens=True)
+    if stop_text is None:
+        if endings is not None:
+            endings.add(row, stop_ids, max_new_tokens)
+        return str(text).strip()
+    text, found, _ = text.partition(stop_text)
+    if endings is not None:
+        endings.record(bool(found), len(kept), max_new_tokens)
+    return str(text).strip()
 
 
 def reference_fields(task: str, row: TestRow) -> dict[str, Any]:
@@ -137,8 +175,9 @@ def score(
 
 
 def few_shot_prefix(examples: Sequence[tuple[str, str]]) -> str:
-    """Worked (prompt, completion) pairs placed before the question for the baseline."""
-    return "".join(prompt + completion + "\n\n" for prompt, completion in examples)
+    """Worked plain-text (prompt, completion) pairs (`Preset.plain`, each completion ending in
+    its blank line) placed before the question for the baseline."""
+    return "".join(prompt + completion for prompt, completion in examples)
 
 
 def evaluate_model(
@@ -152,6 +191,8 @@ def evaluate_model(
     revision: str | None = None,
     few_shot: Sequence[tuple[str, str]] = (),
     special_tokens: Sequence[str] = (),
+    prompts: Sequence[str] | None = None,
+    stop_text: str | None = None,
 ) -> dict[str, Any]:
     """Load a checkpoint (a local path, s3://, gs://, pvc:// or file:// URI, or a hub id for the baseline),
     generate for every row and score. Runs as a Ray task, possibly on another node, so remote
@@ -178,12 +219,13 @@ def evaluate_model(
     predictions = generate(
         model,
         tokenizer,
-        [r.prompt for r in rows],
+        list(prompts) if prompts is not None else [r.prompt for r in rows],
         stop_token,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         prefix=few_shot_prefix(few_shot),
         endings=endings,
+        stop_text=stop_text,
     )
     metrics, details = score(task, predictions, rows)
     metrics = {**metrics, **endings.metrics()}

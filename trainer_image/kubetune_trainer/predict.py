@@ -105,7 +105,7 @@ def run_predict(args: argparse.Namespace) -> int:
 def generate_predictions(args: argparse.Namespace, rows: list[Any], shots: list[Any]) -> list[str]:
     import torch
 
-    from kubetune_trainer.data.presets import make_preset
+    from kubetune_trainer.data.presets import PLAIN_STOP, make_preset
     from kubetune_trainer.generation import few_shot_prefix, generate
     from kubetune_trainer.model import (
         add_special_tokens,
@@ -122,13 +122,19 @@ def generate_predictions(args: argparse.Namespace, rows: list[Any], shots: list[
     resize_for_tokenizer(model, tokenizer)
     if cuda:
         model = model.cuda()
-    prefix = few_shot_prefix([preset(shot.fields) for shot in shots])  # as the in-run baseline
+    if not shots:
+        prompts, prefix, stop_text = [r.prompt for r in rows], "", None
+    else:  # as the in-run baseline: plain text, stopped at a blank line
+        prompts = [preset.plain(r.fields)[0] for r in rows]
+        prefix = few_shot_prefix([preset.plain(shot.fields) for shot in shots])
+        stop_text = PLAIN_STOP
     return generate(
         model,
         tokenizer,
-        [r.prompt for r in rows],
+        prompts,
         preset.stop_token,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         prefix=prefix,
+        stop_text=stop_text,
     )

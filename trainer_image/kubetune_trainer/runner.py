@@ -35,7 +35,7 @@ from kubetune_trainer import storage
 from kubetune_trainer.checkpoints import CheckpointRecord, select_best_checkpoint
 from kubetune_trainer.data.loaders import LoadedRows, resolve_local
 from kubetune_trainer.data.prepare import PreparedData, load_texts, prepare_data
-from kubetune_trainer.data.presets import Preset, preset_for_task
+from kubetune_trainer.data.presets import PLAIN_STOP, Preset, preset_for_task
 from kubetune_trainer.generation import PRIMARY_METRIC
 from kubetune_trainer.model import BUILTIN_PREFIX
 from kubetune_trainer.reporting import ThrottledReporter, redact
@@ -300,7 +300,7 @@ def evaluate(
     save_eval_outputs(options, "checkpoint", rows, tuned)
     baseline = None
     if ev.baseline:
-        few_shot = [preset(fields) for fields in _few_shot_rows(prepared, ev.few_shot_examples)]
+        few_shot = [preset.plain(row) for row in _few_shot_rows(prepared, ev.few_shot_examples)]
         base = ray.get(
             remote.remote(
                 job.base_model,
@@ -310,6 +310,8 @@ def evaluate(
                 revision=spec.model.revision if job.base_model == spec.model.name else None,
                 few_shot=few_shot,
                 special_tokens=preset.special_tokens,
+                prompts=[preset.plain(r.fields)[0] for r in rows],
+                stop_text=PLAIN_STOP,
                 **kwargs,
             )
         )

@@ -23,6 +23,9 @@ from kubetune_trainer.data.formatters import (
 
 QA_TOKENS = ("<START_Q>", "<END_Q>", "<START_A>", "<END_A>")
 CUSTOM_TOKENS = ("<END_A>",)
+# The few-shot baseline's layout: plain text a base model can read, ending in a blank line
+# (its stop sequence), instead of special tokens it has never seen and so never emits.
+PLAIN_STOP = "\n\n"
 
 Row = Mapping[str, Any]
 
@@ -46,6 +49,9 @@ class Frame:
 
     def pair(self, question: str, answer: str) -> tuple[str, str]:
         return f"{self.start_q}{question}{self.end_q}{self.start_a}", f"{answer}{self.stop}"
+
+
+PLAIN_FRAME = Frame("Question: ", "\n", "Answer: ", PLAIN_STOP)
 
 
 def gsm8k_fields(row: Row) -> tuple[str, str]:
@@ -110,6 +116,17 @@ class Preset:
             return prompt, render_template(self.completion_template, row) + self.stop_token
         question, answer = FIELD_EXTRACTORS[self.name](row)
         return Frame.from_tokens(self.special_tokens).pair(question, answer)
+
+    def plain(self, row: Row) -> tuple[str, str]:
+        """(prompt, completion) as plain text for a base model: "Question: ...\\nAnswer: "
+        and the answer ending in `PLAIN_STOP`."""
+        if self.name == "custom":
+            assert self.prompt_template is not None and self.completion_template is not None
+            question = render_template(self.prompt_template, row)
+            answer = render_template(self.completion_template, row)
+        else:
+            question, answer = FIELD_EXTRACTORS[self.name](row)
+        return PLAIN_FRAME.pair(question.strip(), answer.strip())
 
     def prompt_only(self, row: Row) -> str:
         """The prompt alone (for generation); works on rows without the target field."""
