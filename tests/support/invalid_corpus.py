@@ -133,6 +133,7 @@ CASES: list[InvalidCase] = [
     InvalidCase(
         "lora-settings-full", _set("spec.training.lora", {"rank": 8}), "spec.training.lora"
     ),
+    InvalidCase("lora-on-zero3", _set("spec.training.method", "lora"), "spec.training.method"),
     InvalidCase("evaluation-without-test", _drop("spec.data.test"), "spec.evaluation.enabled"),
     InvalidCase(
         "credentials-on-pvc",

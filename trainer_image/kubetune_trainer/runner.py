@@ -222,6 +222,7 @@ def run_stage(
     job: JobState,
     prepared: PreparedData,
     options: RunOptions,
+    special_tokens: tuple[str, ...] = (),
 ) -> None:
     training = stage_training(spec, stage)
     report = job.report
@@ -243,6 +244,7 @@ def run_stage(
         report_interval_s=options.report_interval_s,
         use_gpu=use_gpus(spec),
         fault=fault_from_env(),
+        special_tokens=special_tokens,
     )
     report.total_steps = stage_steps(config, spec.compute.workers)
     config.report.total_steps = report.total_steps
@@ -264,14 +266,29 @@ def run_stage(
     best = select_best_checkpoint(job.records)
     if best is None:
         raise RuntimeError(f"stage {stage.name} produced no checkpoint")
+    best_uri = best.uri
+    if training.method == "lora":
+        best_uri = merge_best_adapter(config, best, options)
     report.best_checkpoint = BestCheckpoint(
-        uri=best.uri,
+        uri=best_uri,
         stage=best.stage,
         epoch=best.epoch,
         validation_perplexity=best.validation_perplexity,
     )
-    job.model_source = {"kind": "storage", "uri": best.uri}
+    job.model_source = {"kind": "storage", "uri": best_uri}
     publish(options, report)
+
+
+def merge_best_adapter(config: StageConfig, best: CheckpointRecord, options: RunOptions) -> str:
+    """The stage's best LoRA adapter merged into its base, once, beside the adapter; in a Ray
+    task (on a worker: the head may be too small to hold the base model)."""
+    import ray
+
+    from kubetune_trainer.train_loop import merge_lora_checkpoint
+
+    target = storage.join(config.storage_uri, config.stage, f"epoch-{best.epoch:03d}-merged")
+    task: Any = ray.remote(num_cpus=1)(merge_lora_checkpoint)
+    return str(ray.get(task.remote(config, best.uri, target)))
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -412,7 +429,7 @@ def _run(
             test_limit=spec.evaluation.max_samples if last else None,
         )
         job.report.data += prepared.reports
-        run_stage(spec, index, stage, job, prepared, options)
+        run_stage(spec, index, stage, job, prepared, options, preset.special_tokens)
     assert prepared is not None
     if spec.evaluation.enabled and prepared.test:
         job.report.phase = "Evaluating"

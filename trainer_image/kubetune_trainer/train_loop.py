@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ class StageConfig:
     report_interval_s: float = 10.0
     use_gpu: bool = False
     fault: dict[str, Any] | None = None
+    special_tokens: tuple[str, ...] = ()  # the task's; LoRA trains their embedding/head rows
 
 
 @dataclass
@@ -171,39 +173,64 @@ def load_stage_model(
 
     t = config.training
     path, revision = materialize(config.model_source, workdir)
-    dtype = torch.bfloat16 if t.deepspeed.enabled and t.precision == "bf16" else torch.float32
-    model = load_model(path, revision, dtype, t.attn_implementation)
+    model = load_model(path, revision, load_dtype(t), t.attn_implementation)
+    base_rows = model.get_input_embeddings().weight.shape[0]
     torch.manual_seed(t.seed)  # the same new embedding rows on every worker
     resize_for_tokenizer(model, tokenizer)
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if t.method == "lora":
-        model = apply_lora(model, t)
+        rows = trainable_token_rows(tokenizer, config.special_tokens, base_rows)
+        model = apply_lora(model, t, rows)
     return model, path, revision
 
 
-def lora_config(training: TrainingSpec) -> Any:
+def load_dtype(training: TrainingSpec) -> torch.dtype:
+    """The dtype weights load in: the training precision under DeepSpeed (its engine keeps the
+    fp32 master copy) and for LoRA's frozen base on every backend (7B: 13.5 GB in bf16, not
+    27 GB in fp32); fp32 for full training under DDP, whose AdamW updates the weights as
+    loaded while autocast computes in the training precision."""
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(training.precision)
+    if half is not None and (training.deepspeed.enabled or training.method == "lora"):
+        return half
+    return torch.float32
+
+
+def trainable_token_rows(
+    tokenizer: Any, special_tokens: Sequence[str], base_rows: int
+) -> list[int]:
+    """Embedding/head rows LoRA must train: the task's special tokens and any row the resize
+    added. Frozen, they keep their initial values and the model can never emit its stop token."""
+    ids = {int(i) for i in tokenizer.convert_tokens_to_ids(list(special_tokens))}
+    return sorted(ids | set(range(base_rows, len(tokenizer))))
+
+
+def lora_config(training: TrainingSpec, token_rows: Sequence[int] = ()) -> Any:
+    """peft's LoraConfig; the token rows are trained in the input embedding AND the output head
+    (Llama-2's head is untied: rows trained in the embedding alone never reach the logits)."""
     from peft import LoraConfig
 
     from kubetune.api.v1alpha1 import LoraSpec
 
     spec = training.lora or LoraSpec()
+    rows = list(token_rows)
     return LoraConfig(
         r=spec.rank,
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
         target_modules=list(spec.target_modules),
         task_type="CAUSAL_LM",
+        trainable_token_indices={"embed_tokens": rows, "lm_head": rows} if rows else None,
     )
 
 
-def apply_lora(model: Any, training: TrainingSpec) -> Any:
+def apply_lora(model: Any, training: TrainingSpec, token_rows: Sequence[int] = ()) -> Any:
     from peft import get_peft_model
 
     if training.gradient_checkpointing:
         model.enable_input_require_grads()
-    return get_peft_model(model, lora_config(training))
+    return get_peft_model(model, lora_config(training, token_rows))
 
 
 def make_optimizer(model: Any, config: StageConfig, total_steps: int) -> tuple[Any, Any]:
@@ -377,40 +404,53 @@ def save_consolidated(
     accelerator: Any, model: Any, tokenizer: Any, config: StageConfig, base_path: str, uri: str
 ) -> None:
     """Gather the full weights (ZeRO-3: every rank takes part) and write an HF checkpoint with
-    the tokenizer from rank 0. LoRA runs are saved merged, so every checkpoint loads alike."""
+    the tokenizer from rank 0. LoRA runs save the adapter only (trained token rows included);
+    the stage's best is merged once after training (`merge_lora_checkpoint`)."""
+    if config.training.method == "lora":
+        save_adapter(accelerator, model, tokenizer, uri)
+        return
     state_dict = accelerator.get_state_dict(model)
     if not accelerator.is_main_process:
         return
     with tempfile.TemporaryDirectory() as tmp:
-        unwrapped = accelerator.unwrap_model(model)
-        if config.training.method == "lora":
-            unwrapped = merged_lora_model(base_path, tokenizer, config.training, state_dict)
-            state_dict = None
-        unwrapped.save_pretrained(tmp, state_dict=state_dict)
+        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         storage.upload_dir(Path(tmp), uri)
 
 
-def merged_lora_model(
-    base_path: str, tokenizer: Any, training: TrainingSpec, state_dict: dict[str, Any]
-) -> Any:
-    from peft import get_peft_model
+def save_adapter(accelerator: Any, model: Any, tokenizer: Any, uri: str) -> None:
+    """Adapter weights and trained token rows, no copy of the embedding matrices (peft would
+    add the whole resized embedding and head, 0.5 GB for 7B, to every epoch's adapter)."""
+    if not accelerator.is_main_process:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        accelerator.unwrap_model(model).save_pretrained(tmp, save_embedding_layers=False)
+        tokenizer.save_pretrained(tmp)
+        storage.upload_dir(Path(tmp), uri)
 
-    from kubetune_trainer.model import load_model, resize_for_tokenizer
 
-    base = load_model(base_path, None, torch.float32)
-    resize_for_tokenizer(base, tokenizer)
-    peft_model = get_peft_model(base, lora_config(training))
-    result = peft_model.load_state_dict(state_dict, strict=False)
-    # strict=False because the state dict may hold only what was trained; but every adapter
-    # weight must land, or the "merged" checkpoint would silently be the base model.
-    missing = [k for k in result.missing_keys if "lora_" in k]
-    if result.unexpected_keys or missing:
-        raise RuntimeError(
-            f"LoRA merge: unexpected keys {result.unexpected_keys[:5]}, "
-            f"missing adapter keys {missing[:5]}"
-        )
-    return peft_model.merge_and_unload()
+def merge_lora_checkpoint(config: StageConfig, adapter_uri: str, out_uri: str) -> str:
+    """Load the base in the training precision, apply the adapter (LoRA deltas and trained
+    token rows), merge, and write a plain HF checkpoint: what evaluation and the next stage
+    load. Runs once per stage, on the best epoch; returns `out_uri`."""
+    from peft import PeftModel
+
+    from kubetune_trainer.model import load_model, load_tokenizer, resize_for_tokenizer
+
+    t = config.training
+    with tempfile.TemporaryDirectory() as workdir:
+        base_path, revision = materialize(config.model_source, Path(workdir))
+        adapter = storage.download_dir(adapter_uri, Path(workdir, "adapter"))
+        tokenizer = load_tokenizer(str(adapter))
+        base = load_model(base_path, revision, load_dtype(t), t.attn_implementation)
+        torch.manual_seed(t.seed)
+        resize_for_tokenizer(base, tokenizer)
+        merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+        out = Path(workdir, "merged")
+        merged.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        storage.upload_dir(out, out_uri)
+    return out_uri
 
 
 def retain_best(config: StageConfig, state: StageState, is_main: bool) -> None:

@@ -382,6 +382,16 @@ class TrainingSpec(KubeModel):
             field="lora",
             check=lambda t: t.method == "lora" or t.lora is None,
         ),
+        Rule(
+            cel="self.method != 'lora' || !self.deepspeed.enabled || self.deepspeed.stage != 3",
+            message=(
+                "method lora is not supported with DeepSpeed ZeRO stage 3: set "
+                "training.deepspeed.stage to 2 (or 1), or training.deepspeed.enabled to false "
+                "(DDP); LoRA's frozen base is replicated on every device"
+            ),
+            field="method",
+            check=lambda t: t.method != "lora" or not t.deepspeed.enabled or t.deepspeed.stage != 3,
+        ),
     )
 
     epochs: int = Field(10, ge=1, le=100, description="Passes over the training data.")
