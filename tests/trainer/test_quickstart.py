@@ -36,7 +36,7 @@ def smaller_quickstart(tmp_path: Path) -> Path:
     for split in ("train", "validation", "test"):  # absolute: the manifest moves to tmp_path
         spec["data"][split]["uri"] = str((EXAMPLE.parent / spec["data"][split]["uri"]).resolve())
     spec["data"]["maxSamples"] = 640
-    spec["training"]["epochs"] = 2
+    spec["training"]["epochs"] = 3
     spec["evaluation"]["maxSamples"] = 24
     spec["output"]["storageURI"] = "checkpoints"
     manifest = tmp_path / "quickstart.yaml"
