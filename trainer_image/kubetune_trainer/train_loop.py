@@ -407,24 +407,15 @@ def save_consolidated(
     the tokenizer from rank 0. LoRA runs save the adapter only (trained token rows included);
     the stage's best is merged once after training (`merge_lora_checkpoint`)."""
     if config.training.method == "lora":
-        save_adapter(accelerator, model, tokenizer, uri)
-        return
-    state_dict = accelerator.get_state_dict(model)
+        # Adapter weights and trained token rows, no copy of the embedding matrices (peft
+        # would add the whole resized embedding and head, 0.5 GB for 7B, to every epoch).
+        weights: dict[str, Any] = {"save_embedding_layers": False}
+    else:
+        weights = {"state_dict": accelerator.get_state_dict(model)}
     if not accelerator.is_main_process:
         return
     with tempfile.TemporaryDirectory() as tmp:
-        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict)
-        tokenizer.save_pretrained(tmp)
-        storage.upload_dir(Path(tmp), uri)
-
-
-def save_adapter(accelerator: Any, model: Any, tokenizer: Any, uri: str) -> None:
-    """Adapter weights and trained token rows, no copy of the embedding matrices (peft would
-    add the whole resized embedding and head, 0.5 GB for 7B, to every epoch's adapter)."""
-    if not accelerator.is_main_process:
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        accelerator.unwrap_model(model).save_pretrained(tmp, save_embedding_layers=False)
+        accelerator.unwrap_model(model).save_pretrained(tmp, **weights)
         tokenizer.save_pretrained(tmp)
         storage.upload_dir(Path(tmp), uri)
 
