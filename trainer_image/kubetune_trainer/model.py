@@ -13,28 +13,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-BUILTIN_PREFIX = "builtin:"
-TINY_LLAMA = "builtin:tiny-llama"
-SMALL_LLAMA = "builtin:small-llama"
+from kubetune.api.models import (
+    BUILTIN_MODELS,
+    TINY_LLAMA,
+    TINY_VOCAB,
+)
+
 TOKEN_ENV = "HF_TOKEN"
 BASE_SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
-_SHARED_CONFIG: dict[str, Any] = {
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
-    "max_position_embeddings": 2048,
-    "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": False,  # like Llama-2: the output head has rows of its own
-}
-# The builtin models, by name (the one registry the runner and the docs read).
-# tiny (0.9M parameters): the tests' model, the fastest that still learns.
-# small (2.4M): the quick start's; on ViGGO it learns the task within 3 epochs on 2 CPU cores
-# where tiny stalls at ~0.4 exact match (bench/bench_quality.py).
-BUILTIN_MODELS: dict[str, dict[str, Any]] = {
-    TINY_LLAMA: {"hidden_size": 128, "intermediate_size": 256, **_SHARED_CONFIG},
-    SMALL_LLAMA: {"hidden_size": 256, "intermediate_size": 512, **_SHARED_CONFIG},
-}
-TINY_VOCAB = 2048
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = TINY_VOCAB) -> Any:
@@ -111,13 +97,19 @@ def add_special_tokens(tokenizer: Any, tokens: Sequence[str]) -> int:
 
 
 def load_model(
-    path: str, revision: str | None = None, dtype: Any = None, attn_implementation: str = "sdpa"
+    path: str,
+    revision: str | None = None,
+    dtype: Any = None,
+    attn_implementation: str = "sdpa",
+    device_map: str | None = None,
 ) -> Any:
     from transformers import AutoModelForCausalLM
 
     kwargs = hub_kwargs(revision)
     if dtype is not None:
         kwargs["dtype"] = dtype
+    if device_map is not None:  # "auto": layers split over the visible GPUs (accelerate)
+        kwargs["device_map"] = device_map
     if attn_implementation == "flash_attention_2":
         require_flash_attention()
     return AutoModelForCausalLM.from_pretrained(
