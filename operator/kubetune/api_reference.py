@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kubetune.api.instance_types import INSTANCE_TYPES
+from kubetune.api.instance_types import INSTANCE_TYPES, PRICES_AS_OF, PRICES_REGION
 from kubetune.api.report import TrainerReport
 from kubetune.api.v1alpha1 import FineTuneJobSpec, FineTuneJobStatus
 from kubetune.crd import structural_schema
@@ -82,10 +82,14 @@ def _walk(path: str, node: dict[str, Any]) -> list[str]:
 def _instance_table() -> list[str]:
     rows = sorted(INSTANCE_TYPES.values(), key=lambda t: (t.name.split(".")[0], t.gpus, t.vcpus))
     return [
-        "| instanceType | GPUs | GPU | GPU memory (GiB) | vCPU | memory (GiB) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        f"Prices: on-demand Linux, {PRICES_REGION}, {PRICES_AS_OF} (`kubetune plan --price` "
+        "overrides; blank: not in the table).",
+        "",
+        "| instanceType | GPUs | GPU | GPU memory (GiB) | vCPU | memory (GiB) | USD/hour |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
         *(
-            f"| {t.name} | {t.gpus} | {t.gpu_type} | {t.gpu_memory_gib} | {t.vcpus} | {t.memory_gib} |"
+            f"| {t.name} | {t.gpus} | {t.gpu_type} | {t.gpu_memory_gib} | {t.vcpus} "
+            f"| {t.memory_gib} | {t.price_per_hour or ''} |"
             for t in rows
         ),
     ]

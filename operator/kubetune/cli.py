@@ -15,6 +15,7 @@ from collections.abc import Sequence
 # name -> "module:function" that adds the subparser; the function sets `handler` via set_defaults.
 SUBCOMMANDS: dict[str, str] = {
     "validate": "kubetune.commands:add_validate",
+    "plan": "kubetune.commands:add_plan",
     "manifests": "kubetune.commands:add_manifests",
     "eval": "kubetune_trainer.evaluation.cli:add_eval",
     "run": "kubetune_trainer.local_run:add_run",

@@ -32,6 +32,7 @@ PURE = [
     "operator/kubetune/config.py",
     "operator/kubetune/builders/*.py",
     "operator/kubetune/status_mapping.py",
+    "operator/kubetune/planning/*.py",
     "trainer_image/kubetune_trainer/evaluation/*.py",
     "trainer_image/kubetune_trainer/data/formatters.py",
     "trainer_image/kubetune_trainer/data/presets.py",

@@ -66,8 +66,9 @@ def test_semantic_problems_fail_validation(tmp_path):
 def test_local_storage_is_only_a_warning_offline():
     result = run_validate(EXAMPLES / "quickstart-local.yaml")
     assert result.returncode == 0 and result.stderr == ""
-    verdict, warning = result.stdout.splitlines()
+    verdict, warning, plan = result.stdout.splitlines()
     assert verdict.endswith("is valid")
+    assert plan.startswith(f"{EXAMPLES / 'quickstart-local.yaml'}: plan: Fits — binding:")
     assert warning.startswith(
         f"{EXAMPLES / 'quickstart-local.yaml'}: warning: spec.output.storageURI"
     )

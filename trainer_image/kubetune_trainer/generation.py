@@ -193,6 +193,7 @@ def evaluate_model(
     special_tokens: Sequence[str] = (),
     prompts: Sequence[str] | None = None,
     stop_text: str | None = None,
+    devices: int = 1,
 ) -> dict[str, Any]:
     """Load a checkpoint (a local path, s3://, gs://, pvc:// or file:// URI, or a hub id for the baseline),
     generate for every row and score. Runs as a Ray task, possibly on another node, so remote
@@ -208,12 +209,18 @@ def evaluate_model(
 
     tokenizer = load_tokenizer(model_path, revision)
     add_special_tokens(tokenizer, special_tokens)
+    # A model larger than one GPU is split by layers over the `devices` GPUs Ray gave this
+    # task (the plan's count: kubetune.planning.generation_devices).
+    split = torch.cuda.is_available() and devices > 1
     model = load_model(
-        model_path, revision, torch.float32 if not torch.cuda.is_available() else torch.bfloat16
+        model_path,
+        revision,
+        torch.float32 if not torch.cuda.is_available() else torch.bfloat16,
+        device_map="auto" if split else None,
     )
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not split:
         model = model.cuda()
     endings = Endings()
     predictions = generate(

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.models import BUILTIN_PREFIX
 from kubetune.api.report import TrainerReport, downsample
 from kubetune.api.v1alpha1 import (
     BestCheckpoint,
@@ -31,13 +32,13 @@ from kubetune.api.v1alpha1 import (
     TrainingSpec,
     stages_of,
 )
+from kubetune.planning import generation_devices, shape_of
 from kubetune_trainer import storage
 from kubetune_trainer.checkpoints import CheckpointRecord, select_best_checkpoint
 from kubetune_trainer.data.loaders import LoadedRows, resolve_local
 from kubetune_trainer.data.prepare import PreparedData, load_texts, prepare_data
 from kubetune_trainer.data.presets import PLAIN_STOP, Preset, preset_for_task
 from kubetune_trainer.generation import PRIMARY_METRIC
-from kubetune_trainer.model import BUILTIN_PREFIX
 from kubetune_trainer.reporting import ThrottledReporter, redact
 from kubetune_trainer.train_loop import (
     STATE_FILE,
@@ -307,19 +308,33 @@ def evaluate(
 
     ev = spec.evaluation
     rows = prepared.test
-    use_gpu = use_gpus(spec)
-    decorator: Any = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0)
+    devices = generation_devices(spec, shape_of(spec.model.name)) if use_gpus(spec) else {}
+    decorator: Any = ray.remote
     remote = decorator(evaluate_model)
+
+    def on(phase: str) -> Any:
+        count = devices.get(phase, 0)
+        return remote.options(num_cpus=1, num_gpus=count)
+
     assert job.report.best_checkpoint is not None
     best_uri = job.report.best_checkpoint.uri
     kwargs = {"batch_size": ev.batch_size, "max_new_tokens": ev.max_new_tokens}
-    tuned = ray.get(remote.remote(best_uri, preset.name, rows, preset.stop_token, **kwargs))
+    tuned = ray.get(
+        on("evaluation").remote(
+            best_uri,
+            preset.name,
+            rows,
+            preset.stop_token,
+            devices=devices.get("evaluation", 1),
+            **kwargs,
+        )
+    )
     save_eval_outputs(options, "checkpoint", rows, tuned)
     baseline = None
     if ev.baseline:
         few_shot = [preset.plain(row) for row in _few_shot_rows(prepared, ev.few_shot_examples)]
         base = ray.get(
-            remote.remote(
+            on("baseline").remote(
                 job.base_model,
                 preset.name,
                 rows,
@@ -329,6 +344,7 @@ def evaluate(
                 special_tokens=preset.special_tokens,
                 prompts=[preset.plain(r.fields)[0] for r in rows],
                 stop_text=PLAIN_STOP,
+                devices=devices.get("baseline", 1),
                 **kwargs,
             )
         )

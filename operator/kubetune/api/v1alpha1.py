@@ -733,6 +733,14 @@ class RunPolicy(KubeModel):
     ttl_seconds_after_finished: int | None = Field(
         None, ge=0, description="Delete the Ray cluster this long after the run ends."
     )
+    skip_fit_check: bool = Field(
+        False,
+        description=(
+            "Run even when `kubetune plan` says the job will not fit (its memory model is an "
+            "estimate: see the README's planning section). Default: `kubetune validate` fails "
+            "such a job."
+        ),
+    )
 
 
 class FineTuneJobSpec(KubeModel):
