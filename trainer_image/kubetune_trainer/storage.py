@@ -7,6 +7,7 @@ Kubernetes an object store (credentials come from the pod environment, never fro
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from kubetune_trainer.data.loaders import REMOTE_SCHEMES, resolve_local
@@ -65,6 +66,38 @@ def download_dir(uri: str, local: Path) -> Path:
     local.mkdir(parents=True, exist_ok=True)
     fs.copy_files(uri, str(local))
     return local
+
+
+NODE_CACHE_ENV = "KUBETUNE_NODE_CACHE"
+COMPLETE = ".kubetune-complete"
+
+
+def download_once_per_node(
+    uri: str, root: Path | None = None, fetch: Callable[[str, Path], Path] = download_dir
+) -> Path:
+    """A remote folder fetched once per node (pod) and shared by the workers on it: the first
+    to take the lock downloads, the others wait and reuse the copy; a marker written last
+    makes a half-written copy (a worker killed mid-download) count as absent. A local
+    folder is read where it is."""
+    if not is_remote(uri):
+        return fetch(uri, Path())
+    import fcntl
+    import hashlib
+    import os
+    import tempfile
+
+    root = root or Path(
+        os.environ.get(NODE_CACHE_ENV) or Path(tempfile.gettempdir(), "kubetune-node-cache")
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / hashlib.sha256(uri.encode()).hexdigest()[:20]
+    with open(root / f"{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / COMPLETE).exists():
+            shutil.rmtree(target, ignore_errors=True)
+            fetch(uri, target)
+            (target / COMPLETE).touch()
+    return target
 
 
 def delete_dir(uri: str) -> None:

@@ -131,7 +131,8 @@ def materialize(source: dict[str, Any], workdir: Path) -> tuple[str, str | None]
         return source["name"], source.get("revision")
     if source["kind"] == "files":
         return str(write_files(source["files"], workdir / "model")), None
-    return str(storage.download_dir(source["uri"], workdir / "model")), None
+    # The previous stage's best (or a model in storage): one copy per node, not per worker.
+    return str(storage.download_once_per_node(source["uri"])), None
 
 
 def write_files(files: dict[str, bytes], target: Path) -> Path:

@@ -204,13 +204,11 @@ def checkpoint_needs(
     return PhaseNeeds("checkpoint", device, host, disk)
 
 
-def handoff_needs(spec: FineTuneJobSpec, shape: ModelShape, layout: Layout) -> PhaseNeeds:
-    """A curriculum stage starting from the previous stage's best: today every worker
-    downloads its own copy into its working directory."""
+def handoff_needs(spec: FineTuneJobSpec, shape: ModelShape) -> PhaseNeeds:
+    """A curriculum stage starting from the previous stage's best: one copy per node, shared
+    by its workers (`storage.download_once_per_node`)."""
     copy = shape.parameters * compute_bytes(spec.training.precision)
-    disk = Need().add(
-        f"previous best, one copy per worker ({layout.per_node})", copy * layout.per_node
-    )
+    disk = Need().add("previous best, one copy per node", copy)
     return PhaseNeeds("hand-off", Need(), Need(), disk)
 
 

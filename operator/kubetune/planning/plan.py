@@ -130,7 +130,7 @@ def phases_of(spec: FineTuneJobSpec, shape: ModelShape, limit: int) -> list[Phas
     training = training_needs(spec, shape, layout)
     phases = [training, checkpoint_needs(spec, shape, layout, training)]
     if len(stages_of(spec)) > 1:
-        phases.append(handoff_needs(spec, shape, layout))
+        phases.append(handoff_needs(spec, shape))
     if spec.evaluation.enabled:
         context = spec.training.context_length
         phases.append(generation_needs("evaluation", spec, shape, context, limit, layout.per_node))
