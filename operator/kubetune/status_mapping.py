@@ -608,11 +608,23 @@ def invalid_spec_status(
     generation: int | None, problems: list[str], previous_status: FineTuneJobStatus | None, now: str
 ) -> FineTuneJobStatus:
     """Phase Failed, reason InvalidSpec, a message naming every offending field."""
+    message = "invalid spec: " + "; ".join(problems)
+    return refused_status(generation, "InvalidSpec", message, previous_status, now)
+
+
+def refused_status(
+    generation: int | None,
+    reason: str,
+    message: str,
+    previous_status: FineTuneJobStatus | None,
+    now: str,
+) -> FineTuneJobStatus:
+    """A job the operator will not start (InvalidSpec, WillNotFit): Failed before any pod."""
     previous = previous_status or FineTuneJobStatus()
-    message = safe_message("invalid spec: " + "; ".join(problems))
-    verdict = Verdict("Failed", "InvalidSpec", message)
+    message = safe_message(message)
+    verdict = Verdict("Failed", reason, message)
     states = _condition_states(verdict)
-    states["Accepted"] = ("False", "InvalidSpec", message)
+    states["Accepted"] = ("False", reason, message)
     return previous.model_copy(
         update={
             "phase": "Failed",

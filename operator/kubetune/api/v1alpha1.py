@@ -882,6 +882,39 @@ class StepMetrics(KubeModel):
     )
 
 
+PlanVerdict = Literal["Fits", "WillNotFit", "Unknown"]
+
+
+class PlanPhase(KubeModel):
+    """What one phase of the run needs (`kubetune plan`)."""
+
+    name: str = Field(
+        max_length=32, description="training, checkpoint, hand-off, evaluation or baseline."
+    )
+    devices: int = Field(
+        ge=1, description="Devices one copy spans (evaluation splits a model by layers)."
+    )
+    device_gib: float = Field(ge=0, description="Memory per device (GPU, or CPU worker pod), GiB.")
+    host_gib: float = Field(ge=0, description="Host memory per node, GiB.")
+    disk_gib: float = Field(ge=0, description="Node-local disk for staging, GiB.")
+
+
+class PlanSummary(KubeModel):
+    """The plan the operator made when it accepted (or refused) the job: `kubetune plan`."""
+
+    verdict: PlanVerdict = Field(description="Fits, WillNotFit, or Unknown (model size unknown).")
+    message: str = Field(
+        max_length=MESSAGE_LIMIT, description="The binding constraint and its margin."
+    )
+    remedy: str | None = Field(
+        None, max_length=MESSAGE_LIMIT, description="A single change that would fit."
+    )
+    nodes: int = Field(0, ge=0, description="Nodes of the worker pool.")
+    gpus: int = Field(0, ge=0, description="GPUs in all.")
+    storage_gib: float = Field(0, ge=0, description="Storage the checkpoints take at most, GiB.")
+    phases: list[PlanPhase] = Field(default_factory=list, max_length=8, description="Per phase.")
+
+
 class BestCheckpoint(KubeModel):
     """The checkpoint with the lowest validation perplexity (of the last stage)."""
 
@@ -961,6 +994,9 @@ class FineTuneJobStatus(KubeModel):
         None, description="Best checkpoint by validation perplexity."
     )
     evaluation: EvaluationResult | None = Field(None, description="Evaluation scores.")
+    plan: PlanSummary | None = Field(
+        None, description="Memory fit, nodes and storage planned at admission (`kubetune plan`)."
+    )
 
 
 # --------------------------------------------------------------------------- resource

@@ -2,8 +2,10 @@
 
 Level-triggered: every event of a job, its RayJob or its FineTuneJobReport leads to
 `reconcile_job`, which compares what exists with what should and acts on the difference:
-- the spec is parsed and checked once per generation; an invalid one gets phase Failed,
-  reason InvalidSpec, a Warning event, and nothing is created;
+- the spec is parsed, checked and planned (`kubetune plan`) once per generation; an invalid
+  one gets phase Failed, reason InvalidSpec, one that will not fit reason WillNotFit (unless
+  runPolicy.skipFitCheck), a Warning event, and nothing is created; the plan is kept in
+  `.status.plan`;
 - a finished job (Succeeded or Failed) is left alone for good: nothing is created, adopted,
   patched or deleted for it, whatever is missing, by any operator instance;
 - the report channel and the RayJob are created, or adopted when they are ours (controller
@@ -36,7 +38,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from kubetune.api.report import REPORT_FIELD, REPORT_KIND
-from kubetune.api.v1alpha1 import TERMINAL_PHASES, FineTuneJob, FineTuneJobStatus
+from kubetune.api.v1alpha1 import TERMINAL_PHASES, FineTuneJob, FineTuneJobStatus, PlanSummary
 from kubetune.builders.meta import namespace_of, uid_of
 from kubetune.builders.naming import rayjob_name, report_name
 from kubetune.builders.rayjob import kuberay_too_old, suspend_target
@@ -53,14 +55,15 @@ from kubetune.controller.kube import (
     is_permanent,
     now_rfc3339,
 )
-from kubetune.controller.state import JobKey, JobState, OperatorState
+from kubetune.controller.state import JobKey, JobState, OperatorState, Refusal
+from kubetune.planning import build_plan, plan_summary, shape_of
 from kubetune.report_checks import ReportReading, read_report
 from kubetune.status_mapping import (
     TERMINAL_DEPLOYMENTS,
     WARNING_REASONS,
     Problem,
-    invalid_spec_status,
     map_rayjob_status,
+    refused_status,
 )
 from kubetune.validation import SpecError, parse_finetunejob, semantic_problems
 
@@ -113,21 +116,41 @@ async def _io(op: Operator, fn: Callable[..., T], *args: Any, urgent: bool = Fal
 # --------------------------------------------------------------------------- parsing
 
 
-def check_job(body: dict[str, Any]) -> FineTuneJob | list[str]:
+def check_job(body: dict[str, Any]) -> FineTuneJob | Refusal:
     """The parsed job, or every problem; on Kubernetes cluster-only problems are errors too."""
     try:
         job = parse_finetunejob({k: v for k, v in body.items() if k != "status"})
     except SpecError as error:
-        return [str(p) for p in error.problems]
-    problems = semantic_problems(job.spec)
-    return [str(p) for p in problems] if problems else job
+        problems = [str(p) for p in error.problems]
+    else:
+        problems = [str(p) for p in semantic_problems(job.spec)]
+    return Refusal("InvalidSpec", "invalid spec: " + "; ".join(problems)) if problems else job
 
 
-def cached_check(js: JobState, body: dict[str, Any]) -> FineTuneJob | list[str]:
-    """Parse once per generation (state is per uid): the spec cannot change without one."""
+def plan_refusal(job: FineTuneJob, plan: PlanSummary) -> Refusal | None:
+    """WillNotFit before any pod starts, unless the spec says to run it anyway."""
+    if plan.verdict != "WillNotFit" or job.spec.run_policy.skip_fit_check:
+        return None
+    remedy = f"; remedy: {plan.remedy}" if plan.remedy else ""
+    return Refusal(
+        "WillNotFit",
+        f"will not fit: {plan.message}{remedy} (kubetune plan shows the whole plan; "
+        "spec.runPolicy.skipFitCheck: true runs it anyway)",
+    )
+
+
+def cached_check(
+    js: JobState, body: dict[str, Any], config: OperatorConfig
+) -> FineTuneJob | Refusal:
+    """Parse and plan once per generation (state is per uid): the spec cannot change without one."""
     generation = int(body["metadata"].get("generation") or 0)
     if js.parsed is None or js.parsed[0] != generation:
-        js.parsed = (generation, check_job(body))
+        checked = check_job(body)
+        if isinstance(checked, FineTuneJob):
+            shape = shape_of(checked.spec.model.name)
+            js.plan = plan_summary(build_plan(checked.spec, shape, config))
+            checked = plan_refusal(checked, js.plan) or checked
+        js.parsed = (generation, checked)
     return js.parsed[1]
 
 
@@ -217,8 +240,8 @@ async def _reconcile_locked(op: Operator, js: JobState, body: dict[str, Any]) ->
     """One pass; True when a transient problem asks for a retry."""
     if _finished(js, body):
         return False  # finished stays finished: nothing is created, adopted or written
-    checked = cached_check(js, body)
-    if isinstance(checked, list):
+    checked = cached_check(js, body, op.config)
+    if isinstance(checked, Refusal):
         await _reject(op, js, body, checked)
         return False
     previous = _previous(js, body)
@@ -356,10 +379,11 @@ async def _sync_suspend(op: Operator, job: FineTuneJob, current: bool) -> None:
     metrics.WRITES.labels("suspend").inc()
 
 
-async def _reject(op: Operator, js: JobState, body: dict[str, Any], problems: list[str]) -> None:
+async def _reject(op: Operator, js: JobState, body: dict[str, Any], refusal: Refusal) -> None:
     previous = _previous(js, body)
     generation = body["metadata"].get("generation")
-    status = invalid_spec_status(generation, problems, previous, now_rfc3339())
+    status = refused_status(generation, refusal.reason, refusal.message, previous, now_rfc3339())
+    status = _with_plan(status, js)
     if previous is not None and previous.to_wire() == status.to_wire():
         return
     await _write(op, js, body, status, previous)
@@ -387,6 +411,7 @@ async def _refresh(
         status = map_rayjob_status(
             job, js.rayjob_status, reading.report, previous, now_rfc3339(), problem
         )
+    status = _with_plan(status, js)
     if previous is not None and previous.to_wire() == status.to_wire():
         return
     if status.phase == "Failed" and not js.rayjob_gone:
@@ -394,6 +419,13 @@ async def _refresh(
         # failed delete must leave the job open for the retry.
         await _stop_run(op, job, status)
     await _write(op, js, body, status, previous)
+
+
+def _with_plan(status: FineTuneJobStatus, js: JobState) -> FineTuneJobStatus:
+    """The admission plan rides along every status write (set once, never recomputed)."""
+    if status.plan is not None or js.plan is None:
+        return status
+    return status.model_copy(update={"plan": js.plan})
 
 
 async def _stop_run(op: Operator, job: FineTuneJob, status: FineTuneJobStatus) -> None:

@@ -15,16 +15,25 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubetune.api.v1alpha1 import KIND, FineTuneJob, FineTuneJobStatus
+from kubetune.api.v1alpha1 import KIND, FineTuneJob, FineTuneJobStatus, PlanSummary
 from kubetune.report_checks import ReportReading
 
 JobKey = str  # the FineTuneJob's uid
 
 
 @dataclass
+class Refusal:
+    """Why the operator will not start a job: reason InvalidSpec or WillNotFit."""
+
+    reason: str
+    message: str
+
+
+@dataclass
 class JobState:
     body: dict[str, Any] | None = None
-    parsed: tuple[int, FineTuneJob | list[str]] | None = None  # generation, result
+    parsed: tuple[int, FineTuneJob | Refusal] | None = None  # generation, result
+    plan: PlanSummary | None = None  # planned at the parse, kept for every status write
     ensured: bool = False  # children created/adopted (or the job refused) by this process
     rayjob_status: dict[str, Any] | None = None
     rayjob_suspend: bool | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubetune.api.v1alpha1 import PlanPhase, PlanSummary
 from kubetune.planning.memory import GIB
 from kubetune.planning.plan import Plan, gib
 
@@ -37,6 +38,33 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "price": plan.price_note,
         "notes": plan.notes,
     }
+
+
+def plan_summary(plan: Plan | None) -> PlanSummary:
+    """The plan as `.status.plan` holds it."""
+    if plan is None:
+        return PlanSummary(
+            verdict="Unknown",
+            message="model size unknown (not a builtin or Llama-2 name): not planned",
+        )
+    return PlanSummary(
+        verdict=plan.verdict,
+        message=plan.reason,
+        remedy=plan.remedy,
+        nodes=plan.nodes,
+        gpus=plan.gpus,
+        storage_gib=round(plan.storage_total / GIB, 1),
+        phases=[
+            PlanPhase(
+                name=p.name,
+                devices=p.devices,
+                device_gib=round(p.device.total / GIB, 1),
+                host_gib=round(p.host.total / GIB, 1),
+                disk_gib=round(p.disk.total / GIB, 1),
+            )
+            for p in plan.phases
+        ],
+    )
 
 
 def _cell(n: int) -> str:

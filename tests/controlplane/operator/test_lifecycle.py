@@ -214,6 +214,46 @@ def test_invalid_semantic_spec_creates_nothing(
     assert not [c for c in cms if c.metadata.name.startswith("invalid")]
 
 
+def test_a_job_that_will_not_fit_fails_before_any_pod_with_its_plan(
+    custom: client.CustomObjectsApi,
+    kube_api: client.ApiClient,
+    namespace: str,
+    kuberay: KubeRayDouble,
+) -> None:
+    """70B on 16 A10G: host memory per node is the binding constraint; nothing is created."""
+    doc = job_manifest(
+        "toobig",
+        model={"name": "meta-llama/Llama-2-70b-hf"},
+        training={"deepspeed": {"stage": 3, "offloadOptimizer": True, "offloadParameters": True}},
+    )
+    create_job(custom, namespace, doc)
+    status = wait_phase(custom, namespace, "toobig", "Failed")
+    accepted = condition(status, "Accepted")
+    assert (accepted["status"], accepted["reason"]) == ("False", "WillNotFit")
+    assert "host memory per node" in accepted["message"]
+    assert "remedy: set compute.workers: 32" in accepted["message"]
+    plan = status["plan"]
+    assert plan["verdict"] == "WillNotFit" and plan["nodes"] == 2 and plan["gpus"] == 16
+    assert [p["name"] for p in plan["phases"]] == ["training", "checkpoint", "evaluation"]
+    events = events_for(client.CoreV1Api(kube_api), namespace, "toobig")
+    assert [(e.type, e.reason) for e in events] == [("Warning", "WillNotFit")]
+    assert rayjobs(custom, namespace) == []
+
+    # The same job with the override is accepted (and keeps its plan).
+    doc = job_manifest("forced", **{**doc["spec"], "runPolicy": {"skipFitCheck": True}})
+    create_job(custom, namespace, doc)
+    wait_for(lambda: rayjobs(custom, namespace), what="the forced job's RayJob")
+    plan = wait_for(lambda: status_of(custom, namespace, "forced").get("plan"), what="its plan")
+    assert plan["verdict"] == "WillNotFit"
+
+
+def test_an_accepted_job_records_its_plan(custom: client.CustomObjectsApi, namespace: str) -> None:
+    create_job(custom, namespace, job_manifest("planned"))
+    plan = wait_for(lambda: status_of(custom, namespace, "planned").get("plan"), what="the plan")
+    assert plan["verdict"] == "Fits" and plan["message"].startswith("binding: ")
+    assert {p["name"] for p in plan["phases"]} == {"training", "checkpoint", "evaluation"}
+
+
 def test_local_storage_is_invalid_on_kubernetes(
     custom: client.CustomObjectsApi, namespace: str
 ) -> None:
