@@ -24,7 +24,16 @@ from kubetune.api.v1alpha1 import FineTuneJob, stages_of
 from kubetune.builders.render import owned_objects
 from kubetune.config import OperatorConfig
 from kubetune.crd import render_crds, render_report_crd
-from kubetune.planning import DataSize, Plan, build_plan, plan_json, plan_table, shape_of
+from kubetune.planning import (
+    SKIP_FIT_CHECK_HINT,
+    DataSize,
+    Plan,
+    build_plan,
+    plan_json,
+    plan_table,
+    refused_for_fit,
+    shape_of,
+)
 from kubetune.validation import FieldProblem, SpecError, parse_finetunejob, semantic_problems
 
 
@@ -133,12 +142,11 @@ def run_validate(args: argparse.Namespace) -> int:
         if not errors:
             job = parse_finetunejob(doc)
             plan = plan_job(job, base_of(args.file))
-            will_not_fit = plan is not None and plan.verdict == "WillNotFit"
-            refused = will_not_fit and not job.spec.run_policy.skip_fit_check
+            refused = plan is not None and refused_for_fit(plan.verdict, job.spec)
             stream = sys.stderr if refused else sys.stdout
             print(f"{label}: {plan_line(plan)}", file=stream)
             if refused:
-                print(f"{label}: spec.runPolicy.skipFitCheck: true runs it anyway", file=stream)
+                print(f"{label}: {SKIP_FIT_CHECK_HINT}", file=stream)
             failed = failed or refused
         stream.flush()
     return 1 if failed else 0

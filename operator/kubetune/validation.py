@@ -22,6 +22,7 @@ from kubetune.api.v1alpha1 import (
     QUANTITY,
     FineTuneJob,
     FineTuneJobSpec,
+    stage_training,
     stages_of,
 )
 
@@ -122,11 +123,7 @@ def semantic_problems(spec: FineTuneJobSpec) -> list[FieldProblem]:
         )
     early = spec.training.early_stopping
     for index, stage in enumerate(stages_of(spec)):
-        epochs = (
-            stage.training.epochs
-            if stage.training and stage.training.epochs
-            else spec.training.epochs
-        )
+        epochs = stage_training(spec, stage).epochs
         if early is not None and early.patience >= epochs:
             where = f"spec.stages[{index}]" if spec.stages else "spec.training"
             problems.append(

@@ -29,7 +29,7 @@ from kubetune.api.v1alpha1 import (
     FineTuneJobSpec,
     StageSpec,
     StepMetrics,
-    TrainingSpec,
+    stage_training,
     stages_of,
 )
 from kubetune.planning import generation_devices, shape_of
@@ -117,16 +117,6 @@ def use_gpus(spec: FineTuneJobSpec) -> bool:
     pods have no GPU to give, even where Ray might see one); otherwise whenever the cluster
     has GPUs, so `kubetune run` on a CPU machine trains on CPUs whatever the node pool says."""
     return not spec.compute.node_pool.cpu_only and cluster_has_gpus()
-
-
-def stage_training(spec: FineTuneJobSpec, stage: StageSpec) -> TrainingSpec:
-    overrides = stage.training
-    update: dict[str, Any] = {}
-    if overrides is not None and overrides.epochs is not None:
-        update["epochs"] = overrides.epochs
-    if overrides is not None and overrides.learning_rate is not None:
-        update["learning_rate"] = overrides.learning_rate
-    return spec.training.model_copy(update=update)
 
 
 # --------------------------------------------------------------------------- model setup

@@ -1032,6 +1032,17 @@ def default_stage_name(spec: FineTuneJobSpec) -> str:
     return spec.task.preset
 
 
+def stage_training(spec: FineTuneJobSpec, stage: StageSpec) -> TrainingSpec:
+    """spec.training with the stage's overrides (epochs, learning rate) applied."""
+    overrides = stage.training
+    update: dict[str, Any] = {}
+    if overrides is not None and overrides.epochs is not None:
+        update["epochs"] = overrides.epochs
+    if overrides is not None and overrides.learning_rate is not None:
+        update["learning_rate"] = overrides.learning_rate
+    return spec.training.model_copy(update=update)
+
+
 def stages_of(spec: FineTuneJobSpec) -> list[StageSpec]:
     """The run as a list of stages, so callers need not special-case single-stage jobs."""
     if spec.stages is not None:

@@ -56,7 +56,13 @@ from kubetune.controller.kube import (
     now_rfc3339,
 )
 from kubetune.controller.state import JobKey, JobState, OperatorState, Refusal
-from kubetune.planning import build_plan, plan_summary, shape_of
+from kubetune.planning import (
+    SKIP_FIT_CHECK_HINT,
+    build_plan,
+    plan_summary,
+    refused_for_fit,
+    shape_of,
+)
 from kubetune.report_checks import ReportReading, read_report
 from kubetune.status_mapping import (
     TERMINAL_DEPLOYMENTS,
@@ -129,13 +135,13 @@ def check_job(body: dict[str, Any]) -> FineTuneJob | Refusal:
 
 def plan_refusal(job: FineTuneJob, plan: PlanSummary) -> Refusal | None:
     """WillNotFit before any pod starts, unless the spec says to run it anyway."""
-    if plan.verdict != "WillNotFit" or job.spec.run_policy.skip_fit_check:
+    if not refused_for_fit(plan.verdict, job.spec):
         return None
     remedy = f"; remedy: {plan.remedy}" if plan.remedy else ""
     return Refusal(
         "WillNotFit",
         f"will not fit: {plan.message}{remedy} (kubetune plan shows the whole plan; "
-        "spec.runPolicy.skipFitCheck: true runs it anyway)",
+        f"{SKIP_FIT_CHECK_HINT})",
     )
 
 

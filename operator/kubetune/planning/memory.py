@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kubetune.api.v1alpha1 import FineTuneJobSpec, TrainingSpec
+from kubetune.api.v1alpha1 import FineTuneJobSpec, LoraSpec, TrainingSpec
 from kubetune.planning.shapes import ModelShape
 from kubetune.planning.zero import ModelStates, zero2_model_states, zero3_model_states
 
@@ -119,6 +119,13 @@ def model_states(training: TrainingSpec, shape: ModelShape, layout: Layout) -> M
     return states
 
 
+def adapter_params(training: TrainingSpec, shape: ModelShape) -> int:
+    """LoRA adapter parameters with the settings the trainer uses (LoraSpec's defaults when
+    training.lora is unset)."""
+    lora = training.lora or LoraSpec()
+    return shape.lora_params(lora.rank, lora.target_modules)
+
+
 def activations(training: TrainingSpec, shape: ModelShape) -> int:
     batch, seq = training.batch_size_per_device, training.context_length
     scale = compute_bytes(training.precision) / 2
@@ -140,11 +147,9 @@ def training_needs(spec: FineTuneJobSpec, shape: ModelShape, layout: Layout) -> 
     training = spec.training
     device, host = Need(), Need()
     if training.method == "lora":
-        lora = training.lora
-        rank, targets = (lora.rank, lora.target_modules) if lora else (8, ["q_proj", "v_proj"])
         device.add("frozen base weights", shape.parameters * compute_bytes(training.precision))
         device.add(
-            "adapters and their Adam states", ADAM_FP32_BYTES * shape.lora_params(rank, targets)
+            "adapters and their Adam states", ADAM_FP32_BYTES * adapter_params(training, shape)
         )
     else:
         states = model_states(training, shape, layout)
@@ -168,9 +173,7 @@ def training_needs(spec: FineTuneJobSpec, shape: ModelShape, layout: Layout) -> 
 def resume_state_total(spec: FineTuneJobSpec, shape: ModelShape) -> int:
     training = spec.training
     if training.method == "lora":
-        lora = training.lora
-        rank, targets = (lora.rank, lora.target_modules) if lora else (8, ["q_proj", "v_proj"])
-        return ADAM_FP32_BYTES * shape.lora_params(rank, targets)
+        return ADAM_FP32_BYTES * adapter_params(training, shape)
     per_param = RESUME_BYTES_DEEPSPEED if training.deepspeed.enabled else RESUME_BYTES_DDP
     return per_param * shape.parameters
 

@@ -14,7 +14,7 @@ from kubetune.api.instance_types import (
     PRICES_REGION,
     lookup_instance_type,
 )
-from kubetune.api.v1alpha1 import FineTuneJobSpec, stages_of
+from kubetune.api.v1alpha1 import FineTuneJobSpec, stage_training, stages_of
 from kubetune.builders.rayjob import pod_resources, worker_layout
 from kubetune.config import OperatorConfig
 from kubetune.planning.memory import (
@@ -40,6 +40,12 @@ ASSUMED_MFU = 0.35
 # Table 3: ~1B parameters in ~0.2 s on a 2-socket host); an assumption, stated.
 CPU_ADAM_PARAMS_PER_S = 5e9
 PACKING_FILL = 0.98  # measured on GSM8k at 512 (bench/bench_packing.py)
+# Unpacked batches pad every row to the longest of its batch: a stated guess of the share of
+# computed positions that are real tokens.
+UNPACKED_FILL = 0.6
+# Decoding reads every weight once per generated token; the share of the memory bandwidth it
+# reaches is a stated guess.
+DECODE_BANDWIDTH_SHARE = 0.6
 START_SECONDS = 600  # pods, image pull, model download: a stated guess
 
 
@@ -109,7 +115,7 @@ def quantity_bytes(quantity: str) -> int:
     return int(float(number) * units.get(suffix, 1))
 
 
-def device_limit(spec: FineTuneJobSpec, config: OperatorConfig) -> int | None:
+def device_limit(spec: FineTuneJobSpec) -> int | None:
     """Memory of one device: a GPU's usable memory, or a CPU worker pod's memory."""
     pool = spec.compute.node_pool
     if pool.cpu_only:
@@ -173,7 +179,7 @@ def build_plan(
     """The plan, or None when the model's shape is unknown."""
     if shape is None:
         return None
-    device, host = device_limit(spec, config), host_limit(spec, config)
+    device, host = device_limit(spec), host_limit(spec, config)
     phases = phases_of(spec, shape, device or 0)
     checks = checks_of(phases, device, host)
     verdict, reason = judge(checks)
@@ -199,12 +205,21 @@ def build_plan(
     return plan
 
 
+SKIP_FIT_CHECK_HINT = "spec.runPolicy.skipFitCheck: true runs it anyway"
+
+
+def refused_for_fit(verdict: str, spec: FineTuneJobSpec) -> bool:
+    """A job whose plan says WillNotFit is not started, unless its spec says to run it anyway
+    (the one rule `kubetune validate` and the operator both apply)."""
+    return verdict == "WillNotFit" and not spec.run_policy.skip_fit_check
+
+
 def generation_devices(spec: FineTuneJobSpec, shape: ModelShape | None) -> dict[str, int]:
     """GPUs one evaluation / baseline replica spans (layers split over them): the fewest of a
     node's GPUs the plan fits it on; 1 when the model's size is unknown."""
     if shape is None:
         return {"evaluation": 1, "baseline": 1}
-    phases = phases_of(spec, shape, device_limit(spec, OperatorConfig()) or 0)
+    phases = phases_of(spec, shape, device_limit(spec) or 0)
     found = {p.name: p.devices for p in phases if p.name in ("evaluation", "baseline")}
     return {"evaluation": found.get("evaluation", 1), "baseline": found.get("baseline", 1)}
 
@@ -334,10 +349,10 @@ def add_time_and_cost(
     passes += 1 if training.gradient_checkpointing else 0
     seconds = float(START_SECONDS)
     for stage, size in zip(stages_of(spec), data, strict=False):
-        epochs = (
-            stage.training.epochs if stage.training and stage.training.epochs else None
-        ) or training.epochs
-        computed = size.rows * size.mean_tokens / (PACKING_FILL if training.packing else 0.6)
+        epochs = stage_training(spec, stage).epochs
+        computed = (
+            size.rows * size.mean_tokens / (PACKING_FILL if training.packing else UNPACKED_FILL)
+        )
         flops = 2 * shape.parameters * passes * computed
         global_batch = (
             training.batch_size_per_device
@@ -352,7 +367,7 @@ def add_time_and_cost(
         rows = spec.evaluation.max_samples or size.test_rows or 0
         if spec.evaluation.enabled and rows:
             width = 2 * shape.parameters
-            step = width / (known.gpu.memory_gbps * 1e9 * 0.6)
+            step = width / (known.gpu.memory_gbps * 1e9 * DECODE_BANDWIDTH_SHARE)
             runs = 2 if spec.evaluation.baseline else 1
             seconds += (
                 runs
