@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kubetune.api.pods import SCRATCH_VOLUME
 from kubetune.api.v1alpha1 import FineTuneJobStatus
 from tests.support.cluster import CHECKPOINTS_CLAIM, OPERATOR_NAMESPACE, LocalCluster
 
@@ -46,6 +47,32 @@ def _ray_pods(cluster: LocalCluster, job: str) -> list[str]:
         if p["metadata"].get("labels", {}).get("ray.io/node-type")
         and p["metadata"]["name"].startswith(job)
     ]
+
+
+def _worker_scratch(cluster: LocalCluster, job: str) -> tuple[dict[str, Any], list[str]] | None:
+    """A running worker pod's scratch volume as declared, and what the trainer has staged in
+    it, read from the kubelet's emptyDir folder on this node; None until a worker stages."""
+    pods = json.loads(cluster.kubectl("get", "pods", "-o", "json").stdout)["items"]
+    for pod in pods:
+        labels = pod["metadata"].get("labels", {})
+        if labels.get("ray.io/node-type") != "worker" or not pod["metadata"]["name"].startswith(
+            job
+        ):
+            continue
+        volume = next(v for v in pod["spec"]["volumes"] if v["name"] == SCRATCH_VOLUME)
+        folder = (
+            cluster.state
+            / "kubelet"
+            / "pods"
+            / pod["metadata"]["uid"]
+            / "volumes"
+            / "kubernetes.io~empty-dir"
+            / SCRATCH_VOLUME
+        )
+        staged = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        if staged:
+            return volume, staged
+    return None
 
 
 PROBE = """
@@ -110,12 +137,13 @@ def _submit_from_outside(cluster: LocalCluster, rayjob: dict[str, Any]) -> str:
 
 def _follow(
     cluster: LocalCluster, name: str
-) -> tuple[dict[str, Any], list[list[str]], list[str], str]:
-    """Poll the job and its RayJob until the job is terminal; the distinct states seen, and
-    what the Jobs API said to an outsider while the job trained."""
+) -> tuple[dict[str, Any], list[list[str]], list[str], str, Any]:
+    """Poll the job and its RayJob until the job is terminal; the distinct states seen, what
+    the Jobs API said to an outsider while the job trained, and a worker's scratch volume."""
     states: list[list[str]] = []
     phases: list[str] = []
     probe = ""
+    scratch = None
     deadline = time.monotonic() + RUN_TIMEOUT
     while time.monotonic() < deadline:
         job = _get(cluster, "finetunejob", name) or {}
@@ -132,10 +160,12 @@ def _follow(
         phase = status.get("phase")
         if phase and (not phases or phases[-1] != phase):
             phases.append(phase)
-        if phase == "Training" and not probe and rayjob is not None:
+        if phase == "Training" and scratch is None:
+            scratch = _worker_scratch(cluster, name)
+        if phase == "Training" and not probe and rayjob is not None and scratch is not None:
             probe = _submit_from_outside(cluster, rayjob)
         if phase in ("Succeeded", "Failed"):
-            return job, states, phases, probe
+            return job, states, phases, probe, scratch
         time.sleep(1)
     raise AssertionError(
         f"{name} not finished in {RUN_TIMEOUT} s; phases {phases}, "
@@ -197,7 +227,7 @@ def test_local_cluster_example_succeeds_on_real_pods(local_cluster: LocalCluster
     applied = cluster.kubectl("apply", "-f", str(EXAMPLE))
     assert f"finetunejob.kubetune.dev/{name} created" in applied.stdout
 
-    job, states, phases, probe = _follow(cluster, name)
+    job, states, phases, probe, scratch = _follow(cluster, name)
     finished = time.monotonic()
     status = FineTuneJobStatus.model_validate(job["status"])
     assert status.phase == "Succeeded", (
@@ -206,6 +236,13 @@ def test_local_cluster_example_succeeds_on_real_pods(local_cluster: LocalCluster
             "logs", "-n", OPERATOR_NAMESPACE, "deploy/kubetune-operator", "--tail=50", check=False
         ).stdout
     )
+
+    # The trainer staged on the worker's node-local scratch, sized by the plan in .status.
+    assert status.plan is not None and status.plan.scratch_gib is not None
+    assert scratch is not None, "no worker ever staged anything on its scratch volume"
+    volume, staged = scratch
+    assert volume["emptyDir"] == {"sizeLimit": f"{status.plan.scratch_gib}Gi"}
+    assert any(entry.startswith("stage-") for entry in staged), staged
 
     # Ray token authentication: a pod that reaches the dashboard without the token cannot
     # submit (this bridge network enforces no NetworkPolicy, so only the token stops it).

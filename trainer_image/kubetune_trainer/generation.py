@@ -13,7 +13,6 @@ checkpoint's generation_config.json (a repetition penalty there would change eve
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,6 +184,31 @@ def evaluate_model(
     task: str,
     rows: Sequence[TestRow],
     stop_token: str,
+    **options: Any,
+) -> dict[str, Any]:
+    """Load a checkpoint (a local path, s3://, gs://, pvc:// or file:// URI, or a hub id for the baseline),
+    generate for every row and score. Runs as a Ray task, possibly on another node, so remote
+    checkpoints are fetched here, not by the driver. `options` are `_evaluate_loaded`'s:
+    batch_size, max_new_tokens, revision, few_shot, special_tokens, prompts, stop_text,
+    devices."""
+    from kubetune_trainer import storage
+    from kubetune_trainer.data.loaders import resolve_local
+
+    if storage.is_storage_uri(model_path) and not storage.is_remote(model_path):
+        model_path = resolve_local(model_path)  # pvc:// and file:// are mounted folders
+    if not storage.is_remote(model_path):
+        return _evaluate_loaded(model_path, task, rows, stop_token, **options)
+    # Staged on the pod's scratch volume and removed afterwards (a 13B checkpoint is 26 GB).
+    with storage.staging_dir("ckpt-") as tmp:
+        local = storage.download_dir(model_path, Path(tmp))
+        return _evaluate_loaded(str(local), task, rows, stop_token, **options)
+
+
+def _evaluate_loaded(
+    model_path: str,
+    task: str,
+    rows: Sequence[TestRow],
+    stop_token: str,
     *,
     batch_size: int,
     max_new_tokens: int,
@@ -195,17 +219,7 @@ def evaluate_model(
     stop_text: str | None = None,
     devices: int = 1,
 ) -> dict[str, Any]:
-    """Load a checkpoint (a local path, s3://, gs://, pvc:// or file:// URI, or a hub id for the baseline),
-    generate for every row and score. Runs as a Ray task, possibly on another node, so remote
-    checkpoints are fetched here, not by the driver."""
-    from kubetune_trainer import storage
-    from kubetune_trainer.data.loaders import resolve_local
     from kubetune_trainer.model import add_special_tokens, load_model, load_tokenizer
-
-    if storage.is_remote(model_path):
-        model_path = str(storage.download_dir(model_path, Path(tempfile.mkdtemp(prefix="ckpt-"))))
-    elif storage.is_storage_uri(model_path):  # pvc:// and file:// are mounted folders
-        model_path = resolve_local(model_path)
 
     tokenizer = load_tokenizer(model_path, revision)
     add_special_tokens(tokenizer, special_tokens)

@@ -6,11 +6,27 @@ Kubernetes an object store (credentials come from the pod environment, never fro
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from kubetune.api.pods import SCRATCH_ENV
 from kubetune_trainer.data.loaders import REMOTE_SCHEMES, resolve_local
+
+
+def scratch_root() -> Path:
+    """Where checkpoints, downloads and the hand-off are staged: the worker pod's node-local
+    scratch volume (KUBETUNE_SCRATCH_DIR, sized by the plan), else the system temp folder."""
+    root = Path(os.environ.get(SCRATCH_ENV) or tempfile.gettempdir())
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def staging_dir(prefix: str) -> tempfile.TemporaryDirectory[str]:
+    """A folder on the scratch volume, removed when the `with` block ends."""
+    return tempfile.TemporaryDirectory(prefix=prefix, dir=scratch_root())
 
 
 def is_remote(uri: str) -> bool:
@@ -83,12 +99,8 @@ def download_once_per_node(
         return fetch(uri, Path())
     import fcntl
     import hashlib
-    import os
-    import tempfile
 
-    root = root or Path(
-        os.environ.get(NODE_CACHE_ENV) or Path(tempfile.gettempdir(), "kubetune-node-cache")
-    )
+    root = root or Path(os.environ.get(NODE_CACHE_ENV) or scratch_root() / "kubetune-node-cache")
     root.mkdir(parents=True, exist_ok=True)
     target = root / hashlib.sha256(uri.encode()).hexdigest()[:20]
     with open(root / f"{target.name}.lock", "w") as lock:

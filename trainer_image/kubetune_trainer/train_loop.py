@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -415,7 +414,7 @@ def save_consolidated(
         weights = {"state_dict": accelerator.get_state_dict(model)}
     if not accelerator.is_main_process:
         return
-    with tempfile.TemporaryDirectory() as tmp:
+    with storage.staging_dir("model-") as tmp:
         accelerator.unwrap_model(model).save_pretrained(tmp, **weights)
         tokenizer.save_pretrained(tmp)
         storage.upload_dir(Path(tmp), uri)
@@ -430,7 +429,7 @@ def merge_lora_checkpoint(config: StageConfig, adapter_uri: str, out_uri: str) -
     from kubetune_trainer.model import load_model, load_tokenizer, resize_for_tokenizer
 
     t = config.training
-    with tempfile.TemporaryDirectory() as workdir:
+    with storage.staging_dir("merge-") as workdir:
         base_path, revision = materialize(config.model_source, Path(workdir))
         adapter = storage.download_dir(adapter_uri, Path(workdir, "adapter"))
         tokenizer = load_tokenizer(str(adapter))
@@ -463,7 +462,7 @@ def report_epoch(accelerator: Any, state: StageState, metrics: dict[str, Any]) -
     """Save optimizer/scheduler/RNG state (every rank its own part) and report to Ray Train."""
     import ray.train
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with storage.staging_dir("resume-") as tmp:
         accelerator.save_state(tmp)
         if accelerator.is_main_process:
             Path(tmp, STATE_FILE).write_text(json.dumps(asdict(state)))
@@ -649,7 +648,7 @@ def train_stage(loop_config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     total_steps = stage_steps(config, world)
     accelerator = make_accelerator(config, world)
-    with tempfile.TemporaryDirectory() as workdir:
+    with storage.staging_dir("stage-") as workdir:
         tokenizer = load_tokenizer(str(write_files(config.tokenizer_files, Path(workdir, "tok"))))
         model, base_path, _ = load_stage_model(config, Path(workdir), tokenizer)
         optimizer, scheduler = make_optimizer(model, config, total_steps)

@@ -912,6 +912,12 @@ class PlanSummary(KubeModel):
     nodes: int = Field(0, ge=0, description="Nodes of the worker pool.")
     gpus: int = Field(0, ge=0, description="GPUs in all.")
     storage_gib: float = Field(0, ge=0, description="Storage the checkpoints take at most, GiB.")
+    scratch_gib: int | None = Field(
+        None,
+        ge=1,
+        description="Node-local scratch of each worker pod (emptyDir sizeLimit and "
+        "ephemeral-storage request), GiB: the largest phase's disk need with 25% headroom.",
+    )
     phases: list[PlanPhase] = Field(default_factory=list, max_length=8, description="Per phase.")
 
 

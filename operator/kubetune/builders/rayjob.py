@@ -6,6 +6,11 @@ Layout
 - One worker group of `ceil(workers / gpusPerNode)` pods, replicas = min = max and the
   in-tree autoscaler off: DeepSpeed needs a fixed world size. Each pod asks for its share of
   the node's GPUs as `nvidia.com/gpu` limits (Ray derives `--num-gpus` from them).
+- Each worker pod stages checkpoints, downloads and the curriculum hand-off on a node-local
+  scratch emptyDir at /kubetune-scratch (`KUBETUNE_SCRATCH_DIR`; hub downloads too, through
+  `HF_HUB_CACHE`), never on the container's root filesystem. Its `sizeLimit` and the pod's `ephemeral-storage` request are the plan's
+  disk need (`kubetune.planning.scratch_gib`), so the scheduler places the pod on a node with
+  that much local disk; a model the planner cannot size gets the volume without a limit.
 - A CPU-only pool (`gpusPerNode: 0`) gets one pod per worker instead, sized by
   `nodePool.cpu`/`nodePool.memory`, with no GPU limit and no GPU toleration, and Ray told
   `num-cpus: "1"`, `num-gpus: "0"` (see `CPU_WORKER_START_PARAMS`).
@@ -51,6 +56,15 @@ import shlex
 from typing import Any
 
 from kubetune.api.instance_types import lookup_instance_type
+from kubetune.api.pods import (
+    HF_HUB_CACHE_ENV,
+    PVC_ROOT,
+    PVC_ROOT_ENV,
+    SCRATCH_DIR,
+    SCRATCH_ENV,
+    SCRATCH_HUB_CACHE,
+    SCRATCH_VOLUME,
+)
 from kubetune.api.report import REPORT_SINGULAR
 from kubetune.api.v1alpha1 import (
     FineTuneJob,
@@ -80,7 +94,6 @@ CPU_WORKER_GROUP = "cpu-workers"
 # num-gpus 0: a pod that can see a node's GPUs anyway (an image with NVIDIA_VISIBLE_DEVICES=all
 # on a GPU node) must not advertise them to Ray.
 CPU_WORKER_START_PARAMS = {"num-cpus": "1", "num-gpus": "0"}
-PVC_ROOT = "/mnt/pvc"
 RAY_UID = 1000  # the `ray` user of rayproject/ray and kubetune's trainer image
 AUTH_OPTIONS = {"mode": "token"}
 # The pod and container securityContexts that satisfy the `restricted` Pod Security Standard.
@@ -134,13 +147,17 @@ def _derived_size(pool: NodePoolSpec, gpus: int, config: OperatorConfig) -> dict
     }
 
 
-def pod_resources(spec: FineTuneJobSpec, gpus: int, config: OperatorConfig) -> dict[str, Any]:
-    """Requests/limits of one worker pod; see the module docstring for the rule."""
+def pod_resources(
+    spec: FineTuneJobSpec, gpus: int, config: OperatorConfig, scratch_gib: int | None = None
+) -> dict[str, Any]:
+    """Requests/limits of one worker pod; see the module docstring for the rule. The scratch
+    volume's size is requested, not limited: its `sizeLimit` bounds it already."""
     pool = spec.compute.node_pool
     explicit = {k: v for k, v in (("cpu", pool.cpu), ("memory", pool.memory)) if v is not None}
     size = {**_derived_size(pool, gpus, config), **explicit}
     limits = {**size, **({GPU_RESOURCE: str(gpus)} if gpus else {})}
-    return {"requests": size, "limits": limits} if size else {"limits": limits}
+    requests = {**size, **({"ephemeral-storage": f"{scratch_gib}Gi"} if scratch_gib else {})}
+    return {"requests": requests, "limits": limits} if requests else {"limits": limits}
 
 
 def trainer_entrypoint(job: FineTuneJob) -> str:
@@ -176,7 +193,7 @@ def pvc_claims(spec: FineTuneJobSpec) -> list[str]:
 
 
 def _env(spec: FineTuneJobSpec) -> dict[str, Any]:
-    env: list[dict[str, Any]] = [{"name": "KUBETUNE_PVC_ROOT", "value": PVC_ROOT}]
+    env: list[dict[str, Any]] = [{"name": PVC_ROOT_ENV, "value": PVC_ROOT}]
     token = spec.model.token_secret_ref
     if token is not None:
         env.append(
@@ -200,6 +217,24 @@ def _volumes(spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]], list[dict[str
     ]
     mounts = [{"name": f"pvc-{i}", "mountPath": f"{PVC_ROOT}/{c}"} for i, c in enumerate(claims)]
     return volumes, mounts
+
+
+def with_scratch(template: dict[str, Any], scratch_gib: int | None) -> dict[str, Any]:
+    """A worker pod template with its node-local scratch volume (module docstring)."""
+    pod = template["spec"]
+    container = pod["containers"][0]
+    empty_dir = {"sizeLimit": f"{scratch_gib}Gi"} if scratch_gib else {}
+    pod["volumes"] = [*pod.get("volumes", []), {"name": SCRATCH_VOLUME, "emptyDir": empty_dir}]
+    container["volumeMounts"] = [
+        *container.get("volumeMounts", []),
+        {"name": SCRATCH_VOLUME, "mountPath": SCRATCH_DIR},
+    ]
+    container["env"] = [
+        *container["env"],
+        {"name": SCRATCH_ENV, "value": SCRATCH_DIR},
+        {"name": HF_HUB_CACHE_ENV, "value": SCRATCH_HUB_CACHE},
+    ]
+    return template
 
 
 def _tolerations(items: list[Toleration], extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -265,10 +300,13 @@ def head_group(job: FineTuneJob, config: OperatorConfig) -> dict[str, Any]:
     }
 
 
-def worker_group(job: FineTuneJob, config: OperatorConfig) -> dict[str, Any]:
+def worker_group(
+    job: FineTuneJob, config: OperatorConfig, scratch_gib: int | None = None
+) -> dict[str, Any]:
     pool = job.spec.compute.node_pool
     pods, gpus = worker_layout(job.spec)
-    container = {"name": "ray-worker", "resources": pod_resources(job.spec, gpus, config)}
+    resources = pod_resources(job.spec, gpus, config, scratch_gib)
+    container = {"name": "ray-worker", "resources": resources}
     selector = {INSTANCE_TYPE_LABEL: pool.instance_type, **pool.node_selector}
     gpu_toleration = [] if pool.cpu_only else [GPU_TOLERATION]
     scheduling = _scheduling(selector, _tolerations(pool.tolerations, gpu_toleration))
@@ -278,7 +316,9 @@ def worker_group(job: FineTuneJob, config: OperatorConfig) -> dict[str, Any]:
         "minReplicas": pods,
         "maxReplicas": pods,
         "rayStartParams": dict(CPU_WORKER_START_PARAMS) if pool.cpu_only else {},
-        "template": _pod_template(job, config, container, scheduling, "ray-worker"),
+        "template": with_scratch(
+            _pod_template(job, config, container, scheduling, "ray-worker"), scratch_gib
+        ),
     }
 
 
@@ -324,8 +364,11 @@ def suspend_target(job: FineTuneJob) -> bool | None:
     return None if policy.queue_name else False
 
 
-def build_rayjob(job: FineTuneJob, config: OperatorConfig) -> dict[str, Any]:
-    """The RayJob for `job`; see the module docstring for every choice."""
+def build_rayjob(
+    job: FineTuneJob, config: OperatorConfig, scratch_gib: int | None = None
+) -> dict[str, Any]:
+    """The RayJob for `job`; see the module docstring for every choice. `scratch_gib` is the
+    plan's node-local disk need (`kubetune.planning.scratch_gib`), None when unknown."""
     policy = job.spec.run_policy
     extra_labels = {QUEUE_LABEL: policy.queue_name} if policy.queue_name else {}
     spec: dict[str, Any] = {
@@ -344,7 +387,7 @@ def build_rayjob(job: FineTuneJob, config: OperatorConfig) -> dict[str, Any]:
             "authOptions": dict(AUTH_OPTIONS),
             "enableInTreeAutoscaling": False,
             "headGroupSpec": head_group(job, config),
-            "workerGroupSpecs": [worker_group(job, config)],
+            "workerGroupSpecs": [worker_group(job, config, scratch_gib)],
         },
     }
     deadline = policy.active_deadline_seconds or config.active_deadline_seconds

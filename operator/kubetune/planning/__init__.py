@@ -7,6 +7,7 @@ from kubetune.planning.plan import (
     build_plan,
     generation_devices,
     refused_for_fit,
+    scratch_gib,
 )
 from kubetune.planning.render import plan_json, plan_summary, plan_table
 from kubetune.planning.shapes import ModelShape, shape_of
@@ -22,5 +23,6 @@ __all__ = [
     "plan_summary",
     "plan_table",
     "refused_for_fit",
+    "scratch_gib",
     "shape_of",
 ]

@@ -206,6 +206,18 @@ def build_plan(
 
 
 SKIP_FIT_CHECK_HINT = "spec.runPolicy.skipFitCheck: true runs it anyway"
+# Scratch over the planned disk need: tokenizer and index files, Ray Train's checkpoint
+# metadata, and what the estimate leaves out; an emptyDir over its sizeLimit is evicted.
+SCRATCH_HEADROOM = 1.25
+
+
+def scratch_gib(plan: Plan | None) -> int | None:
+    """Node-local scratch per worker pod, whole GiB: the largest phase's disk need with
+    headroom, at least 1; None when the model's size is unknown."""
+    if plan is None:
+        return None
+    need = max(p.disk.total for p in plan.phases)
+    return max(1, math.ceil(need * SCRATCH_HEADROOM / GIB))
 
 
 def refused_for_fit(verdict: str, spec: FineTuneJobSpec) -> bool:

@@ -6,7 +6,7 @@ from typing import Any
 
 from kubetune.api.v1alpha1 import PlanPhase, PlanSummary
 from kubetune.planning.memory import GIB
-from kubetune.planning.plan import Plan, gib
+from kubetune.planning.plan import Plan, gib, scratch_gib
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
@@ -33,6 +33,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         ],
         "storageBytesPerCheckpoint": plan.storage_per_checkpoint,
         "storageBytesTotal": plan.storage_total,
+        "scratchGiBPerWorkerPod": scratch_gib(plan),
         "hours": plan.hours,
         "costUSD": plan.cost_usd,
         "price": plan.price_note,
@@ -54,6 +55,7 @@ def plan_summary(plan: Plan | None) -> PlanSummary:
         nodes=plan.nodes,
         gpus=plan.gpus,
         storage_gib=round(plan.storage_total / GIB, 1),
+        scratch_gib=scratch_gib(plan),
         phases=[
             PlanPhase(
                 name=p.name,
@@ -89,7 +91,8 @@ def plan_table(plan: Plan, title: str) -> str:
         )
     lines.append(
         f"storage: {gib(plan.storage_per_checkpoint)} GiB per checkpoint (model and resume "
-        f"state), up to {gib(plan.storage_total)} GiB in all"
+        f"state), up to {gib(plan.storage_total)} GiB in all; scratch: {scratch_gib(plan)} GiB "
+        "node-local per worker pod"
     )
     if plan.hours is not None:
         cost = f", about {plan.cost_usd:,.0f} USD at {plan.price_note}" if plan.cost_usd else ""

@@ -8,6 +8,14 @@ from typing import Any
 
 import pytest
 
+from kubetune.api.pods import (
+    HF_HUB_CACHE_ENV,
+    PVC_ROOT,
+    PVC_ROOT_ENV,
+    SCRATCH_DIR,
+    SCRATCH_ENV,
+    SCRATCH_VOLUME,
+)
 from kubetune.api.v1alpha1 import FineTuneJob
 from kubetune.builders.naming import RAYJOB_NAME_LIMIT, is_dns1035_label
 from kubetune.builders.rayjob import (
@@ -21,7 +29,10 @@ from kubetune.builders.rayjob import (
     build_rayjob,
     worker_layout,
 )
+from kubetune.builders.render import owned_objects
 from kubetune.config import OperatorConfig
+from kubetune.planning import build_plan, plan_summary, scratch_gib, shape_of
+from kubetune.planning.memory import GIB
 from kubetune_trainer.entrypoint import build_parser as trainer_parser
 from tests.unit.builders.helpers import FAKE_UID, NAMESPACE, example_doc, example_job
 
@@ -166,18 +177,58 @@ def test_secrets_only_by_reference() -> None:
             "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}},
         }
         assert c["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
-        assert all("value" not in e for e in c["env"] if e["name"] != "KUBETUNE_PVC_ROOT")
+        # The only plain values are the pods' mount points (kubetune.api.pods).
+        plain = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+        assert set(plain) <= {PVC_ROOT_ENV, SCRATCH_ENV, HF_HUB_CACHE_ENV}
+        assert all(v.startswith((PVC_ROOT, SCRATCH_DIR)) for v in plain.values())
 
 
 def test_pvc_uris_are_mounted() -> None:
     rayjob = build_rayjob(example_job("sql-llama2-7b-lora-1gpu"), CONFIG)
     pod = workers_of(rayjob)["template"]["spec"]
-    claims = sorted(v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"])
+    claims = sorted(
+        v["persistentVolumeClaim"]["claimName"]
+        for v in pod["volumes"]
+        if v["name"] != "kubetune-scratch"
+    )
     assert claims == ["checkpoints", "datasets"]
     assert {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]} == {
         "/mnt/pvc/checkpoints",
         "/mnt/pvc/datasets",
+        SCRATCH_DIR,
     }
+
+
+@pytest.mark.parametrize("example", ["viggo-llama2-13b", "gsm8k-llama2-70b"])
+def test_worker_pods_stage_on_node_local_scratch_sized_by_the_plan(example: str) -> None:
+    job = example_job(example)
+    plan = build_plan(job.spec, shape_of(job.spec.model.name), CONFIG)
+    assert plan is not None
+    need = max(p.disk.total for p in plan.phases)
+    size = scratch_gib(plan)
+    assert size is not None and need * 1.25 <= size * GIB < need * 1.25 + GIB
+    rayjob = next(o for o in owned_objects(job, CONFIG) if o["kind"] == "RayJob")
+    pod = workers_of(rayjob)["template"]["spec"]
+    assert {"name": SCRATCH_VOLUME, "emptyDir": {"sizeLimit": f"{size}Gi"}} in pod["volumes"]
+    worker = pod["containers"][0]
+    assert worker["resources"]["requests"]["ephemeral-storage"] == f"{size}Gi"
+    assert "ephemeral-storage" not in worker["resources"]["limits"]  # sizeLimit bounds it
+    assert {"name": SCRATCH_VOLUME, "mountPath": SCRATCH_DIR} in worker["volumeMounts"]
+    env = {e["name"]: e.get("value") for e in worker["env"]}
+    assert env[SCRATCH_ENV] == SCRATCH_DIR and env[HF_HUB_CACHE_ENV].startswith(SCRATCH_DIR + "/")
+    head = container(rayjob["spec"]["rayClusterSpec"]["headGroupSpec"])
+    assert SCRATCH_ENV not in {e["name"] for e in head["env"]}  # the driver stages nothing big
+    assert plan_summary(plan).scratch_gib == size  # what .status.plan shows
+
+
+def test_a_model_the_planner_cannot_size_gets_scratch_without_a_limit() -> None:
+    doc = example_doc("gsm8k-llama2-7b")
+    doc["spec"]["model"]["name"] = "example-org/unknown-model"
+    job = FineTuneJob.model_validate(doc)
+    rayjob = next(o for o in owned_objects(job, CONFIG) if o["kind"] == "RayJob")
+    pod = workers_of(rayjob)["template"]["spec"]
+    assert {"name": SCRATCH_VOLUME, "emptyDir": {}} in pod["volumes"]
+    assert "ephemeral-storage" not in pod["containers"][0]["resources"]["requests"]
 
 
 def test_metadata_labels_and_owner() -> None:

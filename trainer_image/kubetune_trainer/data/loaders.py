@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from kubetune.api.pods import PVC_ROOT, PVC_ROOT_ENV
 from kubetune_trainer.data.jsonl import iter_jsonl
 
 REMOTE_SCHEMES = ("s3://", "gs://")
-PVC_ROOT_ENV = "KUBETUNE_PVC_ROOT"  # where pvc://claim/path volumes are mounted in the pods
 FORMATS = ("jsonl", "json", "csv", "parquet")
 
 
@@ -42,7 +42,7 @@ def resolve_local(uri: str, base_dir: Path | None = None) -> str:
     if uri.startswith("file://"):
         return uri[len("file://") :]
     if uri.startswith("pvc://"):
-        return str(Path(os.environ.get(PVC_ROOT_ENV, "/mnt/pvc")) / uri[len("pvc://") :])
+        return str(Path(os.environ.get(PVC_ROOT_ENV, PVC_ROOT)) / uri[len("pvc://") :])
     path = Path(uri).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path

@@ -1,0 +1,17 @@
+"""What the operator's pods give the trainer: mount points and the environment variables that
+name them. The builders write them and the trainer reads them, so both import them from here."""
+
+from __future__ import annotations
+
+# pvc://claim/path URIs name claims mounted at <PVC_ROOT>/<claim>.
+PVC_ROOT = "/mnt/pvc"
+PVC_ROOT_ENV = "KUBETUNE_PVC_ROOT"
+# Node-local scratch for staging checkpoints, downloads and the curriculum hand-off: an emptyDir
+# sized by the plan, so a 26 GB (13B) or 140 GB (70B) checkpoint is never staged on the
+# container's root filesystem, where the kubelet evicts pods on small root volumes.
+SCRATCH_VOLUME = "kubetune-scratch"
+SCRATCH_DIR = "/kubetune-scratch"
+SCRATCH_ENV = "KUBETUNE_SCRATCH_DIR"
+# Hub models are downloaded there too (the plan counts the base model download as node disk).
+HF_HUB_CACHE_ENV = "HF_HUB_CACHE"
+SCRATCH_HUB_CACHE = f"{SCRATCH_DIR}/huggingface-hub"
