@@ -10,6 +10,7 @@ previews exactly what an operator with the same environment would create.
 | KUBETUNE_CPU_HEADROOM | 0.10 | fraction of a node's vCPUs left to kubelet, system and daemonsets |
 | KUBETUNE_MEMORY_HEADROOM | 0.10 | fraction of a node's memory left to kubelet, system and daemonsets |
 | KUBETUNE_ACTIVE_DEADLINE_SECONDS | 0 (none) | RayJob deadline when runPolicy.activeDeadlineSeconds is unset |
+| KUBETUNE_PRE_RUNNING_DEADLINE_SECONDS | 1800 | RayJob pre-running deadline when runPolicy.preRunningDeadlineSeconds is unset: a job whose pods never start fails after this long instead of waiting forever; 0 disables |
 | KUBETUNE_TTL_SECONDS_AFTER_FINISHED | 600 | Ray cluster lifetime after the run when runPolicy sets none |
 | KUBETUNE_SUBMISSION_MODE | K8sJobMode | RayJob submissionMode (see builders/rayjob.py for why) |
 | KUBETUNE_PEERING | "" (standalone) | kopf peering name for 2+ replicas (needs kopf's peering CRD) |
@@ -38,6 +39,9 @@ class OperatorConfig:
     cpu_headroom: float = 0.10
     memory_headroom: float = 0.10
     active_deadline_seconds: int | None = None
+    # Long enough for a node autoscaler to bring up GPU nodes and pull a large image onto
+    # them; short enough that an unschedulable or unpullable job says so the same hour.
+    pre_running_deadline_seconds: int | None = 1800
     ttl_seconds_after_finished: int = 600
     submission_mode: str = "K8sJobMode"
     peering: str = ""
@@ -67,12 +71,18 @@ class OperatorConfig:
             return value or None
 
         deadline = int(get("ACTIVE_DEADLINE_SECONDS") or 0)
+        pre_running = get("PRE_RUNNING_DEADLINE_SECONDS")
         return cls(
             namespaces=tuple(n.strip() for n in (get("NAMESPACES") or "").split(",") if n.strip()),
             trainer_image=get("TRAINER_IMAGE") or defaults.trainer_image,
             cpu_headroom=float(get("CPU_HEADROOM") or defaults.cpu_headroom),
             memory_headroom=float(get("MEMORY_HEADROOM") or defaults.memory_headroom),
             active_deadline_seconds=deadline or None,
+            pre_running_deadline_seconds=(
+                defaults.pre_running_deadline_seconds
+                if pre_running is None
+                else int(pre_running) or None
+            ),
             ttl_seconds_after_finished=int(
                 get("TTL_SECONDS_AFTER_FINISHED") or defaults.ttl_seconds_after_finished
             ),

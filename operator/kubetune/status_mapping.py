@@ -112,6 +112,13 @@ HINTS = {
         "raise spec.runPolicy.activeDeadlineSeconds (create a new job) or "
         "train fewer epochs/samples"
     ),
+    # Keyed by KubeRay's reason: same kubetune reason, a different cause and remedy.
+    "PreRunningDeadlineExceeded": (
+        "kubectl describe the job's Ray pods and read their events: a node pool no node "
+        "matches (nodePool labels, taints without tolerations, too few GPUs), an image that "
+        "cannot be pulled, or a missing Secret or claim; or raise "
+        "spec.runPolicy.preRunningDeadlineSeconds when nodes take longer to come up"
+    ),
     "TrainerFailed": "see the trainer error above and the Ray job logs on the dashboard",
     "RayJobValidationFailed": "KubeRay rejected the generated RayJob: report a kubetune bug",
     "RayClusterUnavailable": "the Ray cluster stopped answering: check the head pod and node events",
@@ -161,9 +168,13 @@ def _kuberay_detail(status: dict[str, Any]) -> str:
 
 
 def _failure(
-    reason: str, summary: str, status: dict[str, Any], report: TrainerReport | None
+    reason: str,
+    summary: str,
+    status: dict[str, Any],
+    report: TrainerReport | None,
+    hint_key: str | None = None,
 ) -> Verdict:
-    hint = HINTS.get(reason)
+    hint = HINTS.get(hint_key or "") or HINTS.get(reason)
     message = f"{summary}.{_kuberay_detail(status)}{_trainer_error(report)}"
     return Verdict("Failed", reason, f"{message} Next: {hint}." if hint else message)
 
@@ -276,10 +287,12 @@ def _failed_verdict(status: dict[str, Any], report: TrainerReport | None) -> Ver
         "RayJobValidationFailed": "KubeRay refused the RayJob",
         "RayClusterUnavailable": "the Ray cluster became unavailable",
     }.get(reason, "the RayJob failed")
+    if kuberay_reason == "PreRunningDeadlineExceeded":
+        summary = "the Ray job never started running within the pre-running deadline"
     stale = _field(status, "jobStatus")
     if stale in ("PENDING", "RUNNING"):
         summary += f" (the last Ray job status, {stale}, is stale)"
-    return _failure(reason, summary, status, report)
+    return _failure(reason, summary, status, report, hint_key=kuberay_reason)
 
 
 def _retrying_verdict(status: dict[str, Any], attempts: int, backoff_limit: int) -> Verdict:

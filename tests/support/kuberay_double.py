@@ -3,7 +3,7 @@
 It polls the RayJobs of one namespace and writes their status the way KubeRay v1.2+ does:
 "" -> Initializing -> Running (PENDING, then RUNNING) -> Complete/SUCCEEDED, or Failed with
 KubeRay's reasons (AppFailed, DeadlineExceeded with a stale RUNNING jobStatus,
-SubmissionFailed), Retrying with `status.failed` and a fresh cluster, Suspending/Suspended
+SubmissionFailed, PreRunningDeadlineExceeded for pods that never start), Retrying with `status.failed` and a fresh cluster, Suspending/Suspended
 when spec.suspend is set. While "running" it plays the trainer: it writes the report into
 the job's FineTuneJobReport with a token of the trainer's own ServiceAccount (TokenRequest),
 so the operator-made RBAC is exercised by real requests.
@@ -40,6 +40,7 @@ OUTCOMES = (
     "submission-fails",
     "no-checkpoint",
     "diverges",
+    "never-starts",
 )
 
 
@@ -218,6 +219,8 @@ class KubeRayDouble:
             return
         if deployment in ("", "Suspended", "New") or deployment == "Retrying":
             self._initialize(rayjob, run)
+        elif deployment == "Initializing" and run.script.outcome == "never-starts":
+            self._past_pre_running_deadline(rayjob, status)
         elif deployment == "Initializing":
             self._patch(rayjob, {"jobDeploymentStatus": "Running", "jobStatus": "PENDING"})
         elif deployment == "Running":
@@ -255,6 +258,20 @@ class KubeRayDouble:
                 "message": None,
             },
         )
+
+    def _past_pre_running_deadline(self, rayjob: dict[str, Any], status: dict[str, Any]) -> None:
+        """Pods that never start: KubeRay 1.6+ fails the RayJob once preRunningDeadlineSeconds
+        have passed since startTime, with no Ray job status (nothing was ever submitted)."""
+        deadline = rayjob["spec"].get("preRunningDeadlineSeconds")
+        started = time.mktime(time.strptime(status["startTime"], "%Y-%m-%dT%H:%M:%SZ"))
+        if deadline and time.mktime(time.gmtime()) - started >= deadline:
+            self._fail(
+                rayjob,
+                "PreRunningDeadlineExceeded",
+                f"The RayJob has passed the preRunningDeadlineSeconds. StartTime: "
+                f"{status['startTime']}. PreRunningDeadlineSeconds: {deadline}",
+                "",
+            )
 
     def _running(self, rayjob: dict[str, Any], run: _Run, status: dict[str, Any]) -> None:
         script = run.script

@@ -17,6 +17,7 @@ def test_defaults_when_environment_is_empty() -> None:
     assert (config.cpu_headroom, config.memory_headroom) == (0.10, 0.10)
     assert config.active_deadline_seconds is None and config.ttl_seconds_after_finished == 600
     assert config.submission_mode == "K8sJobMode"
+    assert config.pre_running_deadline_seconds == 1800  # nothing waits forever by default
 
 
 def test_environment_overrides() -> None:
@@ -27,6 +28,7 @@ def test_environment_overrides() -> None:
             "KUBETUNE_CPU_HEADROOM": "0.2",
             "KUBETUNE_MEMORY_HEADROOM": "0.05",
             "KUBETUNE_ACTIVE_DEADLINE_SECONDS": "3600",
+            "KUBETUNE_PRE_RUNNING_DEADLINE_SECONDS": "0",
             "KUBETUNE_TTL_SECONDS_AFTER_FINISHED": "0",
             "KUBETUNE_SUBMISSION_MODE": "HTTPMode",
             "KUBETUNE_PEERING": "kubetune",
@@ -39,6 +41,13 @@ def test_environment_overrides() -> None:
     assert config.trainer_image == "repo/t:1"
     assert (config.cpu_headroom, config.memory_headroom) == (0.2, 0.05)
     assert config.active_deadline_seconds == 3600
+    assert config.pre_running_deadline_seconds is None  # 0 disables it
+    assert (
+        OperatorConfig.from_env(
+            {"KUBETUNE_PRE_RUNNING_DEADLINE_SECONDS": "600"}
+        ).pre_running_deadline_seconds
+        == 600
+    )
     assert config.ttl_seconds_after_finished == 0  # delete the cluster at once
     assert (config.submission_mode, config.peering) == ("HTTPMode", "kubetune")
     assert (config.health_port, config.metrics_port, config.bind_address) == (1, 0, "127.0.0.1")

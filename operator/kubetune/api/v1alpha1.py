@@ -712,7 +712,12 @@ class RunPolicy(KubeModel):
         immutable("backoffLimit", prefix="runPolicy."),
         *(
             immutable(f, optional=True, prefix="runPolicy.")
-            for f in ("queueName", "activeDeadlineSeconds", "ttlSecondsAfterFinished")
+            for f in (
+                "queueName",
+                "activeDeadlineSeconds",
+                "preRunningDeadlineSeconds",
+                "ttlSecondsAfterFinished",
+            )
         ),
     )
 
@@ -728,6 +733,17 @@ class RunPolicy(KubeModel):
     )
     active_deadline_seconds: int | None = Field(
         None, ge=1, description="Fail the run after this many seconds."
+    )
+    pre_running_deadline_seconds: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Fail the run when its Ray job is not running this many seconds after its Ray "
+            "cluster was requested (pods unschedulable, an image that cannot be pulled, a "
+            "missing Secret or claim), instead of waiting forever. Unset: the operator's "
+            "default, 1800 (KUBETUNE_PRE_RUNNING_DEADLINE_SECONDS). Time queued in Kueue "
+            "does not count: the RayJob stays suspended until admitted. KubeRay 1.6+."
+        ),
     )
     backoff_limit: int = Field(0, ge=0, le=100, description="RayJob retries (each a new cluster).")
     ttl_seconds_after_finished: int | None = Field(

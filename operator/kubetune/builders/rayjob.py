@@ -113,7 +113,10 @@ CONTAINER_SECURITY_CONTEXT = {
 # RayJob fields kubetune writes that older KubeRay CRDs lack, and the release that added them.
 # RayJobs are created with strict field validation, so an older CRD refuses them by name
 # instead of silently dropping them (an unauthenticated head).
-KUBERAY_FIELD_SINCE = {"spec.rayClusterSpec.authOptions": "1.5.1"}
+KUBERAY_FIELD_SINCE = {
+    "spec.rayClusterSpec.authOptions": ("1.5.1", "Ray token authentication"),
+    "spec.preRunningDeadlineSeconds": ("1.6.0", "a job whose pods never start fails"),
+}
 _UNKNOWN_FIELD = re.compile(r'unknown field "([^"]+)"')
 TRAINER_MODULE = "kubetune_trainer.entrypoint"
 
@@ -393,6 +396,9 @@ def build_rayjob(
     deadline = policy.active_deadline_seconds or config.active_deadline_seconds
     if deadline:
         spec["activeDeadlineSeconds"] = deadline
+    pre_running = policy.pre_running_deadline_seconds or config.pre_running_deadline_seconds
+    if pre_running:
+        spec["preRunningDeadlineSeconds"] = pre_running
     if config.submission_mode == "K8sJobMode":
         spec["submitterPodTemplate"] = submitter_template(job, config)
     return {
@@ -408,11 +414,11 @@ def kuberay_too_old(message: str) -> str | None:
     missing = [f for f in _UNKNOWN_FIELD.findall(message) if f in KUBERAY_FIELD_SINCE]
     if not missing:
         return None
-    needed = max((KUBERAY_FIELD_SINCE[f] for f in missing), key=_version_key)
+    needed = max((KUBERAY_FIELD_SINCE[f][0] for f in missing), key=_version_key)
+    fields = "; ".join(f"{f} ({KUBERAY_FIELD_SINCE[f][1]})" for f in sorted(set(missing)))
     return (
-        f"the installed KubeRay is older than {needed}: its RayJob CRD has no "
-        f"{', '.join(sorted(set(missing)))} (Ray token authentication); kubetune needs "
-        f"KubeRay {needed} or newer"
+        f"the installed KubeRay is older than {needed}: its RayJob CRD has no {fields}; "
+        f"kubetune needs KubeRay {needed} or newer"
     )
 
 

@@ -133,6 +133,22 @@ def test_failures_are_explained(
         assert [e["epoch"] for e in status["epochs"]] == [1], "only finite points in status"
 
 
+def test_a_job_whose_pods_never_start_fails_at_the_pre_running_deadline(
+    custom: client.CustomObjectsApi, namespace: str, kuberay: KubeRayDouble
+) -> None:
+    kuberay.script("stuck", Script(outcome="never-starts"))
+    create_job(custom, namespace, job_manifest("stuck", runPolicy={"preRunningDeadlineSeconds": 3}))
+    wait_phase(custom, namespace, "stuck", "Provisioning")
+    [rayjob] = rayjobs(custom, namespace)
+    assert rayjob["spec"]["preRunningDeadlineSeconds"] == 3
+    status = wait_phase(custom, namespace, "stuck", "Failed")
+    failed = condition(status, "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "DeadlineExceeded")
+    assert "never started running within the pre-running deadline" in status["message"]
+    assert "kubectl describe" in status["message"]  # the remedy for this cause, not a longer run
+    assert "activeDeadlineSeconds" not in status["message"].split("Next:")[1]
+
+
 def test_retries_are_not_failures(
     custom: client.CustomObjectsApi, namespace: str, kuberay: KubeRayDouble
 ) -> None:

@@ -27,6 +27,7 @@ from kubetune.builders.rayjob import (
     QUEUE_LABEL,
     WORKER_GROUP,
     build_rayjob,
+    kuberay_too_old,
     worker_layout,
 )
 from kubetune.builders.render import owned_objects
@@ -142,6 +143,25 @@ def test_entrypoint_stays_short_for_the_largest_valid_spec() -> None:
     job = FineTuneJob.model_validate(doc)
     entrypoint = build_rayjob(job, CONFIG)["spec"]["entrypoint"]
     assert len(entrypoint.encode()) < 1024
+
+
+def test_every_job_has_a_pre_running_deadline_unless_disabled() -> None:
+    job = example_job("gsm8k-llama2-7b")
+    assert build_rayjob(job, CONFIG)["spec"]["preRunningDeadlineSeconds"] == 1800
+    doc = example_doc("gsm8k-llama2-7b")
+    doc["spec"].setdefault("runPolicy", {})["preRunningDeadlineSeconds"] = 600
+    spec = build_rayjob(FineTuneJob.model_validate(doc), CONFIG)["spec"]
+    assert spec["preRunningDeadlineSeconds"] == 600
+    disabled = OperatorConfig(pre_running_deadline_seconds=None)
+    assert "preRunningDeadlineSeconds" not in build_rayjob(job, disabled)["spec"]
+    # An older KubeRay refuses the field by name (strict field validation) instead of a
+    # job that silently waits forever.
+    assert "1.6.0" in (
+        kuberay_too_old(
+            '.spec.preRunningDeadlineSeconds: unknown field "spec.preRunningDeadlineSeconds"'
+        )
+        or ""
+    )
 
 
 def test_lifecycle_fields() -> None:
