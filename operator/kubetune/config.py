@@ -11,6 +11,7 @@ previews exactly what an operator with the same environment would create.
 | KUBETUNE_MEMORY_HEADROOM | 0.10 | fraction of a node's memory left to kubelet, system and daemonsets |
 | KUBETUNE_ACTIVE_DEADLINE_SECONDS | 0 (none) | RayJob deadline when runPolicy.activeDeadlineSeconds is unset |
 | KUBETUNE_PRE_RUNNING_DEADLINE_SECONDS | 1800 | RayJob pre-running deadline when runPolicy.preRunningDeadlineSeconds is unset: a job whose pods never start fails after this long instead of waiting forever; 0 disables |
+| KUBETUNE_STALL_TIMEOUT_SECONDS | 1800 | no trainer progress (an optimizer step, an evaluated batch) for this long marks a running job Stalled when runPolicy.stallTimeoutSeconds is unset; 0 disables |
 | KUBETUNE_TTL_SECONDS_AFTER_FINISHED | 600 | Ray cluster lifetime after the run when runPolicy sets none |
 | KUBETUNE_SUBMISSION_MODE | K8sJobMode | RayJob submissionMode (see builders/rayjob.py for why) |
 | KUBETUNE_PEERING | "" (standalone) | kopf peering name for 2+ replicas (needs kopf's peering CRD) |
@@ -42,6 +43,10 @@ class OperatorConfig:
     # Long enough for a node autoscaler to bring up GPU nodes and pull a large image onto
     # them; short enough that an unschedulable or unpullable job says so the same hour.
     pre_running_deadline_seconds: int | None = 1800
+    # Above the longest quiet stretch of a healthy run (a 70B checkpoint save takes minutes)
+    # and below the 30-minute collective timeout DeepSpeed sets, which would otherwise be the
+    # first signal of a hang.
+    stall_timeout_seconds: int | None = 1800
     ttl_seconds_after_finished: int = 600
     submission_mode: str = "K8sJobMode"
     peering: str = ""
@@ -60,6 +65,12 @@ class OperatorConfig:
         if self.submission_mode not in SUBMISSION_MODES:
             raise ValueError(f"submission mode must be one of {SUBMISSION_MODES}")
 
+    def stall_timeout(self, policy_seconds: int | None) -> int | None:
+        """The job's stall timeout: runPolicy.stallTimeoutSeconds (0 disables), else ours."""
+        if policy_seconds is not None:
+            return policy_seconds or None
+        return self.stall_timeout_seconds
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
         """Read the KUBETUNE_* variables; unset or empty ones keep the defaults above."""
@@ -72,6 +83,7 @@ class OperatorConfig:
 
         deadline = int(get("ACTIVE_DEADLINE_SECONDS") or 0)
         pre_running = get("PRE_RUNNING_DEADLINE_SECONDS")
+        stall = get("STALL_TIMEOUT_SECONDS")
         return cls(
             namespaces=tuple(n.strip() for n in (get("NAMESPACES") or "").split(",") if n.strip()),
             trainer_image=get("TRAINER_IMAGE") or defaults.trainer_image,
@@ -82,6 +94,9 @@ class OperatorConfig:
                 defaults.pre_running_deadline_seconds
                 if pre_running is None
                 else int(pre_running) or None
+            ),
+            stall_timeout_seconds=(
+                defaults.stall_timeout_seconds if stall is None else int(stall) or None
             ),
             ttl_seconds_after_finished=int(
                 get("TTL_SECONDS_AFTER_FINISHED") or defaults.ttl_seconds_after_finished

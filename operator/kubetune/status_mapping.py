@@ -11,11 +11,21 @@ Rules that come from KubeRay's history (v1.1 to v1.7):
   evaluation is enabled; otherwise the job failed, and the reason says what is missing.
 - Once Succeeded or Failed the phase never changes again (KubeRay's TTL deletes the cluster,
   and a later read must not resurrect the run).
+- A failure's reason is its cause where one is known (kubetune.diagnosis): the trainer's own
+  kind of error first (OOMKilled, DataError, CollectiveTimeout), then what the pods show
+  (OOMKilled, Evicted, Preempted, ImagePullFailed, PodConfigError, Unschedulable), and only
+  then KubeRay's reason. While the cluster starts, a pod's cause is the Running condition's
+  reason; one that waiting cannot cure (an image that may never be pulled) fails the job.
+- A running job whose trainer made no progress for the stall timeout is Stalled (a
+  condition; Failed, reason Stalled, with runPolicy.failOnStall); progress clears it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -36,6 +46,14 @@ from kubetune.api.v1alpha1 import (
     StepMetrics,
 )
 from kubetune.builders.naming import rayjob_name
+from kubetune.diagnosis import (
+    RUN_REASONS,
+    STARTING_REASONS,
+    PodFacts,
+    WarningEvent,
+    classify_error,
+    diagnose,
+)
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 # KubeRay deployment statuses after which the RayJob runs nothing more.
@@ -79,7 +97,8 @@ PROBLEM_REASONS: tuple[str, ...] = get_args(ProblemReason)
 # Transient: the phase stays Pending and the operator retries (with backoff).
 TRANSIENT_PROBLEMS = ("CreateFailed",)
 # Reasons that post a Warning event even without a phase change.
-WARNING_REASONS = ("CreateFailed",)
+WARNING_REASONS = ("CreateFailed", *STARTING_REASONS)
+ACTIVE_PHASES = ("Provisioning", "Training", "Evaluating")
 HINTS = {
     "CreateRejected": (
         "fix what the API server names (a ResourceQuota, an admission policy or webhook, the "
@@ -120,6 +139,49 @@ HINTS = {
         "spec.runPolicy.preRunningDeadlineSeconds when nodes take longer to come up"
     ),
     "TrainerFailed": "see the trainer error above and the Ray job logs on the dashboard",
+    "OOMKilled": (
+        "give each worker more memory or need less: a smaller batchSizePerDevice or "
+        "contextLength, gradient checkpointing, LoRA, or more workers (kubetune plan shows "
+        "the memory per GPU and per node); then create a new FineTuneJob"
+    ),
+    "DataError": (
+        "fix the data the trainer error names (its file, split and row) or the task's "
+        "templates, then create a new FineTuneJob"
+    ),
+    "CollectiveTimeout": (
+        "a rank stopped answering a collective (all-reduce, all-gather): read the Ray logs of "
+        "every worker for the first one that failed; a lost node or a slow shared filesystem "
+        "are the usual causes; set runPolicy.backoffLimit to retry on a new cluster"
+    ),
+    "Evicted": (
+        "the kubelet evicted a pod for node pressure: when it names the kubetune-scratch "
+        "volume, the run needs more local disk than planned (report it with the job's "
+        ".status.plan); otherwise give the node pool more memory or disk"
+    ),
+    "Preempted": (
+        "a higher-priority workload, a node drain or a lost node took a pod: set "
+        "runPolicy.backoffLimit so a new cluster retries the run, or use nodes that are not "
+        "reclaimed"
+    ),
+    "ImagePullFailed": (
+        "check spec.compute.image (name and tag), that the nodes can reach its registry, and "
+        "the pull secret; an image meant to be preloaded must be on every node"
+    ),
+    "PodConfigError": (
+        "create the Secret, ConfigMap or PersistentVolumeClaim the pod names (spec.output "
+        "credentials, spec.model tokens, pvc:// storage) in the job's namespace"
+    ),
+    "Unschedulable": (
+        "no node matches the pods: check spec.compute.nodePool (instanceType, nodeSelector, "
+        "tolerations) against the nodes' labels and taints, and that the pool has enough free "
+        "GPUs, CPU, memory and ephemeral storage (.status.plan.scratchGiB); or raise "
+        "spec.runPolicy.preRunningDeadlineSeconds when nodes take longer to come up"
+    ),
+    "Stalled": (
+        "the trainer made no progress for spec.runPolicy.stallTimeoutSeconds: read the Ray "
+        "logs of every worker (a hung collective, a dead data loader); raise the timeout when "
+        "a healthy step or save takes longer"
+    ),
     "RayJobValidationFailed": "KubeRay rejected the generated RayJob: report a kubetune bug",
     "RayClusterUnavailable": "the Ray cluster stopped answering: check the head pod and node events",
     "Stopped": "the Ray job was stopped (ray job stop, or a deadline); create a new job to retry",
@@ -148,6 +210,19 @@ class Verdict:
     phase: Phase
     reason: str
     message: str
+    stalled: str | None = None  # why the job counts as Stalled (condition Stalled)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the operator saw besides the RayJob and the report: the job's pods (and Warning
+    events about them), the time, and the stall timeout in force."""
+
+    pods: Sequence[PodFacts] = ()
+    events: Sequence[WarningEvent] = ()
+    stall_timeout_s: int | None = None
+    now: str = ""
+    before: tuple[str, str] = ("", "")  # the previous phase and headline reason
 
 
 # --------------------------------------------------------------------------- helpers
@@ -179,8 +254,16 @@ def _failure(
     return Verdict("Failed", reason, f"{message} Next: {hint}." if hint else message)
 
 
-def _waiting_verdict(job: FineTuneJob, default: Verdict) -> Verdict:
-    """Suspended by the user, queued in Kueue, or simply not started yet."""
+def _trainer_cause(report: TrainerReport | None) -> str | None:
+    """The kind of the trainer's failure: its own word, else read from its error text."""
+    if report is None:
+        return None
+    return report.error_reason or classify_error(report.error)
+
+
+def _waiting_verdict(job: FineTuneJob, default: Verdict, seen: Observation) -> Verdict:
+    """Suspended by the user, queued in Kueue (never admitted, or preempted after it ran),
+    or simply not started yet."""
     policy = job.spec.run_policy
     if policy.suspend:
         return Verdict(
@@ -189,12 +272,34 @@ def _waiting_verdict(job: FineTuneJob, default: Verdict) -> Verdict:
             "suspended by spec.runPolicy.suspend; set it to false to resume",
         )
     if policy.queue_name:
+        phase, reason = seen.before
+        if phase in ACTIVE_PHASES or (phase == "Queued" and reason == "Preempted"):
+            return Verdict(
+                "Queued",
+                "Preempted",
+                f"Kueue took the run's quota back (preempted or evicted) and suspended it; it "
+                f"is queued again in {policy.queue_name} and starts a new Ray cluster when "
+                f"re-admitted (kubectl get workloads shows why)",
+            )
         return Verdict(
             "Queued",
-            "QueuedByKueue",
-            f"waiting for Kueue to admit the RayJob from queue {policy.queue_name}",
+            "QuotaWait",
+            f"waiting for Kueue to admit the RayJob from queue {policy.queue_name}: its "
+            f"ClusterQueue has no free quota for it yet, or other workloads come first "
+            f"(kubectl get workloads shows its position and why)",
         )
     return default
+
+
+def _starting_verdict(default: Verdict, seen: Observation) -> Verdict:
+    """Provisioning, with the pods' cause as the reason while the cluster cannot start;
+    Failed at once when waiting cannot help."""
+    found = diagnose(seen.pods, seen.events, STARTING_REASONS, live_only=True)
+    if found is None:
+        return default
+    if found.permanent:
+        return _failure(found.reason, f"the Ray cluster cannot start: {found.message}", {}, None)
+    return Verdict("Provisioning", found.reason, f"{default.message}; {found.message}")
 
 
 def _active_phase(job: FineTuneJob, report: TrainerReport | None) -> Phase:
@@ -209,10 +314,15 @@ def _active_phase(job: FineTuneJob, report: TrainerReport | None) -> Phase:
     return "Training"
 
 
-def _training_verdict(job: FineTuneJob, job_status: str, report: TrainerReport | None) -> Verdict:
+def _training_verdict(
+    job: FineTuneJob, job_status: str, report: TrainerReport | None, seen: Observation
+) -> Verdict:
     if job_status in ("", "PENDING"):
-        return Verdict(
-            "Provisioning", "JobPending", "Ray cluster is up; the trainer is being submitted"
+        return _starting_verdict(
+            Verdict(
+                "Provisioning", "JobPending", "Ray cluster is up; the trainer is being submitted"
+            ),
+            seen,
         )
     phase = _active_phase(job, report)
     if report is None:
@@ -237,7 +347,7 @@ def _results_missing(job: FineTuneJob, report: TrainerReport | None) -> str | No
 
 
 def _complete_verdict(
-    job: FineTuneJob, status: dict[str, Any], report: TrainerReport | None
+    job: FineTuneJob, status: dict[str, Any], report: TrainerReport | None, seen: Observation
 ) -> Verdict:
     job_status = _field(status, "jobStatus")
     if job_status == "SUCCEEDED":
@@ -248,7 +358,9 @@ def _complete_verdict(
             )
         return Verdict("Succeeded", "Succeeded", _success_message(report))
     if job_status == "FAILED":
-        return _failure("TrainerFailed", "the trainer exited with an error", status, report)
+        return _failure_with_cause(
+            "TrainerFailed", "the trainer exited with an error", status, report, seen
+        )
     if job_status == "STOPPED":
         return _failure("Stopped", "the Ray job was stopped before it finished", status, report)
     return _failure(
@@ -277,7 +389,59 @@ def _success_message(report: TrainerReport | None) -> str:
     return text
 
 
-def _failed_verdict(status: dict[str, Any], report: TrainerReport | None) -> Verdict:
+# KubeRay reasons whose cause the trainer or the pods can name; an active deadline is its
+# own cause, and a refused RayJob is kubetune's.
+CAUSES_OF = {
+    "AppFailed": "run",
+    "": "run",
+    "JobDeploymentStatusTransitionGracePeriodExceeded": "run",
+    "JobStatusCheckTimeoutExceeded": "run",
+    "PreRunningDeadlineExceeded": "start",
+    "SubmissionFailed": "start",
+}
+
+
+TRAINER_SUMMARIES = {
+    "OOMKilled": "the trainer ran out of memory",
+    "DataError": "the trainer could not use the data",
+    "CollectiveTimeout": "a collective operation between the workers timed out",
+}
+
+
+def _cause_of(
+    status: dict[str, Any], report: TrainerReport | None, seen: Observation
+) -> tuple[str, str, bool] | None:
+    """(reason, what happened, whether the trainer said it) behind KubeRay's failure."""
+    kind = CAUSES_OF.get(_field(status, "reason"))
+    if kind is None:
+        return None
+    trainer = _trainer_cause(report) if kind == "run" else None
+    if trainer is not None:
+        return trainer, TRAINER_SUMMARIES[trainer], True
+    reasons = STARTING_REASONS if kind == "start" else RUN_REASONS
+    found = diagnose(seen.pods, seen.events, reasons)
+    return None if found is None else (found.reason, found.message, False)
+
+
+def _failure_with_cause(
+    reason: str,
+    summary: str,
+    status: dict[str, Any],
+    report: TrainerReport | None,
+    seen: Observation,
+    hint_key: str | None = None,
+) -> Verdict:
+    """A failure whose reason is its cause when the trainer or the pods name one."""
+    cause = _cause_of(status, report, seen)
+    if cause is None:
+        return _failure(reason, summary, status, report, hint_key)
+    cause_reason, what, from_trainer = cause
+    return _failure(cause_reason, what if from_trainer else f"{summary}: {what}", status, report)
+
+
+def _failed_verdict(
+    status: dict[str, Any], report: TrainerReport | None, seen: Observation
+) -> Verdict:
     kuberay_reason = _field(status, "reason")
     reason = FAILURE_REASONS.get(kuberay_reason, "RayJobFailed")
     summary = {
@@ -292,14 +456,22 @@ def _failed_verdict(status: dict[str, Any], report: TrainerReport | None) -> Ver
     stale = _field(status, "jobStatus")
     if stale in ("PENDING", "RUNNING"):
         summary += f" (the last Ray job status, {stale}, is stale)"
-    return _failure(reason, summary, status, report, hint_key=kuberay_reason)
+    return _failure_with_cause(reason, summary, status, report, seen, hint_key=kuberay_reason)
 
 
-def _retrying_verdict(status: dict[str, Any], attempts: int, backoff_limit: int) -> Verdict:
+def _retrying_verdict(
+    status: dict[str, Any],
+    attempts: int,
+    backoff_limit: int,
+    report: TrainerReport | None,
+    seen: Observation,
+) -> Verdict:
+    found = _cause_of(status, report, seen)
+    cause = f" ({found[0]}: {found[1]})" if found is not None else ""
     return Verdict(
         "Provisioning",
         "Retrying",
-        f"attempt {attempts} failed, starting a new Ray cluster "
+        f"attempt {attempts} failed{cause}, starting a new Ray cluster "
         f"(retry {attempts} of {backoff_limit}).{_kuberay_detail(status)}",
     )
 
@@ -383,6 +555,7 @@ def decide_phase(
     report: TrainerReport | None,
     attempts: int,
     problem: Problem | None = None,
+    seen: Observation = Observation(),
 ) -> Verdict:
     """The phase for one observation of the RayJob; `status` None = no RayJob status yet.
 
@@ -394,6 +567,16 @@ def decide_phase(
         return diverged
     if problem is not None:
         return _problem_verdict(problem, job, report)
+    return _with_stall(job, _rayjob_verdict(job, status, report, attempts, seen), report, seen)
+
+
+def _rayjob_verdict(
+    job: FineTuneJob,
+    status: dict[str, Any] | None,
+    report: TrainerReport | None,
+    attempts: int,
+    seen: Observation,
+) -> Verdict:
     pending = Verdict("Pending", "RayJobCreated", "RayJob created; waiting for KubeRay")
     deployment = _field(status, "jobDeploymentStatus")
     if status is None or deployment in ("", "New", "Suspending", "Suspended"):
@@ -402,26 +585,68 @@ def decide_phase(
             pending
             if deployment in ("", "New")
             else Verdict("Suspended", "Suspended", "the RayJob was suspended outside kubetune"),
+            seen,
         )
     if deployment in ("Initializing", "Waiting"):
-        return Verdict(
-            "Provisioning", "ClusterStarting", "starting the Ray cluster (head and worker pods)"
-        )
+        starting = "starting the Ray cluster (head and worker pods)"
+        return _starting_verdict(Verdict("Provisioning", "ClusterStarting", starting), seen)
     if deployment == "Running":
-        return _training_verdict(job, _field(status, "jobStatus"), report)
+        return _training_verdict(job, _field(status, "jobStatus"), report, seen)
     if deployment == "Retrying":
-        return _retrying_verdict(status, max(attempts - 1, 1), job.spec.run_policy.backoff_limit)
+        return _retrying_verdict(
+            status, max(attempts - 1, 1), job.spec.run_policy.backoff_limit, report, seen
+        )
     if deployment == "Complete":
-        return _complete_verdict(job, status, report)
+        return _complete_verdict(job, status, report, seen)
     if deployment in ("Failed", "ValidationFailed"):
         if deployment == "ValidationFailed" and not _field(status, "reason"):
             status = {**status, "reason": "ValidationFailed"}
-        return _failed_verdict(status, report)
+        return _failed_verdict(status, report, seen)
     return Verdict(
         "Provisioning",
         "UnknownRayJobState",
         f"unknown RayJob deployment status {deployment!r}; waiting for KubeRay",
     )
+
+
+# --------------------------------------------------------------------------- stalls
+
+
+def parse_time(text: str | None) -> datetime.datetime | None:
+    """An RFC 3339 time (as the trainer and the operator write them), or None."""
+    try:
+        value = datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
+
+
+def stall_due(report: TrainerReport | None, timeout_s: int | None) -> datetime.datetime | None:
+    """When a trainer that makes no more progress counts as stalled (None: it never does)."""
+    if not timeout_s or report is None or report.heartbeat is None:
+        return None
+    if report.phase not in ("Preparing", "Training", "Evaluating"):
+        return None  # finished: nothing more to progress
+    last = parse_time(report.heartbeat.at)
+    return None if last is None else last + datetime.timedelta(seconds=timeout_s)
+
+
+def _with_stall(
+    job: FineTuneJob, verdict: Verdict, report: TrainerReport | None, seen: Observation
+) -> Verdict:
+    due, now = stall_due(report, seen.stall_timeout_s), parse_time(seen.now)
+    if verdict.phase not in ("Training", "Evaluating") or due is None or now is None or now < due:
+        return verdict
+    assert report is not None and report.heartbeat is not None
+    beat = report.heartbeat
+    what = f" (last: {beat.activity})" if beat.activity else ""
+    stalled = (
+        f"no trainer progress since {beat.at}{what}, longer than the stall timeout of "
+        f"{seen.stall_timeout_s} s"
+    )
+    if job.spec.run_policy.fail_on_stall:
+        return _failure("Stalled", f"the run stalled: {stalled}", {}, report)
+    return Verdict(verdict.phase, verdict.reason, f"{verdict.message}; stalled: {stalled}", stalled)
 
 
 # --------------------------------------------------------------------------- attempts
@@ -471,6 +696,9 @@ def _condition_states(verdict: Verdict) -> dict[str, ConditionState]:
         "Suspended": ("True", reason, message) if waiting else ("False", "NotSuspended", ""),
         "Succeeded": outcome,
         "Failed": ("True", reason, message) if phase == "Failed" else ("False", "NotFailed", ""),
+        "Stalled": ("True", "NoProgress", verdict.stalled)
+        if verdict.stalled
+        else ("False", "Stalled" if reason == "Stalled" else "Progressing", ""),
     }
 
 
@@ -565,22 +793,31 @@ def map_rayjob_status(
     previous_status: FineTuneJobStatus | None,
     now: str,
     problem: Problem | None = None,
+    seen: Observation = Observation(),
 ) -> FineTuneJobStatus:
     """The FineTuneJob status for one observation (see the module docstring for the rules).
 
     `now` is an RFC 3339 timestamp (passed in, so the function stays pure and testable).
-    `problem` is what the operator itself saw (see `Problem`). The operator and `kubetune
-    run` both call this, so one report means the same phase and messages everywhere.
+    `problem` is what the operator itself saw (see `Problem`), `seen` its pods, events and
+    the stall timeout. The operator and `kubetune run` both call this, so one report means
+    the same phase and messages everywhere.
     """
     previous = previous_status or FineTuneJobStatus()
     if previous.phase in TERMINAL_PHASES:
         return previous
     prev_ref = previous.ray_job
     attempts = count_attempts(rayjob_status, prev_ref)
-    verdict = decide_phase(job, rayjob_status, report, attempts, problem)
+    seen = dataclasses.replace(
+        seen, now=now, before=(previous.phase or "", headline_reason(previous))
+    )
+    verdict = decide_phase(job, rayjob_status, report, attempts, problem, seen)
     # Credentials out first (KubeRay's and the trainer's words are not ours), then within
     # the schema's limit, cut with a marker: a message is never refused whole.
-    verdict = Verdict(verdict.phase, verdict.reason, safe_message(verdict.message))
+    verdict = dataclasses.replace(
+        verdict,
+        message=safe_message(verdict.message),
+        stalled=safe_message(verdict.stalled) if verdict.stalled else None,
+    )
     started = verdict.phase not in ("Pending", "Queued", "Suspended")
     terminal = verdict.phase in TERMINAL_PHASES
     generation = _generation(job)
@@ -610,6 +847,21 @@ def map_rayjob_status(
             update={"progress": _progress(report), **_finite_results(report)}
         )
     return status
+
+
+def headline_reason(status: FineTuneJobStatus) -> str:
+    """The reason of the status' headline condition: the first True of Failed, Succeeded,
+    Running and Suspended."""
+    for type_ in ("Failed", "Succeeded", "Running", "Suspended"):
+        condition = next((c for c in status.conditions if c.type == type_), None)
+        if condition is not None and condition.status == "True":
+            return condition.reason
+    running = next((c for c in status.conditions if c.type == "Running"), None)
+    return running.reason if running is not None else (status.phase or "")
+
+
+def is_stalled(status: FineTuneJobStatus) -> bool:
+    return any(c.type == "Stalled" and c.status == "True" for c in status.conditions)
 
 
 def safe_message(text: str) -> str:

@@ -87,6 +87,7 @@ GRANTED = [
     ("networking.k8s.io", "networkpolicies", "", ["get", "create"]),
     ("", "pods", "", ["get", "list", "watch"]),
     ("", "events", "", ["create", "list"]),
+    ("kueue.x-k8s.io", "workloads", "", ["list", "patch"]),
 ]
 # What it must never be able to do, anywhere.
 DENIED = (
@@ -101,6 +102,7 @@ DENIED = (
         ("rbac.authorization.k8s.io", "rolebindings", "", "patch"),
         ("rbac.authorization.k8s.io", "clusterroles", "", "create"),
         ("networking.k8s.io", "networkpolicies", "", "delete"),
+        ("kueue.x-k8s.io", "workloads", "", "delete"),  # only spec.active, never the Workload
     ]
 )
 

@@ -41,7 +41,9 @@ OUTCOMES = (
     "no-checkpoint",
     "diverges",
     "never-starts",
+    "worker-dies",
 )
+TRAINER_ERROR = "CUDA out of memory on rank 3: lower batchSizePerDevice"
 
 
 class NotReady(Exception):
@@ -54,12 +56,18 @@ def _now() -> str:
 
 @dataclass
 class Script:
-    """How one RayJob's run goes. `fail_attempts` attempts fail (AppFailed) before `outcome`."""
+    """How one RayJob's run goes. `fail_attempts` attempts fail (AppFailed) before `outcome`.
+    `error` (and `error_reason`) is what a failing trainer reports; "worker-dies" fails
+    with AppFailed and no trainer error, as when a Ray worker's process is killed."""
 
     outcome: str = "succeed"
     epochs: int = 3
     fail_attempts: int = 0
-    hold_at: str | None = None  # "Running": stop while training until released
+    # "Running": stop before training until released; "Epoch": after the first epoch's
+    # report (its heartbeat then ages: a stalled trainer)
+    hold_at: str | None = None
+    error: str = TRAINER_ERROR
+    error_reason: str | None = None
 
     def __post_init__(self) -> None:
         assert self.outcome in OUTCOMES, self.outcome
@@ -107,6 +115,11 @@ def report_document(
         "etaSeconds": (total - epoch) * 60,
         "updatedAt": _now(),
         "epochs": curve,
+        "heartbeat": {
+            "at": _now(),
+            "step": epoch * 10,
+            "activity": f"optimizer step {epoch * 10}/{total * 10}",
+        },
     }
     if epoch:
         best = curve[-1]
@@ -288,7 +301,7 @@ class KubeRayDouble:
             self._start_trainer(rayjob, run)
             self._patch(rayjob, {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"})
             return
-        if script.hold_at == "Running":
+        if script.hold_at == "Running" or (script.hold_at == "Epoch" and run.epoch >= 1):
             with self._lock:
                 run.held = True
             return
@@ -311,16 +324,16 @@ class KubeRayDouble:
             )
             return
         if script.outcome == "trainer-fails" and run.epoch >= 1:
+            reason = {"errorReason": script.error_reason} if script.error_reason else {}
             self._write_report(
                 rayjob,
                 report_document(
-                    run.epoch,
-                    total,
-                    "Failed",
-                    run.storage,
-                    error="CUDA out of memory on rank 3: lower batchSizePerDevice",
+                    run.epoch, total, "Failed", run.storage, error=script.error, **reason
                 ),
             )
+            self._fail(rayjob, "AppFailed", "Job exited with code 1", "FAILED")
+            return
+        if script.outcome == "worker-dies" and run.epoch >= 1:
             self._fail(rayjob, "AppFailed", "Job exited with code 1", "FAILED")
             return
         if script.outcome == "diverges" and run.epoch >= 1:

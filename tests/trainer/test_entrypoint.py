@@ -48,5 +48,6 @@ def test_runtime_failure_reports_the_error_and_exits_1(tmp_path, monkeypatch):
     )
     document = json.loads(report.read_text())
     assert code == 1 and document["phase"] == "Failed"
-    assert "FileNotFoundError" in document["error"]
+    assert document["error"].startswith("DataError: FileNotFoundError")
+    assert document["errorReason"] == "DataError"  # the operator's reason
     assert "hf_do_not_leak_me" not in report.read_text()

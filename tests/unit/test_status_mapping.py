@@ -8,13 +8,17 @@ import pytest
 
 from kubetune.api.report import TrainerReport
 from kubetune.api.v1alpha1 import FineTuneJob, FineTuneJobStatus
+from kubetune.diagnosis import pod_facts, warning_event
 from kubetune.status_mapping import (
     DEPLOYMENT_STATUSES,
+    HINTS,
     JOB_STATUSES,
+    Observation,
     count_attempts,
     invalid_spec_status,
     map_rayjob_status,
 )
+from tests.support import pod_states as k8s
 
 pytestmark = pytest.mark.unit
 
@@ -162,13 +166,13 @@ def test_scores_not_needed_when_evaluation_disabled() -> None:
     [
         ("DeadlineExceeded", "DeadlineExceeded", "activeDeadlineSeconds"),
         ("SubmissionFailed", "SubmissionFailed", "submitter"),
-        ("AppFailed", "TrainerFailed", "CUDA out of memory"),
+        ("AppFailed", "TrainerFailed", "rank 3 raised"),
         ("JobDeploymentStatusTransitionGracePeriodExceeded", "RayClusterUnavailable", "head pod"),
         ("SomethingNew", "RayJobFailed", "SomethingNew"),
     ],
 )
 def test_failure_messages_are_actionable(kuberay_reason: str, reason: str, words: str) -> None:
-    the_report = report(phase="Failed", error="CUDA out of memory on rank 3")
+    the_report = report(phase="Failed", error="RuntimeError: rank 3 raised")
     status = map_rayjob_status(
         job(),
         rj("Failed", "FAILED", reason=kuberay_reason, message="it broke"),
@@ -341,3 +345,193 @@ def test_a_nan_step_loss_is_divergence_before_the_epoch_ends() -> None:
     assert status.phase == "Failed"
     diverged = next(c for c in status.conditions if c.type == "Failed")
     assert diverged.reason == "Diverged" and "step 20" in (diverged.message or "")
+
+
+# --------------------------------------------------------------------------- causes
+
+
+def reason_of(status: FineTuneJobStatus, type_: str) -> str:
+    return next(c for c in status.conditions if c.type == type_).reason
+
+
+def pods_seen(*statuses: dict[str, Any], events: tuple[dict[str, Any], ...] = ()) -> Observation:
+    pods = [pod_facts(k8s.pod(f"w-{i}", f"u{i}", s)) for i, s in enumerate(statuses)]
+    found = [warning_event(e) for e in events]
+    return Observation(pods, tuple(e for e in found if e is not None))
+
+
+PRE_RUNNING = rj("Failed", "", reason="PreRunningDeadlineExceeded", message="passed the deadline")
+
+
+@pytest.mark.parametrize(
+    ("pod_status", "reason", "words"),
+    [
+        (k8s.unschedulable(), "Unschedulable", "node affinity"),
+        (k8s.image_pull_backoff(), "ImagePullFailed", "trainer:typo"),
+        (k8s.config_error(), "PodConfigError", "hf-token"),
+    ],
+)
+def test_a_cluster_that_never_started_fails_with_its_cause(
+    pod_status: dict[str, Any], reason: str, words: str
+) -> None:
+    starting = map_rayjob_status(
+        job(), rj("Initializing"), None, None, T0, seen=pods_seen(pod_status)
+    )
+    assert starting.phase == "Provisioning" and reason_of(starting, "Running") == reason
+    assert words in (starting.message or "")
+    failed = map_rayjob_status(job(), PRE_RUNNING, None, starting, T1, seen=pods_seen(pod_status))
+    assert failed.phase == "Failed" and reason_of(failed, "Failed") == reason
+    message = failed.message or ""
+    assert "never started running within the pre-running deadline" in message
+    assert words in message and HINTS[reason] in message and "passed the deadline" in message
+
+
+def test_without_a_cause_the_pre_running_deadline_says_so() -> None:
+    failed = map_rayjob_status(job(), PRE_RUNNING, None, None, T1, seen=pods_seen())
+    assert reason_of(failed, "Failed") == "DeadlineExceeded"
+
+
+def test_an_image_that_can_never_be_pulled_fails_at_once() -> None:
+    status = map_rayjob_status(
+        job(), rj("Initializing"), None, None, T0, seen=pods_seen(k8s.image_never_pull())
+    )
+    assert status.phase == "Failed" and reason_of(status, "Failed") == "ImagePullFailed"
+    assert "pull policy of Never" in (status.message or "")
+
+
+def test_events_explain_a_pod_stuck_creating() -> None:
+    event = k8s.warning_event("w-0", "u0", "FailedMount", k8s.MOUNT_MESSAGE)
+    seen = pods_seen(k8s.container_creating(), events=(event,))
+    status = map_rayjob_status(job(), rj("Initializing"), None, None, T0, seen=seen)
+    assert reason_of(status, "Running") == "PodConfigError"
+    assert 'persistentvolumeclaim "ckpt" not found' in (status.message or "")
+
+
+@pytest.mark.parametrize(
+    ("error", "error_reason", "reason"),
+    [
+        ("OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", None, "OOMKilled"),
+        ("DataError: ValueError: train.jsonl: malformed JSON at line 3", None, "DataError"),
+        ("RuntimeError: Watchdog caught collective operation timeout", None, "CollectiveTimeout"),
+        ("RuntimeError: something else", "DataError", "DataError"),  # the trainer's word wins
+    ],
+)
+def test_trainer_failures_carry_their_kind(
+    error: str, error_reason: str | None, reason: str
+) -> None:
+    failed = report(phase="Failed", error=error, errorReason=error_reason)
+    for rayjob in (rj("Failed", "FAILED", reason="AppFailed"), rj("Complete", "FAILED")):
+        status = map_rayjob_status(job(), rayjob, failed, None, T0)
+        assert reason_of(status, "Failed") == reason
+        assert error in (status.message or "") and HINTS[reason] in (status.message or "")
+
+
+@pytest.mark.parametrize(
+    ("pod_status", "reason"),
+    [(k8s.oom_killed(), "OOMKilled"), (k8s.preempted(), "Preempted"), (k8s.evicted(), "Evicted")],
+)
+def test_a_run_failure_takes_the_pods_cause(pod_status: dict[str, Any], reason: str) -> None:
+    seen = pods_seen(pod_status)
+    status = map_rayjob_status(
+        job(), rj("Failed", "FAILED", reason="AppFailed"), report(), None, T0, seen=seen
+    )
+    assert reason_of(status, "Failed") == reason
+    retry = map_rayjob_status(
+        job(), rj("Retrying", "FAILED", failed=1, reason="AppFailed"), report(), None, T0, seen=seen
+    )
+    assert retry.phase == "Provisioning" and f"({reason}: " in (retry.message or "")
+
+
+def test_an_active_deadline_is_its_own_cause() -> None:
+    status = map_rayjob_status(
+        job(),
+        rj("Failed", "RUNNING", reason="DeadlineExceeded"),
+        report(),
+        None,
+        T0,
+        seen=pods_seen(k8s.oom_killed()),
+    )
+    assert reason_of(status, "Failed") == "DeadlineExceeded"
+
+
+# --------------------------------------------------------------------------- stalls
+
+BEAT = {"at": "2026-01-01T00:00:00Z", "step": 40, "activity": "optimizer step 40/100"}
+RUNNING = rj("Running", "RUNNING", startTime=T0)
+
+
+def stall_seen(timeout: int | None = 600) -> Observation:
+    return Observation(stall_timeout_s=timeout)
+
+
+def test_no_progress_for_the_timeout_is_a_stall_and_progress_clears_it() -> None:
+    beating = report(heartbeat=BEAT)
+    fresh = map_rayjob_status(
+        job(), RUNNING, beating, None, "2026-01-01T00:09:59Z", seen=stall_seen()
+    )
+    assert next(c for c in fresh.conditions if c.type == "Stalled").status == "False"
+    stalled = map_rayjob_status(
+        job(), RUNNING, beating, fresh, "2026-01-01T00:10:00Z", seen=stall_seen()
+    )
+    condition = next(c for c in stalled.conditions if c.type == "Stalled")
+    assert stalled.phase == "Training" and condition.status == "True"
+    assert "optimizer step 40/100" in condition.message and "600 s" in condition.message
+    assert "stalled" in (stalled.message or "")
+    # The same stall seen later is the same status (no rewrite per reconcile).
+    later = map_rayjob_status(
+        job(), RUNNING, beating, stalled, "2026-01-01T00:30:00Z", seen=stall_seen()
+    )
+    assert later.to_wire() == stalled.to_wire()
+    moved = report(heartbeat={**BEAT, "at": "2026-01-01T00:29:00Z", "step": 41})
+    cleared = map_rayjob_status(
+        job(), RUNNING, moved, stalled, "2026-01-01T00:30:00Z", seen=stall_seen()
+    )
+    assert next(c for c in cleared.conditions if c.type == "Stalled").status == "False"
+
+
+def test_fail_on_stall_ends_the_job() -> None:
+    status = map_rayjob_status(
+        job(failOnStall=True),
+        RUNNING,
+        report(heartbeat=BEAT),
+        None,
+        "2026-01-01T01:00:00Z",
+        seen=stall_seen(),
+    )
+    assert status.phase == "Failed" and reason_of(status, "Failed") == "Stalled"
+    assert HINTS["Stalled"] in (status.message or "")
+
+
+@pytest.mark.parametrize(
+    ("heartbeat", "timeout", "phase"),
+    [(None, 600, "Training"), (BEAT, None, "Training"), (BEAT, 600, "Succeeded")],
+)
+def test_no_stall_without_a_clock(heartbeat: Any, timeout: int | None, phase: str) -> None:
+    """No heartbeat yet (the stall clock starts at the first step), stalls disabled, or a
+    trainer that already finished."""
+    the_report = report(heartbeat=heartbeat, phase=phase)
+    status = map_rayjob_status(
+        job(False), RUNNING, the_report, None, "2026-01-01T05:00:00Z", seen=stall_seen(timeout)
+    )
+    assert next(c for c in status.conditions if c.type == "Stalled").status == "False"
+
+
+# --------------------------------------------------------------------------- Kueue
+
+
+def test_queued_is_quota_wait_until_it_ran_then_preempted() -> None:
+    queued = job(queueName="gpu")
+    waiting = map_rayjob_status(queued, rj("Suspended"), None, None, T0)
+    assert waiting.phase == "Queued" and reason_of(waiting, "Suspended") == "QuotaWait"
+    running = map_rayjob_status(queued, rj("Running", "RUNNING"), report(), waiting, T1)
+    evicted = map_rayjob_status(queued, rj("Suspended"), report(), running, T2)
+    assert evicted.phase == "Queued" and reason_of(evicted, "Suspended") == "Preempted"
+    assert "queued again in gpu" in (evicted.message or "")
+    again = map_rayjob_status(queued, rj("Suspended"), report(), evicted, T2)
+    assert reason_of(again, "Suspended") == "Preempted"
+    # A user's suspension and resume is not a preemption.
+    paused = map_rayjob_status(
+        job(queueName="gpu", suspend=True), rj("Suspended"), None, running, T2
+    )
+    resumed = map_rayjob_status(queued, rj("Suspended"), None, paused, T2)
+    assert reason_of(resumed, "Suspended") == "QuotaWait"

@@ -13,7 +13,7 @@ checkpoint's generation_config.json (a repetition penalty there would change eve
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,7 @@ def generate(
     prefix: str = "",
     endings: Endings | None = None,
     stop_text: str | None = None,
+    on_batch: Callable[[int, int], Any] | None = None,
 ) -> list[str]:
     """Greedy completions of `prompts` (same BOS + prompt prefix as in training), each ending
     at `stop_token` or, when `stop_text` is given (the plain-text baseline), at that text;
@@ -124,6 +125,8 @@ def generate(
         )
         for row in generated[:, ids.shape[1] :].tolist():
             outputs.append(decoded(tokenizer, row, stop_ids, stop_text, max_new_tokens, endings))
+        if on_batch is not None:
+            on_batch(len(outputs), len(prompts))
     return outputs
 
 
@@ -190,7 +193,7 @@ def evaluate_model(
     generate for every row and score. Runs as a Ray task, possibly on another node, so remote
     checkpoints are fetched here, not by the driver. `options` are `_evaluate_loaded`'s:
     batch_size, max_new_tokens, revision, few_shot, special_tokens, prompts, stop_text,
-    devices."""
+    devices, counter."""
     from kubetune_trainer import storage
     from kubetune_trainer.data.loaders import resolve_local
 
@@ -218,6 +221,7 @@ def _evaluate_loaded(
     prompts: Sequence[str] | None = None,
     stop_text: str | None = None,
     devices: int = 1,
+    counter: Any = None,
 ) -> dict[str, Any]:
     from kubetune_trainer.model import add_special_tokens, load_model, load_tokenizer
 
@@ -247,6 +251,8 @@ def _evaluate_loaded(
         prefix=few_shot_prefix(few_shot),
         endings=endings,
         stop_text=stop_text,
+        # A Ray actor (runner.BatchCounter): the driver turns its count into heartbeats.
+        on_batch=None if counter is None else lambda done, total: counter.batch.remote(done, total),
     )
     metrics, details = score(task, predictions, rows)
     metrics = {**metrics, **endings.metrics()}

@@ -9,19 +9,20 @@ cluster has them and the node pool is not CPU-only, see `use_gpus`; the head has
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kubetune.api.models import BUILTIN_PREFIX
-from kubetune.api.report import TrainerReport, downsample
+from kubetune.api.report import Heartbeat, TrainerErrorReason, TrainerReport, downsample
 from kubetune.api.v1alpha1 import (
     BestCheckpoint,
     EpochMetrics,
@@ -32,14 +33,16 @@ from kubetune.api.v1alpha1 import (
     stage_training,
     stages_of,
 )
+from kubetune.diagnosis import classify_error
 from kubetune.planning import generation_devices, shape_of
 from kubetune_trainer import storage
 from kubetune_trainer.checkpoints import CheckpointRecord, select_best_checkpoint
+from kubetune_trainer.data import DataError
 from kubetune_trainer.data.loaders import LoadedRows, resolve_local
 from kubetune_trainer.data.prepare import PreparedData, load_texts, prepare_data
 from kubetune_trainer.data.presets import PLAIN_STOP, Preset, preset_for_task
 from kubetune_trainer.generation import PRIMARY_METRIC
-from kubetune_trainer.reporting import ThrottledReporter, redact
+from kubetune_trainer.reporting import ThrottledReporter, now_rfc3339, redact
 from kubetune_trainer.train_loop import (
     STATE_FILE,
     StageConfig,
@@ -219,6 +222,7 @@ def run_stage(
     report = job.report
     report.phase, report.stage, report.stage_index = "Training", stage.name, index
     report.epoch, report.step, report.total_epochs = 0, 0, training.epochs
+    beat(report, f"starting stage {stage.name}")
     publish(options, report)
     config = StageConfig(
         stage=stage.name,
@@ -270,6 +274,11 @@ def run_stage(
     publish(options, report)
 
 
+def beat(report: TrainerReport, activity: str) -> None:
+    """Progress the operator's stall clock counts from (kubetune.status_mapping.stall_due)."""
+    report.heartbeat = Heartbeat(at=now_rfc3339(), step=report.step, activity=activity)
+
+
 def merge_best_adapter(config: StageConfig, best: CheckpointRecord, options: RunOptions) -> str:
     """The stage's best LoRA adapter merged into its base, once, beside the adapter; in a Ray
     task (on a worker: the head may be too small to hold the base model)."""
@@ -308,22 +317,30 @@ def evaluate(
 
     assert job.report.best_checkpoint is not None
     best_uri = job.report.best_checkpoint.uri
+    counter: Any = ray.remote(num_cpus=0)(BatchCounter)
     kwargs = {"batch_size": ev.batch_size, "max_new_tokens": ev.max_new_tokens}
-    tuned = ray.get(
+    box = counter.remote()
+    tuned = wait_beating(
         on("evaluation").remote(
             best_uri,
             preset.name,
             rows,
             preset.stop_token,
             devices=devices.get("evaluation", 1),
+            counter=box,
             **kwargs,
-        )
+        ),
+        box,
+        job.report,
+        options,
+        "the best checkpoint",
     )
     save_eval_outputs(options, "checkpoint", rows, tuned)
     baseline = None
     if ev.baseline:
         few_shot = [preset.plain(row) for row in _few_shot_rows(prepared, ev.few_shot_examples)]
-        base = ray.get(
+        box = counter.remote()
+        base = wait_beating(
             on("baseline").remote(
                 job.base_model,
                 preset.name,
@@ -335,8 +352,13 @@ def evaluate(
                 prompts=[preset.plain(r.fields)[0] for r in rows],
                 stop_text=PLAIN_STOP,
                 devices=devices.get("baseline", 1),
+                counter=box,
                 **kwargs,
-            )
+            ),
+            box,
+            job.report,
+            options,
+            "the base model",
         )
         save_eval_outputs(options, "baseline", rows, base)
         baseline = base["metrics"]
@@ -350,6 +372,41 @@ def evaluate(
         metrics=metrics,
         baseline={k: float(v) for k, v in baseline.items()} if baseline else None,
     )
+
+
+HEARTBEAT_POLL_S = 5.0
+
+
+class BatchCounter:
+    """A Ray actor the evaluation task tells of each generated batch, so the driver can
+    publish progress (a heartbeat) while one long task runs elsewhere."""
+
+    def __init__(self) -> None:
+        self.done, self.total, self.at = 0, 0, ""
+
+    def batch(self, done: int, total: int) -> None:
+        self.done, self.total, self.at = done, total, now_rfc3339()
+
+    def last(self) -> tuple[int, int, str]:
+        return self.done, self.total, self.at
+
+
+def wait_beating(ref: Any, box: Any, report: TrainerReport, options: RunOptions, what: str) -> Any:
+    """`ray.get(ref)`, publishing a heartbeat (throttled) for each batch the task finished
+    (`box`: the task's own BatchCounter, made before the task was submitted)."""
+    import ray
+
+    beat(report, f"evaluating {what}: loading it")
+    publish(options, report, force=False)
+    seen = ""
+    while not ray.wait([ref], timeout=HEARTBEAT_POLL_S)[0]:
+        done, total, at = ray.get(box.last.remote())
+        if at and at != seen:
+            seen = at
+            activity = f"evaluating {what}: {done}/{total} rows generated"
+            report.heartbeat = Heartbeat(at=at, step=report.step, activity=activity)
+            publish(options, report, force=False)
+    return ray.get(ref)
 
 
 def _few_shot_rows(prepared: PreparedData, count: int) -> list[dict[str, Any]]:
@@ -395,10 +452,32 @@ def run_job(spec: FineTuneJobSpec, options: RunOptions) -> TrainerReport:
     except BaseException as exc:
         job.report.phase = "Failed"
         job.report.error = redact(f"{type(exc).__name__}: {exc}")
+        job.report.error_reason = error_reason_of(exc)
         publish(options, job.report)
         print(redact(traceback.format_exc()), file=sys.stderr)
         raise
     return job.report
+
+
+@contextlib.contextmanager
+def data_errors() -> Iterator[None]:
+    """Reading and preparing the job's data: what fails here is the data's fault."""
+    try:
+        yield
+    except DataError:
+        raise
+    except (ValueError, OSError, KeyError) as exc:
+        raise DataError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def error_reason_of(exc: BaseException) -> TrainerErrorReason | None:
+    """The kind of a failure, for the operator's reason (kubetune.diagnosis reads the text of
+    errors that crossed a Ray boundary, which keeps the original's name and message)."""
+    if isinstance(exc, DataError):
+        return "DataError"
+    if isinstance(exc, MemoryError):
+        return "OOMKilled"
+    return classify_error(f"{type(exc).__name__}: {exc}")
 
 
 def _run(
@@ -409,7 +488,8 @@ def _run(
     options.workdir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(options.workdir / "ray-runs", ignore_errors=True)
     presets = [preset_for_task(stage.task or spec.task) for stage in stages]
-    loaded = [load_texts(stage.data, options.base_dir) for stage in stages]
+    with data_errors():
+        loaded = [load_texts(stage.data, options.base_dir) for stage in stages]
     texts = [
         t
         for rows, preset in zip(loaded, presets, strict=True)
@@ -422,18 +502,19 @@ def _run(
     for index, (stage, preset) in enumerate(zip(stages, presets, strict=True)):
         add_special_tokens(job.tokenizer, preset.special_tokens)
         last = index == len(stages) - 1
-        prepared = prepare_data(
-            stage.data,
-            preset,
-            job.tokenizer,
-            context_length=spec.training.context_length,
-            seed=spec.training.seed,
-            loss_on_prompt=spec.training.loss_on_prompt,
-            stage=stage.name if len(stages) > 1 else "",
-            base_dir=options.base_dir,
-            loaded=loaded[index],
-            test_limit=spec.evaluation.max_samples if last else None,
-        )
+        with data_errors():
+            prepared = prepare_data(
+                stage.data,
+                preset,
+                job.tokenizer,
+                context_length=spec.training.context_length,
+                seed=spec.training.seed,
+                loss_on_prompt=spec.training.loss_on_prompt,
+                stage=stage.name if len(stages) > 1 else "",
+                base_dir=options.base_dir,
+                loaded=loaded[index],
+                test_limit=spec.evaluation.max_samples if last else None,
+            )
         job.report.data += prepared.reports
         run_stage(spec, index, stage, job, prepared, options, preset.special_tokens)
     assert prepared is not None

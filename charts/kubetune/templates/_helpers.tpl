@@ -64,6 +64,11 @@ those it grants the trainer (RBAC forbids granting what one does not hold).
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+# A queued job (runPolicy.queueName) is suspended and resumed through its Kueue Workload's
+# spec.active: Kueue owns the RayJob's spec.suspend once it admitted it.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["list", "patch"]
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]
   verbs: ["get", "list", "watch", "patch"]

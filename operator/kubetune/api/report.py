@@ -44,6 +44,21 @@ REPORT_TEXT_LIMIT = MESSAGE_LIMIT
 T = TypeVar("T")
 
 TrainerPhase = Literal["Preparing", "Training", "Evaluating", "Succeeded", "Failed"]
+# What the trainer can tell about its own failure (kubetune.diagnosis classifies the text of
+# an older trainer's error the same way).
+TrainerErrorReason = Literal["OOMKilled", "DataError", "CollectiveTimeout"]
+
+
+class Heartbeat(KubeModel):
+    """The trainer's last progress: the operator marks a job Stalled when it gets old."""
+
+    at: str = Field(max_length=64, description="When the trainer last made progress (RFC 3339).")
+    step: int = Field(0, ge=0, description="Optimizer steps done in the current stage then.")
+    activity: str = Field(
+        "",
+        max_length=253,
+        description="What moved, e.g. 'optimizer step 120/400', 'evaluated 64/1319 rows'.",
+    )
 
 
 class DroppedRows(KubeModel):
@@ -109,8 +124,12 @@ class TrainerReport(KubeModel):
         description="Rows read, used and dropped per split.",
     )
     evaluation: EvaluationResult | None = Field(None, description="Scores, once evaluated.")
+    heartbeat: Heartbeat | None = Field(None, description="The trainer's last progress.")
     error: str | None = Field(
         None, max_length=REPORT_TEXT_LIMIT, description="Why the trainer failed (phase Failed)."
+    )
+    error_reason: TrainerErrorReason | None = Field(
+        None, description="The kind of failure, when the trainer could tell (phase Failed)."
     )
 
 

@@ -716,9 +716,11 @@ class RunPolicy(KubeModel):
                 "queueName",
                 "activeDeadlineSeconds",
                 "preRunningDeadlineSeconds",
+                "stallTimeoutSeconds",
                 "ttlSecondsAfterFinished",
             )
         ),
+        immutable("failOnStall", prefix="runPolicy."),
     )
 
     suspend: bool = Field(
@@ -743,6 +745,24 @@ class RunPolicy(KubeModel):
             "missing Secret or claim), instead of waiting forever. Unset: the operator's "
             "default, 1800 (KUBETUNE_PRE_RUNNING_DEADLINE_SECONDS). Time queued in Kueue "
             "does not count: the RayJob stays suspended until admitted. KubeRay 1.6+."
+        ),
+    )
+    stall_timeout_seconds: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Mark a running job Stalled (condition Stalled, a Warning event) when the trainer "
+            "made no progress (an optimizer step, an evaluated batch) for this many seconds; "
+            "progress clears it. Unset: the operator's default, 1800 "
+            "(KUBETUNE_STALL_TIMEOUT_SECONDS); 0 disables. Keep it above the longest quiet "
+            "stretch of a healthy run (a checkpoint save of the largest model)."
+        ),
+    )
+    fail_on_stall: bool = Field(
+        False,
+        description=(
+            "End a Stalled job: phase Failed, reason Stalled, and its Ray cluster deleted so "
+            "the GPUs are freed. Default: only mark it Stalled."
         ),
     )
     backoff_limit: int = Field(0, ge=0, le=100, description="RayJob retries (each a new cluster).")

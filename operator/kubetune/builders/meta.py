@@ -14,6 +14,9 @@ from kubetune.api.v1alpha1 import API_VERSION, KIND, FineTuneJob
 from kubetune.builders.naming import rayjob_name
 
 JOB_LABEL = "kubetune.dev/finetunejob"
+# On the Ray pods (KubeRay copies template labels): the operator routes a pod's watch events
+# to its job by uid, so a job deleted and created again never sees the old pods.
+JOB_UID_LABEL = "kubetune.dev/job-uid"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 MANAGED_BY = "kubetune-operator"
 DEFAULT_NAMESPACE = "default"
@@ -45,6 +48,11 @@ def labels_for(job: FineTuneJob, component: str) -> dict[str, str]:
         "app.kubernetes.io/managed-by": MANAGED_BY,
         JOB_LABEL: value,
     }
+
+
+def pod_labels(job: FineTuneJob, component: str) -> dict[str, str]:
+    uid = uid_of(job)
+    return {**labels_for(job, component), **({JOB_UID_LABEL: uid} if uid else {})}
 
 
 def owner_references(job: FineTuneJob) -> list[dict[str, Any]]:

@@ -73,7 +73,7 @@ from kubetune.api.v1alpha1 import (
     Toleration,
     stages_of,
 )
-from kubetune.builders.meta import labels_for, namespace_of, object_meta, uid_of
+from kubetune.builders.meta import namespace_of, object_meta, pod_labels, uid_of
 from kubetune.builders.naming import rayjob_name, report_name, service_account_name
 from kubetune.config import OperatorConfig
 
@@ -269,7 +269,7 @@ def _pod_template(
     }
     if volumes:
         pod["volumes"] = volumes
-    return {"metadata": {"labels": labels_for(job, component)}, "spec": pod}
+    return {"metadata": {"labels": pod_labels(job, component)}, "spec": pod}
 
 
 def _pod_security() -> dict[str, Any]:
@@ -346,7 +346,7 @@ def submitter_template(job: FineTuneJob, config: OperatorConfig) -> dict[str, An
             }
         ],
     }
-    return {"metadata": {"labels": labels_for(job, "ray-job-submitter")}, "spec": pod}
+    return {"metadata": {"labels": pod_labels(job, "ray-job-submitter")}, "spec": pod}
 
 
 def desired_suspend(job: FineTuneJob) -> bool:
@@ -358,13 +358,11 @@ def desired_suspend(job: FineTuneJob) -> bool:
 def suspend_target(job: FineTuneJob) -> bool | None:
     """What spec.suspend of an existing RayJob must be after a runPolicy.suspend change.
 
-    None = leave it alone: with a queue, Kueue un-suspends on admission and the operator
-    must not race it; a user suspension still wins (True).
+    None = leave it alone: with a queue Kueue owns the flag (it unsuspends an admitted job
+    whatever else set it), and runPolicy.suspend goes to the Workload (controller/reconcile).
     """
     policy = job.spec.run_policy
-    if policy.suspend:
-        return True
-    return None if policy.queue_name else False
+    return None if policy.queue_name else policy.suspend
 
 
 def build_rayjob(

@@ -1,8 +1,8 @@
 """kopf handlers: `kopf run -m kubetune.controller.handlers` (or `kubetune operator`).
 
-Event routing only: every event of a FineTuneJob, of a RayJob we own, or of a
-FineTuneJobReport we own leads to `reconcile.reconcile_job` for the owning job (level-triggered, see
-there). Only `kopf.on.event` handlers are used, so kopf writes nothing onto the objects: no
+Event routing only: every event of a FineTuneJob, of a RayJob we own, of a
+FineTuneJobReport we own, or of a change that matters in one of its Ray pods leads to
+`reconcile.reconcile_job` for the owning job (level-triggered, see there). Only `kopf.on.event` handlers are used, so kopf writes nothing onto the objects: no
 progress, no diffbase, no finalizer (deletion is the garbage collector's job through
 ownerReferences). Should a stateful handler ever be added, kopf is already configured to keep
 its progress and diffbase in annotations under kubetune.dev/, because the structural schema
@@ -18,12 +18,13 @@ import kopf
 
 from kubetune.api.report import REPORT_PLURAL
 from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
-from kubetune.builders.meta import COMPONENT_LABEL, MANAGED_BY
+from kubetune.builders.meta import COMPONENT_LABEL, JOB_UID_LABEL, MANAGED_BY
 from kubetune.config import OperatorConfig
 from kubetune.controller import metrics
 from kubetune.controller.kube import RAY_GROUP, RAY_PLURAL, RAY_VERSION, Kube, load_api_client
 from kubetune.controller.reconcile import Operator, reconcile_job, report_text
 from kubetune.controller.state import OperatorState, owner_key
+from kubetune.diagnosis import pod_facts
 
 OURS = {"app.kubernetes.io/managed-by": MANAGED_BY}
 REPORTS = {**OURS, COMPONENT_LABEL: "report"}
@@ -105,6 +106,7 @@ async def rayjob_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, *
         js = op.state.get(key)
         js.rayjob_gone = False
         js.rayjob_suspend = bool((raw.get("spec") or {}).get("suspend"))
+        js.rayjob_uid = (raw.get("metadata") or {}).get("uid") or js.rayjob_uid
     js.rayjob_status = raw.get("status") or js.rayjob_status
     await reconcile_job(op, key)
 
@@ -119,6 +121,23 @@ async def report_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, *
         return
     op.state.get(key).report_text = text
     await reconcile_job(op, key)
+
+
+@kopf.on.event("", "v1", "pods", labels={**OURS, JOB_UID_LABEL: kopf.PRESENT})
+async def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A Ray pod of one of our jobs (KubeRay makes them from our templates): only a change
+    of what explains a job (kubetune.diagnosis.PodFacts) reconciles it."""
+    op = _op(memo)
+    key = str(body.metadata.labels.get(JOB_UID_LABEL))
+    deleted = event["type"] == "DELETED"
+    if deleted and key not in op.state.jobs:
+        return
+    js = op.state.get(key)  # also before the job's own first event (a restart lists both)
+    changed = js.observe_pod(pod_facts(_snapshot(event), deleted=deleted))
+    if js.body is None and all(pod.deleted for pod in js.pods.values()):
+        op.state.forget(key)  # the pods of a job that is gone (garbage collection)
+    elif changed:
+        await reconcile_job(op, key)
 
 
 def _snapshot(event: kopf.RawEvent) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from kubernetes.client.rest import ApiException
 from kubetune.api.credentials import redact
 from kubetune.api.report import REPORT_KIND, REPORT_PLURAL
 from kubetune.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
+from kubetune.builders.meta import JOB_UID_LABEL
 from kubetune.builders.naming import rayjob_name
 
 RAY_GROUP, RAY_VERSION, RAY_PLURAL = "ray.io", "v1", "rayjobs"
@@ -36,6 +37,10 @@ REQUEST_TIMEOUT = (5.0, 30.0)
 TIMEOUT: Any = {"_request_timeout": REQUEST_TIMEOUT}
 # Answers that will not change by asking again (the object or the request is wrong).
 PERMANENT_STATUSES = frozenset({400, 404, 422})
+# Kueue's Workload for a RayJob carries the RayJob's uid; v1beta2 since Kueue 0.15.
+KUEUE_GROUP, KUEUE_VERSIONS, WORKLOADS = "kueue.x-k8s.io", ("v1beta2", "v1beta1"), "workloads"
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+POD_EVENTS_LIMIT = 50
 
 
 class NameConflictError(RuntimeError):
@@ -191,6 +196,66 @@ class Kube:
             name,
             {"spec": {"suspend": suspend}},
             field_validation=STRICT,
+            **TIMEOUT,
+        )
+
+    def job_pods(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
+        """The Ray pods of one job (KubeRay copies our template labels onto them)."""
+        answer: Any = self.core.list_namespaced_pod(
+            namespace,
+            label_selector=f"{JOB_UID_LABEL}={job_uid}",
+            _preload_content=False,
+            **TIMEOUT,
+        )
+        try:
+            return list(json.loads(answer.data).get("items") or [])
+        finally:
+            release(answer)
+
+    def pod_warnings(self, namespace: str, pod_uid: str) -> list[dict[str, Any]]:
+        """The Warning events about one pod (the kubelet's and the scheduler's words)."""
+        answer: Any = self.core.list_namespaced_event(
+            namespace,
+            field_selector=f"involvedObject.uid={pod_uid},type=Warning",
+            limit=POD_EVENTS_LIMIT,
+            _preload_content=False,
+            **TIMEOUT,
+        )
+        try:
+            return list(json.loads(answer.data).get("items") or [])
+        finally:
+            release(answer)
+
+    def workloads_of(self, namespace: str, rayjob_uid: str) -> list[dict[str, Any]]:
+        """Kueue's Workloads for a RayJob (empty when Kueue made none, or is not installed)."""
+        for version in KUEUE_VERSIONS:
+            try:
+                answer: Any = self.custom.list_namespaced_custom_object(
+                    KUEUE_GROUP,
+                    version,
+                    namespace,
+                    WORKLOADS,
+                    label_selector=f"{KUEUE_JOB_UID_LABEL}={rayjob_uid}",
+                    **TIMEOUT,
+                )
+            except ApiException as error:
+                if error.status == 404:  # this version is not served
+                    continue
+                raise
+            return [{"apiVersion": f"{KUEUE_GROUP}/{version}", **w} for w in answer["items"]]
+        return []
+
+    def set_workload_active(self, workload: dict[str, Any], active: bool) -> None:
+        """Kueue's documented way to stop and restart an admitted job: Workload spec.active."""
+        version = str(workload["apiVersion"]).rpartition("/")[2]
+        meta = workload["metadata"]
+        self.custom.patch_namespaced_custom_object(
+            KUEUE_GROUP,
+            version,
+            meta["namespace"],
+            WORKLOADS,
+            meta["name"],
+            {"spec": {"active": active}},
             **TIMEOUT,
         )
 

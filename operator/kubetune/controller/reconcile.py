@@ -13,7 +13,12 @@ Level-triggered: every event of a job, its RayJob or its FineTuneJobReport leads
   while the status holds no `rayJob` yet: once it was created, a missing RayJob is a
   RayJob deleted under a running job, which ends the job (RayJobDeleted) instead of
   training again from scratch (see `Problem` in status_mapping for every such case);
-- RayJob spec.suspend follows runPolicy.suspend (never fighting Kueue's admission);
+- RayJob spec.suspend follows runPolicy.suspend; with runPolicy.queueName Kueue owns it, and
+  runPolicy.suspend sets the Kueue Workload's spec.active instead (Kueue's documented way to
+  stop an admitted job: it suspends the RayJob itself, so the flag flips once per change);
+- the job's pods (watched) and, for a pod pending without a cause in its status, its Warning
+  events (read at most every EVENTS_INTERVAL_S) explain a job that cannot start or failed
+  (kubetune.diagnosis); a time-driven reconcile marks a trainer without progress Stalled;
 - the status is computed by the pure `map_rayjob_status` and written only when it changed,
   whole (no stale keys can remain) and only onto this incarnation of the job (the write
   tests the uid), with an Event per phase change;
@@ -30,6 +35,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -56,6 +62,7 @@ from kubetune.controller.kube import (
     now_rfc3339,
 )
 from kubetune.controller.state import JobKey, JobState, OperatorState, Refusal
+from kubetune.diagnosis import STARTING_REASONS, PodFacts, diagnose, pod_facts, warning_event
 from kubetune.planning import (
     SKIP_FIT_CHECK_HINT,
     build_plan,
@@ -67,16 +74,32 @@ from kubetune.report_checks import ReportReading, read_report
 from kubetune.status_mapping import (
     TERMINAL_DEPLOYMENTS,
     WARNING_REASONS,
+    Observation,
     Problem,
+    headline_reason,
+    is_stalled,
     map_rayjob_status,
+    parse_time,
     refused_status,
+    stall_due,
 )
 from kubetune.validation import SpecError, parse_finetunejob, semantic_problems
 
 log = logging.getLogger("kubetune.operator")
 RETRY_DELAYS = (1, 2, 5, 10, 30, 60)
 # Failures the operator decides itself while KubeRay may still run the RayJob.
-OWN_VERDICTS = ("Diverged", "InvalidReport", "NameConflict", "CreateRejected", "KubeRayTooOld")
+OWN_VERDICTS = (
+    "Diverged",
+    "InvalidReport",
+    "NameConflict",
+    "CreateRejected",
+    "KubeRayTooOld",
+    "Stalled",
+    "ImagePullFailed",
+)
+# How often the Warning events of a pod pending without a visible cause are read again.
+EVENTS_INTERVAL_S = 30.0
+MAX_PODS_ASKED = 8  # event reads per job and round: a job has a head and a few workers
 BACKGROUND_MAX_WAIT = 2.0  # seconds; bounds how long status writes can be starved
 T = TypeVar("T")
 
@@ -208,6 +231,74 @@ async def reconcile_job(op: Operator, key: JobKey) -> None:
         _schedule_retry(op, key, js)
     else:
         js.failures = 0
+    _schedule_wake(op, key, js)
+
+
+def _schedule_wake(op: Operator, key: JobKey, js: JobState) -> None:
+    """A reconcile driven by time, not events: when the trainer would count as stalled, and
+    while a pod is pending without a visible cause (its events are read then)."""
+    if js.wake is not None:
+        js.wake.cancel()
+        js.wake = None
+    delay = _wake_delay(op, js)
+    if delay is None:
+        return
+
+    def fire() -> None:
+        js.wake = None
+        if op.state.jobs.get(key) is js:
+            js.retry_task = asyncio.ensure_future(reconcile_job(op, key))
+
+    js.wake = asyncio.get_running_loop().call_later(delay, fire)
+
+
+def _wake_delay(op: Operator, js: JobState) -> float | None:
+    status, parsed = js.written, js.parsed
+    if status is None or status.phase in TERMINAL_PHASES or parsed is None:
+        return None
+    job = parsed[1]
+    if not isinstance(job, FineTuneJob):
+        return None
+    delays = [EVENTS_INTERVAL_S] if _unexplained_pending(js) else []
+    report = js.reading[1].report if js.reading is not None else None
+    due = stall_due(report, _stall_timeout(op, job))
+    now = parse_time(now_rfc3339())
+    if status.phase in ("Training", "Evaluating") and not is_stalled(status) and due and now:
+        delays.append(max(1.0, (due - now).total_seconds() + 1))
+    return min(delays) if delays else None
+
+
+def _stall_timeout(op: Operator, job: FineTuneJob) -> int | None:
+    return op.config.stall_timeout(job.spec.run_policy.stall_timeout_seconds)
+
+
+def _unexplained_pending(js: JobState) -> list[PodFacts]:
+    """Live pods that wait to start while their status names no cause."""
+    return [
+        pod
+        for pod in js.pods.values()
+        if not pod.deleted
+        and pod.phase in ("", "Pending")
+        and diagnose([pod], (), STARTING_REASONS) is None
+    ]
+
+
+async def _read_pod_events(op: Operator, js: JobState, job: FineTuneJob, force: bool) -> None:
+    """The Warning events of pods pending without a visible cause (a FailedMount of a missing
+    Secret shows nowhere else); at most every EVENTS_INTERVAL_S unless `force`."""
+    pods = _unexplained_pending(js)[:MAX_PODS_ASKED]
+    if not pods or (not force and time.monotonic() - js.events_read_at < EVENTS_INTERVAL_S):
+        return
+    js.events_read_at = time.monotonic()
+    try:
+        answers = await asyncio.gather(
+            *(_io(op, op.kube.pod_warnings, namespace_of(job), pod.uid) for pod in pods)
+        )
+    except Exception as error:  # an explanation is best effort; the phase does not need it
+        log.warning("could not read the pod events of %s: %s", js.name, api_message(error))
+        return
+    found = (warning_event(raw) for items in answers for raw in items)
+    js.events = tuple(event for event in found if event is not None)
 
 
 def _schedule_retry(op: Operator, key: JobKey, js: JobState) -> None:
@@ -252,15 +343,16 @@ async def _reconcile_locked(op: Operator, js: JobState, body: dict[str, Any]) ->
         return False
     previous = _previous(js, body)
     problem = None
+    retry_suspend = False
     if not js.ensured:
         problem = await ensure_children(op, js, checked, previous)
         js.ensured = problem is None or not problem.transient
-    elif js.rayjob_suspend is not None and not js.rayjob_gone:
-        await _sync_suspend(op, checked, js.rayjob_suspend)
+    else:
+        retry_suspend = await _sync_suspend(op, js, checked)
     reading = reading_of(js, checked)
     problem = problem or reading.problem or _deleted_problem(js, checked)
     await _refresh(op, js, body, checked, reading, problem)
-    return problem is not None and problem.transient
+    return retry_suspend or (problem is not None and problem.transient)
 
 
 def _deleted_problem(js: JobState, job: FineTuneJob) -> Problem | None:
@@ -300,8 +392,7 @@ async def ensure_children(
                     op, op.kube.read, "RayJob", namespace_of(job), rayjob["metadata"]["name"]
                 )
                 _observe_rayjob(js, existing)
-            if js.rayjob_suspend is not None:
-                await _sync_suspend(op, job, js.rayjob_suspend)
+            await _sync_suspend(op, js, job)
         rayjob_exists = not js.rayjob_gone
         *independent, binding = channel
         await asyncio.gather(*(_ensure(op, o) for o in independent))
@@ -338,14 +429,14 @@ async def _find_rayjob(
     except NameConflictError as error:
         raise _ChildError(Problem("NameConflict", str(error))) from None
     _observe_rayjob(js, existing)
-    if js.rayjob_suspend is not None:
-        await _sync_suspend(op, job, js.rayjob_suspend)
+    await _sync_suspend(op, js, job)
 
 
 def _observe_rayjob(js: JobState, rayjob: dict[str, Any] | None) -> None:
     if rayjob is not None:
         js.rayjob_status = rayjob.get("status") or js.rayjob_status
         js.rayjob_suspend = bool((rayjob.get("spec") or {}).get("suspend"))
+        js.rayjob_uid = (rayjob.get("metadata") or {}).get("uid") or js.rayjob_uid
 
 
 class _ChildError(Exception):
@@ -376,13 +467,38 @@ async def _ensure(op: Operator, obj: dict[str, Any], urgent: bool = False) -> st
     return outcome
 
 
-async def _sync_suspend(op: Operator, job: FineTuneJob, current: bool) -> None:
+async def _sync_suspend(op: Operator, js: JobState, job: FineTuneJob) -> bool:
+    """runPolicy.suspend onto the RayJob, or onto Kueue's Workload for a queued job; True
+    when it must be tried again (Kueue has not made the Workload yet)."""
+    if js.rayjob_gone:
+        return False
+    if job.spec.run_policy.queue_name:
+        return await _sync_workload(op, js, job)
     target = suspend_target(job)
-    if target is None or target == current:
-        return
+    if js.rayjob_suspend is None or target is None or target == js.rayjob_suspend:
+        return False
     name = rayjob_name(job.metadata.name)
     await _io(op, op.kube.set_rayjob_suspend, namespace_of(job), name, target)
     metrics.WRITES.labels("suspend").inc()
+    return False
+
+
+async def _sync_workload(op: Operator, js: JobState, job: FineTuneJob) -> bool:
+    """Kueue unsuspends an admitted RayJob whatever else sets its spec.suspend, so a queued
+    job is suspended and resumed through its Workload's spec.active (once per change, and
+    read once per process when nothing asked for a change: a resume may have been missed)."""
+    wanted = not job.spec.run_policy.suspend
+    if js.workload_active == wanted or js.rayjob_uid is None:
+        return False  # no uid yet: the RayJob's first watch event reconciles again
+    workloads = await _io(op, op.kube.workloads_of, namespace_of(job), js.rayjob_uid)
+    if not workloads:
+        return not wanted  # a suspension waits for Kueue to make the Workload
+    for workload in workloads:
+        if bool((workload.get("spec") or {}).get("active", True)) != wanted:
+            await _io(op, op.kube.set_workload_active, workload, wanted)
+            metrics.WRITES.labels("workload").inc()
+    js.workload_active = wanted
+    return False
 
 
 async def _reject(op: Operator, js: JobState, body: dict[str, Any], refusal: Refusal) -> None:
@@ -404,18 +520,26 @@ async def _refresh(
     problem: Problem | None,
 ) -> None:
     previous = js.written
+    await _read_pod_events(op, js, job, force=False)
     status = map_rayjob_status(
-        job, js.rayjob_status, reading.report, previous, now_rfc3339(), problem
+        job, js.rayjob_status, reading.report, previous, now_rfc3339(), problem, _seen(op, js, job)
     )
     newly_terminal = status.phase in TERMINAL_PHASES
     if newly_terminal and problem is None:
         # The RayJob and report watches are separate streams: read both fresh before a
-        # verdict that can never change again.
+        # verdict that can never change again (and the events of pods that never started).
         await _reload_children(op, js, job)
+        await _read_pod_events(op, js, job, force=True)
         reading = reading_of(js, job)
         problem = reading.problem or _deleted_problem(js, job)
         status = map_rayjob_status(
-            job, js.rayjob_status, reading.report, previous, now_rfc3339(), problem
+            job,
+            js.rayjob_status,
+            reading.report,
+            previous,
+            now_rfc3339(),
+            problem,
+            _seen(op, js, job),
         )
     status = _with_plan(status, js)
     if previous is not None and previous.to_wire() == status.to_wire():
@@ -425,6 +549,10 @@ async def _refresh(
         # failed delete must leave the job open for the retry.
         await _stop_run(op, job, status)
     await _write(op, js, body, status, previous)
+
+
+def _seen(op: Operator, js: JobState, job: FineTuneJob) -> Observation:
+    return Observation(tuple(js.pods.values()), js.events, _stall_timeout(op, job))
 
 
 def _with_plan(status: FineTuneJobStatus, js: JobState) -> FineTuneJobStatus:
@@ -438,7 +566,7 @@ async def _stop_run(op: Operator, job: FineTuneJob, status: FineTuneJobStatus) -
     """A verdict of the operator's own (the run diverged, its report is refused, its report
     channel could not be created) ends a run KubeRay still considers alive: delete our
     RayJob (never another owner's) so the GPUs are freed."""
-    reason = _reason(status)
+    reason = headline_reason(status)
     uid = uid_of(job)
     deployment = status.ray_job.deployment_status if status.ray_job else None
     if reason not in OWN_VERDICTS or deployment in TERMINAL_DEPLOYMENTS:
@@ -453,9 +581,10 @@ async def _stop_run(op: Operator, job: FineTuneJob, status: FineTuneJobStatus) -
 
 async def _reload_children(op: Operator, js: JobState, job: FineTuneJob) -> None:
     ns, name = namespace_of(job), job.metadata.name
-    rayjob, report = await asyncio.gather(
+    rayjob, report, _ = await asyncio.gather(
         _io(op, op.kube.read, "RayJob", ns, rayjob_name(name)),
         _io(op, op.kube.read, REPORT_KIND, ns, report_name(name)),
+        _reload_pods(op, js, job),
     )
     if rayjob is not None:
         js.rayjob_status = rayjob.get("status")
@@ -463,14 +592,18 @@ async def _reload_children(op: Operator, js: JobState, job: FineTuneJob) -> None
         js.report_text = report_text(report) or js.report_text
 
 
-def _reason(status: FineTuneJobStatus) -> str:
-    """The reason of the status' headline condition (Failed, else Running)."""
-    for type_ in ("Failed", "Succeeded", "Running"):
-        condition = next((c for c in status.conditions if c.type == type_), None)
-        if condition is not None and condition.status == "True":
-            return condition.reason
-    running = next((c for c in status.conditions if c.type == "Running"), None)
-    return running.reason if running is not None else status.phase
+async def _reload_pods(op: Operator, js: JobState, job: FineTuneJob) -> None:
+    """The pods as they are now (their watch is a third stream): they name the cause."""
+    uid = uid_of(job)
+    if uid is None:
+        return
+    try:
+        pods = await _io(op, op.kube.job_pods, namespace_of(job), uid)
+    except Exception as error:  # a cause is best effort; the verdict does not need it
+        log.warning("could not list the pods of %s: %s", js.name, api_message(error))
+        return
+    for pod in pods:
+        js.observe_pod(pod_facts(pod))
 
 
 async def _write(
@@ -486,22 +619,29 @@ async def _write(
     metrics.WRITES.labels("status").inc()
     js.written, js.written_wire = status, wire
     metrics.publish_phases(op.state.phase_counts)
-    reason = _reason(status)
+    reason = headline_reason(status)
     if (
         previous is None
         or previous.phase != status.phase
-        or (reason in WARNING_REASONS and _reason(previous) != reason)
+        or (reason in WARNING_REASONS and headline_reason(previous) != reason)
     ):
         await _announce(op, body, status, reason)
+    if is_stalled(status) and (previous is None or not is_stalled(previous)):
+        stalled = next(c for c in status.conditions if c.type == "Stalled")
+        await _announce(op, body, status, "Stalled", f"Stalled: {stalled.message}")
 
 
 async def _announce(
-    op: Operator, body: dict[str, Any], status: FineTuneJobStatus, reason: str
+    op: Operator,
+    body: dict[str, Any],
+    status: FineTuneJobStatus,
+    reason: str,
+    message: str | None = None,
 ) -> None:
-    """One Event per phase change (and per new warning); failures and warnings are
-    Warnings so `kubectl describe` flags them."""
-    warning = status.phase == "Failed" or reason in WARNING_REASONS
-    message = f"{status.phase}: {status.message or ''}".strip()
+    """One Event per phase change (and per new warning or stall); failures and warnings
+    are Warnings so `kubectl describe` flags them."""
+    warning = status.phase == "Failed" or reason in (*WARNING_REASONS, "Stalled")
+    message = message or f"{status.phase}: {status.message or ''}".strip()
     try:
         await _io(
             op,

@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.api.v1alpha1 import KIND, FineTuneJob, FineTuneJobStatus, PlanSummary
+from kubetune.diagnosis import PodFacts, WarningEvent
 from kubetune.report_checks import ReportReading
+
+# Pods remembered per job: a job has a head, its workers and a submitter; deleted ones are
+# kept (their last state explains a failure) until this many, oldest deleted dropped first.
+MAX_PODS = 64
 
 JobKey = str  # the FineTuneJob's uid
 
@@ -38,6 +43,12 @@ class JobState:
     rayjob_status: dict[str, Any] | None = None
     rayjob_suspend: bool | None = None
     rayjob_gone: bool = False  # a DELETED event of our RayJob was seen
+    rayjob_uid: str | None = None
+    pods: dict[str, PodFacts] = field(default_factory=dict)  # by pod uid
+    events: tuple[WarningEvent, ...] = ()  # Warning events about those pods, last read
+    events_read_at: float = 0.0  # monotonic
+    workload_active: bool | None = None  # the Kueue Workload's spec.active, as last known
+    wake: asyncio.TimerHandle | None = None  # the next time-driven reconcile (stall, events)
     report_text: str | None = None
     reading: tuple[str | None, ReportReading] | None = None  # report_text it was read from
     written: FineTuneJobStatus | None = None
@@ -46,6 +57,16 @@ class JobState:
     retry_pending: bool = False
     retry_task: asyncio.Future[None] | None = None  # kept so the loop cannot drop it
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def observe_pod(self, facts: PodFacts) -> bool:
+        """Remember a pod's facts; False when nothing changed (no reconcile needed)."""
+        if self.pods.get(facts.uid) == facts:
+            return False
+        self.pods[facts.uid] = facts
+        deleted = [uid for uid, pod in self.pods.items() if pod.deleted]
+        for uid in deleted[: max(0, len(self.pods) - MAX_PODS)]:
+            del self.pods[uid]
+        return True
 
     @property
     def name(self) -> str:
@@ -61,7 +82,9 @@ class OperatorState:
         return self.jobs.setdefault(key, JobState())
 
     def forget(self, key: JobKey) -> None:
-        self.jobs.pop(key, None)
+        js = self.jobs.pop(key, None)
+        if js is not None and js.wake is not None:
+            js.wake.cancel()
 
     @property
     def phase_counts(self) -> Counter[str]:

@@ -10,8 +10,6 @@ from kubernetes import client
 from tests.controlplane.operator.helpers import (
     FTJ,
     FTJS,
-    RAY,
-    RAYJOBS,
     condition,
     create_job,
     events_for,
@@ -93,7 +91,7 @@ def test_one_rayjob_with_owned_children(
 @pytest.mark.parametrize(
     ("script", "reason", "words"),
     [
-        (Script(outcome="trainer-fails"), "TrainerFailed", "CUDA out of memory"),
+        (Script(outcome="trainer-fails"), "OOMKilled", "CUDA out of memory"),
         (Script(outcome="deadline"), "DeadlineExceeded", "activeDeadlineSeconds"),
         (Script(outcome="submission-fails"), "SubmissionFailed", "dashboard"),
         (Script(outcome="no-checkpoint"), "IncompleteResults", "no best checkpoint"),
@@ -193,22 +191,6 @@ def test_suspend_and_resume_with_run_policy(
                 kuberay.errors,
             )
         ) from None
-
-
-def test_kueue_admission(
-    custom: client.CustomObjectsApi, namespace: str, kuberay: KubeRayDouble
-) -> None:
-    create_job(custom, namespace, job_manifest("queued", runPolicy={"queueName": "gpu"}))
-    status = wait_phase(custom, namespace, "queued", "Queued")
-    assert "gpu" in status["message"]
-    (rayjob,) = rayjobs(custom, namespace)
-    assert rayjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu"
-    assert rayjob["spec"]["suspend"] is True
-    # Kueue admits the workload by un-suspending the RayJob; the operator must not undo it.
-    custom.patch_namespaced_custom_object(
-        *RAY, namespace, RAYJOBS, rayjob["metadata"]["name"], {"spec": {"suspend": False}}
-    )
-    wait_phase(custom, namespace, "queued", "Succeeded")
 
 
 def test_invalid_semantic_spec_creates_nothing(

@@ -66,6 +66,19 @@ class FakeKube:
         self.writes.append(("event", reason))
         self.events.append((type_, reason, message))
 
+    def job_pods(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
+        return []
+
+    def pod_warnings(self, namespace: str, pod_uid: str) -> list[dict[str, Any]]:
+        return []
+
+    def workloads_of(self, namespace: str, rayjob_uid: str) -> list[dict[str, Any]]:
+        return [w for (kind, _), w in self.objects.items() if kind == "Workload"]
+
+    def set_workload_active(self, workload: dict[str, Any], active: bool) -> None:
+        workload.setdefault("spec", {})["active"] = active
+        self.writes.append(("workload", str(active)))
+
 
 def body(name: str = "job", generation: int = 1, **spec: Any) -> dict[str, Any]:
     doc = job_manifest(name, **spec)
@@ -171,7 +184,13 @@ def test_queued_job_is_left_to_kueue() -> None:
     op = operator(kube)
     run(op, body(runPolicy={"queueName": "gpu"}))
     run(op, body(runPolicy={"queueName": "gpu"}), rayjob_suspend=False)  # Kueue admitted it
-    assert not [w for w in kube.writes if w[0] == "suspend"]
+    assert not [w for w in kube.writes if w[0] in ("suspend", "workload")]
+    # The user suspends: the Workload is deactivated, the RayJob's spec.suspend left to Kueue.
+    kube.objects[("Workload", "rayjob-job")] = {"metadata": {"name": "rayjob-job"}, "spec": {}}
+    queued = {"queueName": "gpu", "suspend": True}
+    run(op, body(generation=2, runPolicy=queued), rayjob_suspend=False, rayjob_uid="r-1")
+    run(op, body(generation=2, runPolicy=queued), rayjob_suspend=False, rayjob_uid="r-1")
+    assert [w for w in kube.writes if w[0] in ("suspend", "workload")] == [("workload", "False")]
 
 
 def test_errors_are_retried_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -36,7 +36,7 @@ def newer_report() -> dict[str, Any]:
         "schemaVersion": REPORT_SCHEMA_VERSION + 1,
         "jobUid": "u-1",
         "phase": "Training",
-        "heartbeat": {"step": 12, "at": "2026-12-02T00:00:00Z"},
+        "throughput": {"tokensPerSecond": 1200.0},
         "epochs": [{**EPOCH, "gradNorm": 0.4}],
         "bestCheckpoint": {
             "uri": "s3://b/e1",
@@ -52,7 +52,7 @@ def test_newer_report_reads_with_unknown_fields_named() -> None:
     parsed = parse_report_json(json.dumps(newer_report()))
     assert parsed.report.epochs[0].validation_perplexity == 3.0
     assert parsed.report.job_uid == "u-1"
-    assert set(parsed.ignored) == {"heartbeat", "epochs[0].gradNorm", "bestCheckpoint.sha256"}
+    assert set(parsed.ignored) == {"throughput", "epochs[0].gradNorm", "bestCheckpoint.sha256"}
 
 
 def test_older_operator_model_reads_todays_report() -> None:
