@@ -645,7 +645,8 @@ def _with_stall(
         f"{seen.stall_timeout_s} s"
     )
     if job.spec.run_policy.fail_on_stall:
-        return _failure("Stalled", f"the run stalled: {stalled}", {}, report)
+        failed = _failure("Stalled", f"the run stalled: {stalled}", {}, report)
+        return dataclasses.replace(failed, stalled=stalled)
     return Verdict(verdict.phase, verdict.reason, f"{verdict.message}; stalled: {stalled}", stalled)
 
 
@@ -698,7 +699,7 @@ def _condition_states(verdict: Verdict) -> dict[str, ConditionState]:
         "Failed": ("True", reason, message) if phase == "Failed" else ("False", "NotFailed", ""),
         "Stalled": ("True", "NoProgress", verdict.stalled)
         if verdict.stalled
-        else ("False", "Stalled" if reason == "Stalled" else "Progressing", ""),
+        else ("False", "Progressing", ""),
     }
 
 

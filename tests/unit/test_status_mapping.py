@@ -500,6 +500,7 @@ def test_fail_on_stall_ends_the_job() -> None:
     )
     assert status.phase == "Failed" and reason_of(status, "Failed") == "Stalled"
     assert HINTS["Stalled"] in (status.message or "")
+    assert next(c for c in status.conditions if c.type == "Stalled").status == "True"
 
 
 @pytest.mark.parametrize(

@@ -201,30 +201,26 @@ class Kube:
 
     def job_pods(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
         """The Ray pods of one job (KubeRay copies our template labels onto them)."""
-        answer: Any = self.core.list_namespaced_pod(
-            namespace,
-            label_selector=f"{JOB_UID_LABEL}={job_uid}",
-            _preload_content=False,
-            **TIMEOUT,
+        return items(
+            self.core.list_namespaced_pod(
+                namespace,
+                label_selector=f"{JOB_UID_LABEL}={job_uid}",
+                _preload_content=False,
+                **TIMEOUT,
+            )
         )
-        try:
-            return list(json.loads(answer.data).get("items") or [])
-        finally:
-            release(answer)
 
     def pod_warnings(self, namespace: str, pod_uid: str) -> list[dict[str, Any]]:
         """The Warning events about one pod (the kubelet's and the scheduler's words)."""
-        answer: Any = self.core.list_namespaced_event(
-            namespace,
-            field_selector=f"involvedObject.uid={pod_uid},type=Warning",
-            limit=POD_EVENTS_LIMIT,
-            _preload_content=False,
-            **TIMEOUT,
+        return items(
+            self.core.list_namespaced_event(
+                namespace,
+                field_selector=f"involvedObject.uid={pod_uid},type=Warning",
+                limit=POD_EVENTS_LIMIT,
+                _preload_content=False,
+                **TIMEOUT,
+            )
         )
-        try:
-            return list(json.loads(answer.data).get("items") or [])
-        finally:
-            release(answer)
 
     def workloads_of(self, namespace: str, rayjob_uid: str) -> list[dict[str, Any]]:
         """Kueue's Workloads for a RayJob (empty when Kueue made none, or is not installed)."""
@@ -346,6 +342,15 @@ class Kube:
         answer = self.core.create_namespaced_event(
             meta["namespace"], event, _preload_content=False, **TIMEOUT
         )
+        release(answer)
+
+
+def items(answer: Any) -> list[dict[str, Any]]:
+    """The items of a raw (`_preload_content=False`) list answer, as plain dicts (decoding
+    into client models costs more than the request, and loses nothing we read)."""
+    try:
+        return list(json.loads(answer.data).get("items") or [])
+    finally:
         release(answer)
 
 

@@ -626,7 +626,8 @@ async def _write(
         or (reason in WARNING_REASONS and headline_reason(previous) != reason)
     ):
         await _announce(op, body, status, reason)
-    if is_stalled(status) and (previous is None or not is_stalled(previous)):
+    newly_stalled = is_stalled(status) and (previous is None or not is_stalled(previous))
+    if newly_stalled and status.phase not in TERMINAL_PHASES:  # a failure says it already
         stalled = next(c for c in status.conditions if c.type == "Stalled")
         await _announce(op, body, status, "Stalled", f"Stalled: {stalled.message}")
 

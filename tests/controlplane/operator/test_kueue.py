@@ -88,23 +88,31 @@ def test_queue_admit_preempt_suspend_resume_one_flip_each(
 
     # The user suspends: the Workload is deactivated and Kueue suspends the RayJob (flip 4);
     # the operator does not touch spec.suspend, so nothing flips it back.
-    set_suspend(custom, namespace, True)
-    wait_phase(custom, namespace, "queued", "Suspended")
-    time.sleep(SETTLE_S)
-    workload = kueue.workload(name)
-    assert workload is not None and workload["spec"]["active"] is False
-    assert kueue.flip_count(name) == 4, kueue.flips[name]
-
+    user_action(custom, namespace, kueue, name, suspend=True, phase="Suspended", flips=4)
     # The user resumes: the Workload is active again, Kueue re-admits and unsuspends (flip 5).
-    set_suspend(custom, namespace, False)
-    wait_phase(custom, namespace, "queued", "Training")
-    time.sleep(SETTLE_S)
-    workload = kueue.workload(name)
-    assert workload is not None and workload["spec"]["active"] is True
-    assert kueue.flip_count(name) == 5, kueue.flips[name]
+    user_action(custom, namespace, kueue, name, suspend=False, phase="Training", flips=5)
     kuberay.release("queued")
     wait_phase(custom, namespace, "queued", "Succeeded")
     assert not kueue.errors and not kuberay.errors
+
+
+def user_action(
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    kueue: KueueDouble,
+    rayjob: str,
+    suspend: bool,
+    phase: str,
+    flips: int,
+) -> None:
+    """runPolicy.suspend set; the job reaches `phase`, and after a settling time the
+    Workload's spec.active says the opposite and the RayJob flipped `flips` times in all."""
+    set_suspend(custom, namespace, suspend)
+    wait_phase(custom, namespace, "queued", phase)
+    time.sleep(SETTLE_S)
+    workload = kueue.workload(rayjob)
+    assert workload is not None and workload["spec"]["active"] is (not suspend)
+    assert kueue.flip_count(rayjob) == flips, kueue.flips[rayjob]
 
 
 def _status(custom: client.CustomObjectsApi, namespace: str) -> dict:

@@ -248,6 +248,8 @@ def test_a_trainer_without_progress_is_stalled_until_it_moves(
     wait_for(lambda: "Stalled" in warnings_of(core, namespace, "slow"), what="Stalled event")
     hung = wait_phase(custom, namespace, "hung", "Failed", timeout=30)
     assert failed_reason(hung) == "Stalled" and "no trainer progress" in hung["message"]
+    assert condition(hung, "Stalled")["status"] == "True"
+    wait_for(lambda: warnings_of(core, namespace, "hung") == ["Stalled"], what="one Warning event")
     wait_for(
         lambda: (
             not [r for r in rayjobs(custom, namespace) if r["metadata"]["name"].startswith("hung")]
