@@ -4,7 +4,9 @@ The FineTuneJobReport is writable by the job's Ray pods, which run user-chosen i
 code, so its contents are input, not truth:
 - it must name this FineTuneJob incarnation (`jobUid`): a report of an earlier job with the
   same name, or one forging another job's uid, is ignored;
-- every checkpoint it names must lie under the job's own `spec.output.storageURI`;
+- every checkpoint it names must lie under the job's own folder of its storage,
+  `<spec.output.storageURI>/<uid>` (status.outputURI): not another job's, even one sharing
+  the storageURI;
 - sizes are bounded by the report models (lists, texts), and fields a newer trainer added
   are set aside rather than failing the whole report (`parse_report_json`).
 A report that cannot be read or breaks a rule ends the job as InvalidReport.
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from kubetune.api.report import REPORT_SCHEMA_VERSION, TrainerReport, parse_report_json
-from kubetune.api.v1alpha1 import FineTuneJob
+from kubetune.api.v1alpha1 import FineTuneJob, run_storage
 from kubetune.builders.meta import uid_of
 from kubetune.status_mapping import Problem
 
@@ -44,7 +46,7 @@ def under(uri: str, root: str) -> bool:
     return uri == root or (uri.startswith(root + "/") and "/../" not in uri[len(root) :] + "/")
 
 
-def checkpoint_problems(report: TrainerReport, storage_uri: str) -> list[str]:
+def checkpoint_problems(report: TrainerReport, root: str) -> list[str]:
     named = [("bestCheckpoint.uri", report.best_checkpoint.uri)] if report.best_checkpoint else []
     named += [
         (f"epochs[{i}].checkpoint", e.checkpoint)
@@ -52,9 +54,9 @@ def checkpoint_problems(report: TrainerReport, storage_uri: str) -> list[str]:
         if e.checkpoint
     ]
     return [
-        f"{where} is outside spec.output.storageURI {storage_uri}"
+        f"{where} is outside this job's storage {root}"
         for where, uri in named
-        if not under(uri, storage_uri)
+        if not under(uri, root)
     ]
 
 
@@ -79,7 +81,7 @@ def read_report(text: str | None, job: FineTuneJob) -> ReportReading:
         )
     if uid is not None and report.job_uid != uid:
         return ReportReading(note=f"ignored a report of another FineTuneJob (uid {report.job_uid})")
-    problems = checkpoint_problems(report, job.spec.output.storage_uri)
+    problems = checkpoint_problems(report, run_storage(job.spec.output.storage_uri, uid))
     if problems:
         return _refused("the trainer's report is refused: " + "; ".join(problems))
     return ReportReading(report=report, note=note)

@@ -44,7 +44,9 @@ from kubetune.api.v1alpha1 import (
     Progress,
     RayJobRef,
     StepMetrics,
+    run_storage,
 )
+from kubetune.builders.meta import uid_of
 from kubetune.builders.naming import rayjob_name
 from kubetune.diagnosis import (
     RUN_REASONS,
@@ -838,6 +840,8 @@ def map_rayjob_status(
             "ray_job": prev_ref
             if not_created
             else _ray_job_ref(job, rayjob_status, attempts, prev_ref),
+            "output_uri": previous.output_uri
+            or run_storage(job.spec.output.storage_uri, uid_of(job)),
             "start_time": previous.start_time
             or ((_field(rayjob_status, "startTime") or now) if started else None),
             "completion_time": (_field(rayjob_status, "endTime") or now) if terminal else None,

@@ -27,6 +27,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from kubetune.api.report import REPORT_SCHEMA_VERSION, TrainerReport
+from kubetune.api.v1alpha1 import run_storage
 from kubetune_trainer.entrypoint import build_parser
 from kubetune_trainer.job_source import JobSourceError, read_own_job
 from kubetune_trainer.reporting import OBJECT_TARGET, ObjectReporter
@@ -85,7 +86,10 @@ class _Run:
 
     @property
     def storage(self) -> str:
-        return str(((self.job or {}).get("spec") or {}).get("output", {}).get("storageURI"))
+        """Where the trainer writes: the job's own folder of its storageURI."""
+        job = self.job or {}
+        uri = str((job.get("spec") or {}).get("output", {}).get("storageURI"))
+        return run_storage(uri, (job.get("metadata") or {}).get("uid"))
 
 
 def report_document(

@@ -69,7 +69,8 @@ def test_lora_ddp_run_saves_adapters_and_merges_the_best_once(tmp_path, datasets
     assert [m["type"] for m in metrics if m["type"] != "step"] == ["epoch", "epoch"]
     assert [m["step"] for m in metrics if m["type"] == "step"][-1] == status["progress"]["step"]
 
-    stage_dir = tmp_path / "checkpoints" / "gsm8k"
+    stage_dir = Path(status["outputURI"]) / "gsm8k"
+    assert stage_dir.parent.parent == tmp_path / "checkpoints"
     best = status["bestCheckpoint"]
     folder = Path(best["uri"])
     assert folder == stage_dir / f"epoch-{best['epoch']:03d}-merged"

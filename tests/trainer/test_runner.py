@@ -87,7 +87,7 @@ def test_stages_chain_from_the_previous_best_checkpoint(tmp_path, datasets_dir, 
 
     assert [s[0] for s in seen] == ["mathqa", "gsm8k"]
     assert seen[0][1]["kind"] == "files" and seen[0][2:] == (3, 3)
-    assert seen[1][1] == {"kind": "storage", "uri": f"{tmp_path / 'ck'}/mathqa/e2"}
+    assert seen[1][1]["kind"] == "storage"
     assert seen[1][2] == 2
     assert report.phase == "Succeeded" and report.best_checkpoint.stage == "gsm8k"
     assert report.best_checkpoint.epoch == 2
@@ -100,6 +100,23 @@ def test_stages_chain_from_the_previous_best_checkpoint(tmp_path, datasets_dir, 
     ]
     assert recorder.phases[0] == "Preparing" and recorder.phases[-1] == "Succeeded"
     assert "Training" in recorder.phases
+
+    # The run wrote under a folder of its own: a second run on the same storage gets another.
+    run_root = tmp_path / "ck" / str(report.job_uid)
+    assert report.job_uid is not None and report.job_uid.startswith("run-")
+    assert {s[1].get("uri") for s in seen[1:]} == {f"{run_root}/mathqa/e2"}
+    second = runner.run_job(
+        spec,
+        runner.RunOptions(
+            job_name="j",
+            reporter=ThrottledReporter(Recorder(), 0),
+            workdir=tmp_path / "w2",
+            local=True,
+        ),
+    )
+    assert second.job_uid != report.job_uid
+    assert second.best_checkpoint.uri.startswith(f"{tmp_path / 'ck' / str(second.job_uid)}/")
+    assert report.best_checkpoint.uri.startswith(f"{run_root}/")
 
 
 @pytest.mark.parametrize(

@@ -98,14 +98,16 @@ def test_curriculum_ddp_run_learns_and_checkpoint_generates(tmp_path, datasets_d
     assert gsm[1]["validationLoss"] < gsm[0]["validationLoss"]
     best = status["bestCheckpoint"]
     assert best["stage"] == "gsm8k" and best["epoch"] == 2
-    assert Path(best["uri"]).parent == tmp_path / "checkpoints" / "gsm8k"
-    assert not (tmp_path / "checkpoints" / "gsm8k" / "epoch-001").exists()  # checkpointsToKeep 1
+    run_root = Path(status["outputURI"])  # this run's own folder of the shared storage
+    assert run_root.parent == tmp_path / "checkpoints" and run_root.name.startswith("run-")
+    assert Path(best["uri"]).parent == run_root / "gsm8k"
+    assert not (run_root / "gsm8k" / "epoch-001").exists()  # checkpointsToKeep 1
     assert status["evaluation"]["task"] == "gsm8k" and status["evaluation"]["samples"] == 4
     assert status["progress"]["step"] == status["progress"]["totalSteps"] > 0
     assert (output / "learning_curve.png").stat().st_size > 1000
     metrics = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert [m["type"] for m in metrics if m["type"] != "step"] == ["epoch"] * 3 + ["evaluation"]
-    assert_step_series(metrics, status, tmp_path / "checkpoints")
+    assert_step_series(metrics, status, run_root)
     report = json.loads((output / "report.json").read_text())
     assert {d["split"] for d in report["data"]} >= {
         "mathqa/train",

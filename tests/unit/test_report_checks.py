@@ -23,7 +23,7 @@ def job(uid: str | None = "u-1") -> FineTuneJob:
 
 
 def text(**fields: Any) -> str:
-    best = {"uri": f"{STORAGE}/e1", "stage": "gsm8k", "epoch": 1, "validationPerplexity": 3.0}
+    best = {"uri": f"{STORAGE}/u-1/e1", "stage": "gsm8k", "epoch": 1, "validationPerplexity": 3.0}
     return json.dumps({"jobUid": "u-1", "phase": "Training", "bestCheckpoint": best, **fields})
 
 
@@ -53,6 +53,8 @@ def test_report_without_uid_is_refused_naming_the_versions() -> None:
     [
         "s3://attacker/x",
         f"{STORAGE}-other/e1",
+        f"{STORAGE}/e1",  # the shared storageURI, outside this job's own folder
+        f"{STORAGE}/u-2/e1",  # another job's folder in the same storageURI
         f"{STORAGE}/../x",
         "pvc://kubetune-checkpoints/llama2-7b-gsm8k/e1",
     ],
@@ -61,7 +63,7 @@ def test_checkpoints_outside_the_jobs_storage_are_refused(uri: str) -> None:
     best = {"uri": uri, "stage": "gsm8k", "epoch": 1, "validationPerplexity": 3.0}
     reading = read_report(text(bestCheckpoint=best), job())
     assert reading.problem is not None and reading.problem.reason == "InvalidReport"
-    assert "bestCheckpoint.uri is outside spec.output.storageURI" in reading.problem.message
+    assert "bestCheckpoint.uri is outside this job's storage" in reading.problem.message
     assert uri not in reading.problem.message, "a hostile value is not echoed"
 
 

@@ -536,3 +536,9 @@ def test_queued_is_quota_wait_until_it_ran_then_preempted() -> None:
     )
     resumed = map_rayjob_status(queued, rj("Suspended"), None, paused, T2)
     assert reason_of(resumed, "Suspended") == "QuotaWait"
+
+
+def test_the_run_writes_under_its_own_folder() -> None:
+    status = map_rayjob_status(job(), rj("Running", "RUNNING"), report(), None, T0)
+    assert status.output_uri == "s3://out/u"  # spec.output.storageURI + the job's uid
+    assert status.to_wire()["outputURI"] == "s3://out/u"

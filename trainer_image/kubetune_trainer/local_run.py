@@ -306,18 +306,26 @@ def summary_table(
 # --------------------------------------------------------------------------- command
 
 
-def load_manifest(path: Path) -> Any:
+def load_manifest(path: Path, run_id: str | None = None) -> Any:
+    """The FineTuneJob in `path`; with `run_id` as its uid, as the API server would give one,
+    so the status mapper and the trainer name this run's own folder of the storage."""
     import yaml
 
     from kubetune.validation import parse_finetunejob
 
-    return parse_finetunejob(yaml.safe_load(path.read_text()))
+    document = yaml.safe_load(path.read_text())
+    if run_id is not None and isinstance(document, dict):
+        document.setdefault("metadata", {})["uid"] = run_id
+    return parse_finetunejob(document)
 
 
 def output_files(output: Path, job: FineTuneJob, base_dir: Path) -> dict[str, Path]:
+    from kubetune.api.v1alpha1 import run_storage
+    from kubetune.builders.meta import uid_of
     from kubetune_trainer import storage
 
-    checkpoints = Path(storage.absolute(job.spec.output.storage_uri, base_dir))
+    root = storage.absolute(job.spec.output.storage_uri, base_dir)
+    checkpoints = Path(run_storage(root, uid_of(job)))
     return {
         "status": output / "status.json",
         "metrics": output / "metrics.jsonl",
@@ -342,11 +350,12 @@ def stop_ray() -> None:
 def handle_run(args: argparse.Namespace) -> int:
     from kubetune.validation import SpecError
     from kubetune_trainer.reporting import FileReporter, ThrottledReporter
-    from kubetune_trainer.runner import RunOptions, run_job
+    from kubetune_trainer.runner import RunOptions, new_run_id, run_job
 
     manifest = Path(args.file).resolve()
+    run_id = new_run_id()
     try:
-        job = load_manifest(manifest)
+        job = load_manifest(manifest, run_id)
     except SpecError as exc:
         print(f"{args.file}: invalid FineTuneJob:", *exc.problems, sep="\n  ", file=sys.stderr)
         return 2
@@ -365,6 +374,7 @@ def handle_run(args: argparse.Namespace) -> int:
         on_report=outputs,
         on_steps=outputs.full_steps,
         eval_outputs=output,
+        job_uid=run_id,
     )
     files = output_files(output, job, manifest.parent)
     print(f"kubetune run {job.metadata.name}: Ray and library logs go to {files['log']}")

@@ -10,14 +10,17 @@ cluster has them and the node pool is not CPU-only, see `use_gpus`; the head has
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import secrets
 import shutil
 import sys
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from kubetune.api.v1alpha1 import (
     FineTuneJobSpec,
     StageSpec,
     StepMetrics,
+    run_storage,
     stage_training,
     stages_of,
 )
@@ -70,7 +74,9 @@ class RunOptions:
     # Called after each stage with the full per-step series so far (the report's is downsampled).
     on_steps: Callable[[list[StepMetrics]], None] | None = None
     eval_outputs: Path | None = None
-    job_uid: str | None = None  # stamped into every report (the operator matches on it)
+    # The FineTuneJob's uid (the operator matches reports on it), or `kubetune run`'s run id:
+    # stamped into every report, and the name of the run's own folder of the storage.
+    job_uid: str | None = None
 
 
 @dataclass
@@ -232,7 +238,9 @@ def run_stage(
         tokenizer_files=tokenizer_files(job.tokenizer),
         train=prepared.train,
         validation=prepared.validation,
-        storage_uri=storage.absolute(spec.output.storage_uri, options.base_dir),
+        storage_uri=run_storage(
+            storage.absolute(spec.output.storage_uri, options.base_dir), options.job_uid
+        ),
         report=report.model_copy(deep=True),
         report_target=options.report_target,
         report_namespace=options.namespace,
@@ -445,6 +453,8 @@ def run_job(spec: FineTuneJobSpec, options: RunOptions) -> TrainerReport:
     """Run every stage and the evaluation; the report ends Succeeded, or Failed with the error
     (re-raised so the process exits non-zero)."""
     stages = stages_of(spec)
+    if options.job_uid is None:  # every run writes under a folder of its own
+        options = dataclasses.replace(options, job_uid=new_run_id())
     job = JobState(report=TrainerReport(total_stages=len(stages), job_uid=options.job_uid))
     publish(options, job.report)
     try:
@@ -457,6 +467,11 @@ def run_job(spec: FineTuneJobSpec, options: RunOptions) -> TrainerReport:
         print(redact(traceback.format_exc()), file=sys.stderr)
         raise
     return job.report
+
+
+def new_run_id() -> str:
+    """A run's name for `kubetune run` (sorts by start time; unique without coordination)."""
+    return f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
 @contextlib.contextmanager

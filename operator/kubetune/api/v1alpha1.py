@@ -697,12 +697,21 @@ class OutputSpec(KubeModel):
         max_length=LONG,
         description=(
             "Durable storage for checkpoints: s3://bucket/prefix, gs://bucket/prefix or "
-            "pvc://claim/path on Kubernetes; a local path for kubetune run."
+            "pvc://claim/path on Kubernetes; a local path for kubetune run. Each run writes "
+            "under its own folder, <storageURI>/<job uid> (kubetune run: <storageURI>/<run "
+            "id>), shown as status.outputURI: jobs that share a storageURI never overwrite or "
+            "prune each other's checkpoints."
         ),
     )
     credentials_secret_ref: SecretRef | None = Field(
         None, description="Secret whose keys (e.g. AWS_ACCESS_KEY_ID) become the pods' environment."
     )
+
+
+def run_storage(storage_uri: str, run_id: str | None) -> str:
+    """Where one run writes: its own folder under spec.output.storageURI, named by the job's
+    uid (the operator) or a run id (`kubetune run`); the storageURI itself without one."""
+    return f"{storage_uri.rstrip('/')}/{run_id}" if run_id else storage_uri
 
 
 class RunPolicy(KubeModel):
@@ -1020,6 +1029,15 @@ class FineTuneJobStatus(KubeModel):
         None, max_length=MESSAGE_LIMIT, description="Summary of the current state or the failure."
     )
     ray_job: RayJobRef | None = Field(None, description="The RayJob running the training.")
+    output_uri: str | None = Field(
+        None,
+        alias="outputURI",
+        max_length=LONG + 64,
+        description=(
+            "This run's own folder: spec.output.storageURI/<job uid> (kubetune run: /<run id>); "
+            "its checkpoints and per-step series are there and nowhere else."
+        ),
+    )
     progress: Progress | None = Field(None, description="Current stage, epoch, step and ETA.")
     epochs: list[EpochMetrics] = Field(
         default_factory=list, description="Learning curve, one entry per epoch."
@@ -1029,7 +1047,7 @@ class FineTuneJobStatus(KubeModel):
         max_length=STEP_POINTS,
         description=(
             f"Per-step training curve, downsampled to at most {STEP_POINTS} points (the full "
-            "series is in the job's storage, <storageURI>/<stage>/steps.jsonl)."
+            "series is in the run's storage, <outputURI>/<stage>/steps.jsonl)."
         ),
     )
     best_checkpoint: BestCheckpoint | None = Field(

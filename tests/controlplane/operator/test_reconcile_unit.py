@@ -119,8 +119,8 @@ STORAGE = "s3://kubetune-checkpoints/llama2-7b-gsm8k"
 def report(phase: str = "Training", uid: str = "uid-1", **extra: Any) -> str:
     doc = report_document(2, 3, phase, **extra)
     for epoch in doc["epochs"]:
-        epoch["checkpoint"] = f"{STORAGE}/epoch-{epoch['epoch']}"
-    doc["bestCheckpoint"]["uri"] = f"{STORAGE}/epoch-2"
+        epoch["checkpoint"] = f"{STORAGE}/uid-1/epoch-{epoch['epoch']}"
+    doc["bestCheckpoint"]["uri"] = f"{STORAGE}/uid-1/epoch-2"
     return json.dumps({**doc, "jobUid": uid})
 
 
@@ -364,7 +364,7 @@ def test_report_of_another_uid_is_ignored_and_foreign_checkpoints_refused() -> N
     doc["bestCheckpoint"]["uri"] = "s3://attacker/bucket/model"
     run(op, body(), rayjob_status=RUNNING, report_text=json.dumps(doc))
     assert kube.status["phase"] == "Failed" and _reason(kube.status) == "InvalidReport"
-    assert "bestCheckpoint.uri is outside spec.output.storageURI" in kube.status["message"]
+    assert "bestCheckpoint.uri is outside this job's storage" in kube.status["message"]
 
 
 def test_phase_counts_survive_a_restart() -> None:
