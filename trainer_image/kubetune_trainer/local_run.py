@@ -307,15 +307,21 @@ def summary_table(
 
 
 def load_manifest(path: Path, run_id: str | None = None) -> Any:
-    """The FineTuneJob in `path`; with `run_id` as its uid, as the API server would give one,
-    so the status mapper and the trainer name this run's own folder of the storage."""
+    """The FineTuneJob in `path`. For a run (`run_id`): the run id as its uid, as the API
+    server would give one, and a local storageURI made absolute, so the status names this
+    run's own folder of the storage as the trainer writes it."""
     import yaml
 
     from kubetune.validation import parse_finetunejob
+    from kubetune_trainer import storage
 
-    document = yaml.safe_load(path.read_text())
-    if run_id is not None and isinstance(document, dict):
-        document.setdefault("metadata", {})["uid"] = run_id
+    job = parse_finetunejob(yaml.safe_load(path.read_text()))
+    if run_id is None:
+        return job
+    document = job.to_wire()
+    document["metadata"]["uid"] = run_id
+    output = document["spec"]["output"]
+    output["storageURI"] = storage.absolute(output["storageURI"], path.parent)
     return parse_finetunejob(document)
 
 

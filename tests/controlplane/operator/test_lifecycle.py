@@ -13,6 +13,7 @@ from tests.controlplane.operator.helpers import (
     condition,
     create_job,
     events_for,
+    get_job,
     job_manifest,
     rayjobs,
     status_of,
@@ -41,7 +42,9 @@ def test_happy_path_to_succeeded(
     create_job(custom, namespace, job_manifest("happy"))
     status = wait_phase(custom, namespace, "happy", "Succeeded")
     assert [e["epoch"] for e in status["epochs"]] == [1, 2, 3]
-    assert status["bestCheckpoint"]["uri"] == "s3://kubetune-checkpoints/llama2-7b-gsm8k/epoch-3"
+    uid = get_job(custom, namespace, "happy")["metadata"]["uid"]
+    own = f"s3://kubetune-checkpoints/llama2-7b-gsm8k/{uid}"  # the job's own folder
+    assert status["outputURI"] == own and status["bestCheckpoint"]["uri"] == f"{own}/epoch-3"
     assert status["evaluation"]["score"] == 0.47
     assert status["rayJob"]["jobStatus"] == "SUCCEEDED" and status["rayJob"]["attempts"] == 1
     assert status["rayJob"]["dashboardURL"].endswith(":8265")
