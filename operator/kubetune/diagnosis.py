@@ -39,7 +39,6 @@ IMAGE_PULL_WAITING = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "
 PERMANENT_WAITING = ("ErrImageNeverPull", "InvalidImageName")
 CONFIG_WAITING = ("CreateContainerConfigError", "CreateContainerError")
 CONFIG_EVENTS = ("FailedMount", "FailedAttachVolume")
-OOM_EXIT_CODE = 137
 DETAIL_LIMIT = 400
 
 _OOM_TEXT = re.compile(
@@ -66,6 +65,7 @@ class PodFacts:
     terminated: tuple[str, str, int, str] | None = None  # container, reason, exit code, msg
     disruption: tuple[str, str] | None = None  # DisruptionTarget reason, message
     evicted: str | None = None  # the kubelet's eviction message
+    created: str = ""  # metadata.creationTimestamp (RFC 3339): which attempt it belongs to
 
 
 @dataclass(frozen=True)
@@ -111,9 +111,10 @@ def _terminated(status: dict[str, Any]) -> tuple[str, str, int, str] | None:
         for state in (c.get("state") or {}, c.get("lastState") or {}):
             done = state.get("terminated") or {}
             code = int(done.get("exitCode") or 0)
-            if done.get("reason") == "OOMKilled" or code == OOM_EXIT_CODE:
-                reason = done.get("reason") or "Error"
-                return c.get("name", ""), reason, code, _cut(done.get("message") or "")
+            # Exit 137 alone is any SIGKILL (a liveness probe, a grace period run out): only
+            # the kubelet's OOMKilled says the kernel killed it for memory.
+            if done.get("reason") == "OOMKilled":
+                return c.get("name", ""), "OOMKilled", code, _cut(done.get("message") or "")
     return None
 
 
@@ -140,6 +141,7 @@ def pod_facts(pod: dict[str, Any], deleted: bool = False) -> PodFacts:
             else None
         ),
         evicted=_cut(status.get("message") or "") if status.get("reason") == "Evicted" else None,
+        created=str(meta.get("creationTimestamp") or ""),
     )
 
 
@@ -181,6 +183,8 @@ def _pod_findings(pod: PodFacts) -> Iterator[Diagnosis]:
 
 def _event_findings(pod: PodFacts, events: list[WarningEvent]) -> Iterator[Diagnosis]:
     """What the kubelet and scheduler said in events and not in the pod's status."""
+    if pod.phase not in ("", "Pending"):
+        return  # an event from before it started (a mount retried, a pull that then worked)
     for event in events:
         if event.pod_uid != pod.uid:
             continue
@@ -192,7 +196,7 @@ def _event_findings(pod: PodFacts, events: list[WarningEvent]) -> Iterator[Diagn
             yield Diagnosis(
                 "ImagePullFailed", f"pod {pod.name} cannot pull its image: {event.message}"
             )
-        elif event.reason == "FailedScheduling" and pod.phase == "Pending":
+        elif event.reason == "FailedScheduling":
             yield Diagnosis("Unschedulable", f"pod {pod.name} cannot be scheduled: {event.message}")
 
 
@@ -201,16 +205,18 @@ def diagnose(
     events: Iterable[WarningEvent] = (),
     reasons: tuple[str, ...] = POD_REASONS,
     live_only: bool = False,
+    since: str = "",
 ) -> Diagnosis | None:
     """The most specific cause among `reasons` (POD_REASONS order) that the job's pods show,
-    or None. `live_only` leaves out pods already deleted (a cause of an earlier attempt).
+    or None. `live_only` leaves out pods already deleted, `since` (RFC 3339) pods made
+    before it: causes of an earlier attempt.
 
     The message names the first pod with that cause and how many others share it.
     """
     events = list(events)
     findings: list[Diagnosis] = []
     for pod in sorted(pods, key=lambda p: p.name):
-        if live_only and pod.deleted:
+        if (live_only and pod.deleted) or (since and pod.created and pod.created < since):
             continue
         own = [d for d in _pod_findings(pod) if d.reason in reasons]
         own = own or [d for d in _event_findings(pod, events) if d.reason in reasons]

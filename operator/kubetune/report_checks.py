@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from kubetune.api.report import REPORT_SCHEMA_VERSION, TrainerReport, parse_report_json
-from kubetune.api.v1alpha1 import FineTuneJob, run_storage
+from kubetune.api.v1alpha1 import FineTuneJob
 from kubetune.builders.meta import uid_of
-from kubetune.status_mapping import Problem
+from kubetune.status_mapping import Problem, job_storage
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def read_report(text: str | None, job: FineTuneJob) -> ReportReading:
         )
     if uid is not None and report.job_uid != uid:
         return ReportReading(note=f"ignored a report of another FineTuneJob (uid {report.job_uid})")
-    problems = checkpoint_problems(report, run_storage(job.spec.output.storage_uri, uid))
+    problems = checkpoint_problems(report, job_storage(job, report))
     if problems:
         return _refused("the trainer's report is refused: " + "; ".join(problems))
     return ReportReading(report=report, note=note)

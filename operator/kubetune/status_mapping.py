@@ -31,7 +31,7 @@ from typing import Any, Literal, get_args
 
 from kubetune.api.base import cut_text
 from kubetune.api.credentials import redact
-from kubetune.api.report import TrainerReport
+from kubetune.api.report import PER_JOB_STORAGE_SINCE, TrainerReport
 from kubetune.api.v1alpha1 import (
     MESSAGE_LIMIT,
     TERMINAL_PHASES,
@@ -225,6 +225,7 @@ class Observation:
     stall_timeout_s: int | None = None
     now: str = ""
     before: tuple[str, str] = ("", "")  # the previous phase and headline reason
+    rayjob_created: bool = True  # False: the operator has not created the RayJob (yet)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -421,7 +422,8 @@ def _cause_of(
     if trainer is not None:
         return trainer, TRAINER_SUMMARIES[trainer], True
     reasons = STARTING_REASONS if kind == "start" else RUN_REASONS
-    found = diagnose(seen.pods, seen.events, reasons)
+    # Only this attempt's pods (KubeRay stamps startTime before it makes the cluster).
+    found = diagnose(seen.pods, seen.events, reasons, since=_field(status, "startTime"))
     return None if found is None else (found.reason, found.message, False)
 
 
@@ -824,7 +826,7 @@ def map_rayjob_status(
     started = verdict.phase not in ("Pending", "Queued", "Suspended")
     terminal = verdict.phase in TERMINAL_PHASES
     generation = _generation(job)
-    not_created = (
+    not_created = not seen.rayjob_created or (
         problem is not None and problem.reason in CREATION_PROBLEMS and not problem.rayjob_exists
     )
     status = previous.model_copy(
@@ -840,8 +842,9 @@ def map_rayjob_status(
             "ray_job": prev_ref
             if not_created
             else _ray_job_ref(job, rayjob_status, attempts, prev_ref),
-            "output_uri": previous.output_uri
-            or run_storage(job.spec.output.storage_uri, uid_of(job)),
+            "output_uri": job_storage(job, report)
+            if report is not None
+            else previous.output_uri or job_storage(job, None),
             "start_time": previous.start_time
             or ((_field(rayjob_status, "startTime") or now) if started else None),
             "completion_time": (_field(rayjob_status, "endTime") or now) if terminal else None,
@@ -852,6 +855,14 @@ def map_rayjob_status(
             update={"progress": _progress(report), **_finite_results(report)}
         )
     return status
+
+
+def job_storage(job: FineTuneJob, report: TrainerReport | None) -> str:
+    """The job's own folder of its storage, <storageURI>/<uid>, where its checkpoints must
+    lie; the storageURI itself for a trainer that predates per-job folders (report schema 2:
+    a run started before an operator upgrade)."""
+    old = report is not None and report.schema_version < PER_JOB_STORAGE_SINCE
+    return run_storage(job.spec.output.storage_uri, None if old else uid_of(job))
 
 
 def headline_reason(status: FineTuneJobStatus) -> str:

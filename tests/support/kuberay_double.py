@@ -81,6 +81,7 @@ class _Run:
     epoch: int = 0
     attempt: int = 1
     held: bool = False
+    pulses: int = 0  # progress reports still to write while held (`pulse`)
     log: list[str] = field(default_factory=list)
     job: dict[str, Any] | None = None  # the FineTuneJob, as the trainer read it
 
@@ -181,6 +182,11 @@ class KubeRayDouble:
         with self._lock:
             run = self.runs[name]
             run.script.hold_at, run.held = None, False
+
+    def pulse(self, name: str) -> None:
+        """The held trainer makes progress once: a report with a fresh heartbeat."""
+        with self._lock:
+            self.runs[name].pulses += 1
 
     def is_held(self, name: str) -> bool:
         with self._lock:
@@ -308,6 +314,10 @@ class KubeRayDouble:
         if script.hold_at == "Running" or (script.hold_at == "Epoch" and run.epoch >= 1):
             with self._lock:
                 run.held = True
+                pulse, run.pulses = run.pulses > 0, max(run.pulses - 1, 0)
+            if pulse:
+                doc = report_document(run.epoch, script.epochs, "Training", run.storage)
+                self._write_report(rayjob, doc)
             return
         if run.attempt <= script.fail_attempts:
             self._retry_or_fail(rayjob, run, status)

@@ -18,9 +18,12 @@ pytestmark = pytest.mark.unit
 class Recorder:
     def __init__(self):
         self.phases = []
+        self.beats = []
 
     def write(self, report):
         self.phases.append(report.phase)
+        if report.heartbeat is not None:
+            self.beats.append(report.heartbeat.activity)
 
 
 def test_stages_chain_from_the_previous_best_checkpoint(tmp_path, datasets_dir, monkeypatch):
@@ -100,6 +103,15 @@ def test_stages_chain_from_the_previous_best_checkpoint(tmp_path, datasets_dir, 
     ]
     assert recorder.phases[0] == "Preparing" and recorder.phases[-1] == "Succeeded"
     assert "Training" in recorder.phases
+    # The driver's own writes carry fresh heartbeats (the workers beat on their copy): an
+    # old one at a stage's end would look like a stall.
+    assert recorder.beats == [
+        "starting stage mathqa",
+        "finished stage mathqa",
+        "starting stage gsm8k",
+        "finished stage gsm8k",
+        "finished stage gsm8k",
+    ]
 
     # The run wrote under a folder of its own: a second run on the same storage gets another.
     run_root = tmp_path / "ck" / str(report.job_uid)

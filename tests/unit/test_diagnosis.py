@@ -69,6 +69,28 @@ def test_most_specific_cause_wins_and_others_are_counted() -> None:
     assert POD_REASONS.index("ImagePullFailed") < POD_REASONS.index("Unschedulable")
 
 
+def test_a_sigkill_is_not_an_oom_kill_and_old_attempts_do_not_count() -> None:
+    killed = k8s.oom_killed()
+    killed["containerStatuses"][0]["lastState"]["terminated"]["reason"] = "Error"  # exit 137
+    assert diagnose([pod_facts(k8s.pod("w", "u", killed))]) is None
+    old = pod_facts(
+        {
+            **k8s.pod("w-1", "u1", k8s.oom_killed()),
+            "metadata": {"name": "w-1", "uid": "u1", "creationTimestamp": "2026-12-06T09:00:00Z"},
+        }
+    )
+    assert diagnose([old]) is not None
+    assert diagnose([old], since="2026-12-06T09:30:00Z") is None
+
+
+def test_events_of_a_pod_that_started_are_history() -> None:
+    running = pod_facts(k8s.pod("w-1", "u1", k8s.oom_killed()))  # phase Running
+    mount = warning_event(k8s.warning_event("w-1", "u1", "FailedMount", k8s.MOUNT_MESSAGE))
+    assert mount is not None
+    found = diagnose([running], [mount], reasons=("PodConfigError",))
+    assert found is None
+
+
 def test_reason_sets_and_deleted_pods() -> None:
     gone = pod_facts(k8s.pod("w-old", "u1", k8s.oom_killed()), deleted=True)
     pending = pod_facts(k8s.pod("w-new", "u2", k8s.unschedulable()))

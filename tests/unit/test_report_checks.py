@@ -67,6 +67,16 @@ def test_checkpoints_outside_the_jobs_storage_are_refused(uri: str) -> None:
     assert uri not in reading.problem.message, "a hostile value is not echoed"
 
 
+def test_a_trainer_from_before_per_job_folders_keeps_its_run() -> None:
+    """Report schema 2 (a RayJob started before the operator was upgraded) writes under the
+    storageURI itself: accepted there, so an upgrade does not end running jobs."""
+    best = {"uri": f"{STORAGE}/e1", "stage": "gsm8k", "epoch": 1, "validationPerplexity": 3.0}
+    reading = read_report(text(schemaVersion=2, bestCheckpoint=best), job())
+    assert reading.problem is None and reading.report is not None
+    foreign = {**best, "uri": "s3://attacker/x"}
+    assert read_report(text(schemaVersion=2, bestCheckpoint=foreign), job()).problem is not None
+
+
 def test_unreadable_report_names_the_field() -> None:
     reading = read_report(text(step=-3), job())
     assert reading.problem is not None and "step" in reading.problem.message

@@ -508,7 +508,7 @@ def test_fail_on_stall_ends_the_job() -> None:
     [(None, 600, "Training"), (BEAT, None, "Training"), (BEAT, 600, "Succeeded")],
 )
 def test_no_stall_without_a_clock(heartbeat: Any, timeout: int | None, phase: str) -> None:
-    """No heartbeat yet (the stall clock starts at the first step), stalls disabled, or a
+    """No heartbeat yet (the stall clock starts with the first stage), stalls disabled, or a
     trainer that already finished."""
     the_report = report(heartbeat=heartbeat, phase=phase)
     status = map_rayjob_status(

@@ -279,6 +279,8 @@ def run_stage(
         validation_perplexity=best.validation_perplexity,
     )
     job.model_source = {"kind": "storage", "uri": best_uri}
+    # The workers beat on their own copy of the report: the driver's is as old as the stage.
+    beat(report, f"finished stage {stage.name}")
     publish(options, report)
 
 
@@ -481,7 +483,8 @@ def data_errors() -> Iterator[None]:
         yield
     except DataError:
         raise
-    except (ValueError, OSError, KeyError) as exc:
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        # Not every OSError: an object store timing out or a full disk is not the data's fault.
         raise DataError(f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -535,6 +538,7 @@ def _run(
     assert prepared is not None
     if spec.evaluation.enabled and prepared.test:
         job.report.phase = "Evaluating"
+        beat(job.report, "evaluation starting")
         publish(options, job.report)
         job.report.evaluation = evaluate(spec, job, presets[-1], prepared, options)
     job.report.phase = "Succeeded"

@@ -34,7 +34,10 @@ REPORT_FIELD = "report"
 # real report far smaller.
 REPORT_DOCUMENT_LIMIT = 1_000_000
 # 2: jobUid (the report names the FineTuneJob incarnation it belongs to).
-REPORT_SCHEMA_VERSION = 2
+# 3: checkpoints under the job's own folder, <storageURI>/<jobUid> (run_storage); a report of
+#    schema 2 (a run started before an operator upgrade) still writes <storageURI>/<stage>.
+REPORT_SCHEMA_VERSION = 3
+PER_JOB_STORAGE_SINCE = 3
 # Bounds that keep one report, and the status mirrored from it, far below REPORT_DOCUMENT_LIMIT
 # and etcd's object limit: every list and free text the trainer writes is bounded.
 MAX_EPOCHS = 2048

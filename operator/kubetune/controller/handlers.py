@@ -44,6 +44,8 @@ def configure_settings(settings: kopf.OperatorSettings, config: OperatorConfig) 
     settings.batching.batch_window = 0.01
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # Server-side: only the Ray pods of our jobs reach the operator, not every pod it can see.
+    settings.watching.label_selectors["pods"] = JOB_UID_LABEL
     settings.peering.standalone = not config.peering
     if config.peering:
         settings.peering.name = config.peering

@@ -240,14 +240,16 @@ def _schedule_wake(op: Operator, key: JobKey, js: JobState) -> None:
     if js.wake is not None:
         js.wake.cancel()
         js.wake = None
-    delay = _wake_delay(op, js)
+    # A pending retry reconciles (and schedules again) anyway, with its own backoff: a stall
+    # whose status write keeps failing must not turn into a reconcile every second.
+    delay = None if js.retry_pending else _wake_delay(op, js)
     if delay is None:
         return
 
     def fire() -> None:
         js.wake = None
         if op.state.jobs.get(key) is js:
-            js.retry_task = asyncio.ensure_future(reconcile_job(op, key))
+            js.wake_task = asyncio.ensure_future(reconcile_job(op, key))
 
     js.wake = asyncio.get_running_loop().call_later(delay, fire)
 
@@ -287,7 +289,10 @@ async def _read_pod_events(op: Operator, js: JobState, job: FineTuneJob, force: 
     """The Warning events of pods pending without a visible cause (a FailedMount of a missing
     Secret shows nowhere else); at most every EVENTS_INTERVAL_S unless `force`."""
     pods = _unexplained_pending(js)[:MAX_PODS_ASKED]
-    if not pods or (not force and time.monotonic() - js.events_read_at < EVENTS_INTERVAL_S):
+    if not pods:
+        js.events = ()  # what they said is history once every pod started or says why
+        return
+    if not force and time.monotonic() - js.events_read_at < EVENTS_INTERVAL_S:
         return
     js.events_read_at = time.monotonic()
     try:
@@ -344,15 +349,27 @@ async def _reconcile_locked(op: Operator, js: JobState, body: dict[str, Any]) ->
     previous = _previous(js, body)
     problem = None
     retry_suspend = False
-    if not js.ensured:
+    deferred = not js.ensured and _creation_deferred(js, checked)
+    if deferred:
+        pass  # nothing to create yet: the status says Suspended
+    elif not js.ensured:
         problem = await ensure_children(op, js, checked, previous)
         js.ensured = problem is None or not problem.transient
     else:
         retry_suspend = await _sync_suspend(op, js, checked)
     reading = reading_of(js, checked)
     problem = problem or reading.problem or _deleted_problem(js, checked)
-    await _refresh(op, js, body, checked, reading, problem)
+    await _refresh(op, js, body, checked, reading, problem, created=not deferred)
     return retry_suspend or (problem is not None and problem.transient)
+
+
+def _creation_deferred(js: JobState, job: FineTuneJob) -> bool:
+    """A queued job suspended before its RayJob exists waits without one: Kueue could admit
+    (and so unsuspend) a new RayJob before its Workload is deactivated. Once created (status
+    rayJob), a suspension goes through the Workload."""
+    policy = job.spec.run_policy
+    created = bool((js.written_wire or {}).get("rayJob"))
+    return bool(policy.queue_name and policy.suspend and not created)
 
 
 def _deleted_problem(js: JobState, job: FineTuneJob) -> Problem | None:
@@ -518,11 +535,13 @@ async def _refresh(
     job: FineTuneJob,
     reading: ReportReading,
     problem: Problem | None,
+    created: bool = True,
 ) -> None:
     previous = js.written
     await _read_pod_events(op, js, job, force=False)
+    seen = dataclasses.replace(_seen(op, js, job), rayjob_created=created)
     status = map_rayjob_status(
-        job, js.rayjob_status, reading.report, previous, now_rfc3339(), problem, _seen(op, js, job)
+        job, js.rayjob_status, reading.report, previous, now_rfc3339(), problem, seen
     )
     newly_terminal = status.phase in TERMINAL_PHASES
     if newly_terminal and problem is None:
@@ -539,7 +558,7 @@ async def _refresh(
             previous,
             now_rfc3339(),
             problem,
-            _seen(op, js, job),
+            dataclasses.replace(_seen(op, js, job), rayjob_created=created),
         )
     status = _with_plan(status, js)
     if previous is not None and previous.to_wire() == status.to_wire():

@@ -49,6 +49,7 @@ class JobState:
     events_read_at: float = 0.0  # monotonic
     workload_active: bool | None = None  # the Kueue Workload's spec.active, as last known
     wake: asyncio.TimerHandle | None = None  # the next time-driven reconcile (stall, events)
+    wake_task: asyncio.Future[None] | None = None  # kept so the loop cannot drop it
     report_text: str | None = None
     reading: tuple[str | None, ReportReading] | None = None  # report_text it was read from
     written: FineTuneJobStatus | None = None

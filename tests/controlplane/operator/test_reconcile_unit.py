@@ -193,6 +193,18 @@ def test_queued_job_is_left_to_kueue() -> None:
     assert [w for w in kube.writes if w[0] in ("suspend", "workload")] == [("workload", "False")]
 
 
+def test_a_queued_job_suspended_from_the_start_creates_its_rayjob_on_resume() -> None:
+    """Kueue could admit (and start) a new RayJob before its Workload is deactivated, so a
+    queued job created suspended waits without one."""
+    kube = FakeKube()
+    op = operator(kube)
+    run(op, body(runPolicy={"queueName": "gpu", "suspend": True}))
+    assert ("RayJob", "job") not in kube.objects
+    assert kube.status["phase"] == "Suspended" and "rayJob" not in kube.status
+    run(op, {**body(generation=2, runPolicy={"queueName": "gpu"}), "status": kube.status})
+    assert kube.objects[("RayJob", "job")]["spec"]["suspend"] is True  # Kueue admits it
+
+
 def test_errors_are_retried_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
     kube = FakeKube()
 
