@@ -57,6 +57,41 @@ def test_throttle_lets_phase_changes_and_forced_writes_through():
     assert all(r.updated_at for r in inner.reports)
 
 
+class Flaky(Recorder):
+    """The API server answering, then down, then back."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = False
+
+    def write(self, report):
+        if self.down:
+            raise ConnectionError("connection refused: the API server is down")
+        super().write(report)
+
+
+def test_failed_writes_never_stop_training_and_the_latest_state_gets_through(capsys):
+    inner, clock = Flaky(), FakeClock()
+    reporter = ThrottledReporter(inner, 10.0, clock)
+    assert reporter.write(TrainerReport(phase="Training", step=1))
+    inner.down = True
+    clock.now = 10
+    assert not reporter.write(TrainerReport(phase="Training", step=2))  # no exception
+    assert "report write failed (1 in a row)" in capsys.readouterr().err
+    clock.now = 15  # backing off: 10 s after the first failure
+    assert not reporter.write(TrainerReport(phase="Evaluating", step=3))
+    clock.now = 21
+    assert not reporter.write(TrainerReport(phase="Evaluating", step=4))  # tried, failed
+    clock.now = 35  # 20 s after the second failure: not yet
+    assert not reporter.write(TrainerReport(phase="Evaluating", step=5))
+    assert reporter.failures == 2
+    inner.down = False
+    clock.now = 42
+    assert reporter.write(TrainerReport(phase="Evaluating", step=6))  # back: the latest
+    assert reporter.write(TrainerReport(phase="Succeeded", step=7), force=True)
+    assert [r.step for r in inner.reports] == [1, 6, 7] and reporter.failures == 0
+
+
 def test_secret_values_are_redacted(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_supersecret123")
     assert "hf_supersecret123" not in redact("401 for token hf_supersecret123")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,6 +33,8 @@ from kubetune.api.v1alpha1 import GROUP, VERSION
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|CREDENTIAL|ACCESS_KEY|API_KEY", re.I)
 DEFAULT_MIN_INTERVAL_S = 10.0
+FAILED_WRITE_BACKOFF_S = 10.0
+FAILED_WRITE_BACKOFF_MAX_S = 300.0
 OBJECT_TARGET = REPORT_SINGULAR  # --report finetunejobreport:NAME
 # The operator creates the RayJob first (the cluster starts sooner) and the
 # FineTuneJobReport and its RBAC right after, so a fast first write may see 403/404 for a moment;
@@ -141,7 +144,14 @@ def default_namespace() -> str:
 
 
 class ThrottledReporter:
-    """At most one write per `min_interval_s`, unless forced; stamps `updatedAt`."""
+    """At most one write per `min_interval_s`, unless forced; stamps `updatedAt`.
+
+    A write that fails (the API server down, the report object deleted, a refusal) never
+    stops training: it is logged, and the latest state is sent again at the next write due,
+    with the wait between failed tries doubling up to FAILED_WRITE_BACKOFF_MAX_S (each try
+    costs the inner reporter's own retries); forced writes (phase changes, epoch ends, the
+    final report) always try.
+    """
 
     def __init__(
         self,
@@ -154,17 +164,37 @@ class ThrottledReporter:
         self.clock = clock
         self._last: float | None = None
         self._last_phase: str | None = None
+        self.failures = 0  # failed writes in a row
 
     def write(self, report: TrainerReport, force: bool = False) -> bool:
         now = self.clock()
-        due = self._last is None or now - self._last >= self.min_interval_s
-        if not (force or due or report.phase != self._last_phase):
+        wait = self.min_interval_s
+        if self.failures:
+            wait = min(
+                FAILED_WRITE_BACKOFF_S * 2 ** (self.failures - 1), FAILED_WRITE_BACKOFF_MAX_S
+            )
+        due = self._last is None or now - self._last >= wait
+        # A new phase goes out at once, unless writes are failing (then it waits its turn).
+        changed = report.phase != self._last_phase and not self.failures
+        if not (force or due or changed):
             return False
         report.updated_at = now_rfc3339()
         if report.error:
             report.error = cut_text(redact(report.error), REPORT_TEXT_LIMIT)
-        self.inner.write(report)
-        self._last, self._last_phase = now, report.phase
+        try:
+            self.inner.write(report)
+        except Exception as error:  # the run is worth more than one report
+            self.failures += 1
+            self._last = now
+            print(
+                redact(
+                    f"kubetune: report write failed ({self.failures} in a row), sent again "
+                    f"later: {type(error).__name__}: {error}"
+                )[:1000],
+                file=sys.stderr,
+            )
+            return False
+        self._last, self._last_phase, self.failures = now, report.phase, 0
         return True
 
 
