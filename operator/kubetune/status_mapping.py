@@ -101,6 +101,8 @@ TRANSIENT_PROBLEMS = ("CreateFailed",)
 # Reasons that post a Warning event even without a phase change.
 WARNING_REASONS = ("CreateFailed", *STARTING_REASONS)
 ACTIVE_PHASES = ("Provisioning", "Training", "Evaluating")
+# Phases in which the trainer runs, and so can stall.
+STALL_PHASES = ("Training", "Evaluating")
 HINTS = {
     "CreateRejected": (
         "fix what the API server names (a ResourceQuota, an admission policy or webhook, the "
@@ -639,7 +641,7 @@ def _with_stall(
     job: FineTuneJob, verdict: Verdict, report: TrainerReport | None, seen: Observation
 ) -> Verdict:
     due, now = stall_due(report, seen.stall_timeout_s), parse_time(seen.now)
-    if verdict.phase not in ("Training", "Evaluating") or due is None or now is None or now < due:
+    if verdict.phase not in STALL_PHASES or due is None or now is None or now < due:
         return verdict
     assert report is not None and report.heartbeat is not None
     beat = report.heartbeat
@@ -683,7 +685,7 @@ ConditionState = tuple[ConditionStatus, str, str]  # status, reason, message
 def _condition_states(verdict: Verdict) -> dict[str, ConditionState]:
     """The standard condition set; messages ride on the conditions that are True."""
     phase, reason, message = verdict.phase, verdict.reason, verdict.message
-    active = phase in ("Provisioning", "Training", "Evaluating")
+    active = phase in ACTIVE_PHASES
     waiting = phase in ("Suspended", "Queued")
     if phase == "Succeeded":
         outcome: ConditionState = ("True", reason, message)
@@ -869,15 +871,32 @@ def headline_reason(status: FineTuneJobStatus) -> str:
     """The reason of the status' headline condition: the first True of Failed, Succeeded,
     Running and Suspended."""
     for type_ in ("Failed", "Succeeded", "Running", "Suspended"):
-        condition = next((c for c in status.conditions if c.type == type_), None)
+        condition = _condition(status, type_)
         if condition is not None and condition.status == "True":
             return condition.reason
-    running = next((c for c in status.conditions if c.type == "Running"), None)
+    running = _condition(status, "Running")
     return running.reason if running is not None else (status.phase or "")
 
 
-def is_stalled(status: FineTuneJobStatus) -> bool:
-    return any(c.type == "Stalled" and c.status == "True" for c in status.conditions)
+def _condition(status: FineTuneJobStatus, type_: str) -> Condition | None:
+    return next((c for c in status.conditions if c.type == type_), None)
+
+
+def stall_message(status: FineTuneJobStatus | None) -> str | None:
+    """Why the job counts as Stalled (its Stalled condition's message), or None."""
+    stalled = _condition(status, "Stalled") if status is not None else None
+    return stalled.message if stalled is not None and stalled.status == "True" else None
+
+
+def seconds_to_stall(
+    status: FineTuneJobStatus, report: TrainerReport | None, timeout_s: int | None, now: str
+) -> float | None:
+    """How long until a running, not yet stalled trainer would count as stalled if it made
+    no more progress: when the operator must look again, since a hung run sends no events."""
+    due, current = stall_due(report, timeout_s), parse_time(now)
+    if status.phase not in STALL_PHASES or stall_message(status) or due is None or not current:
+        return None
+    return (due - current).total_seconds()
 
 
 def safe_message(text: str) -> str:

@@ -26,6 +26,7 @@ from kubetune.api.report import (
     REPORT_PLURAL,
     REPORT_SINGULAR,
     REPORT_TEXT_LIMIT,
+    Heartbeat,
     TrainerReport,
 )
 from kubetune.api.v1alpha1 import GROUP, VERSION
@@ -51,6 +52,12 @@ class Reporter(Protocol):
 
 def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def beat(report: TrainerReport, activity: str, at: str | None = None) -> None:
+    """Progress the operator's stall clock counts from (kubetune.status_mapping.stall_due):
+    now, or `at` when the progress was made elsewhere (an evaluation task's batch)."""
+    report.heartbeat = Heartbeat(at=at or now_rfc3339(), step=report.step, activity=activity)
 
 
 def redact(text: str, environ: dict[str, str] | None = None) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.models import BUILTIN_PREFIX
-from kubetune.api.report import Heartbeat, TrainerErrorReason, TrainerReport, downsample
+from kubetune.api.report import TrainerErrorReason, TrainerReport, downsample
 from kubetune.api.v1alpha1 import (
     BestCheckpoint,
     EpochMetrics,
@@ -46,7 +46,7 @@ from kubetune_trainer.data.loaders import LoadedRows, resolve_local
 from kubetune_trainer.data.prepare import PreparedData, load_texts, prepare_data
 from kubetune_trainer.data.presets import PLAIN_STOP, Preset, preset_for_task
 from kubetune_trainer.generation import PRIMARY_METRIC
-from kubetune_trainer.reporting import ThrottledReporter, now_rfc3339, redact
+from kubetune_trainer.reporting import ThrottledReporter, beat, now_rfc3339, redact
 from kubetune_trainer.train_loop import (
     STATE_FILE,
     StageConfig,
@@ -284,11 +284,6 @@ def run_stage(
     publish(options, report)
 
 
-def beat(report: TrainerReport, activity: str) -> None:
-    """Progress the operator's stall clock counts from (kubetune.status_mapping.stall_due)."""
-    report.heartbeat = Heartbeat(at=now_rfc3339(), step=report.step, activity=activity)
-
-
 def merge_best_adapter(config: StageConfig, best: CheckpointRecord, options: RunOptions) -> str:
     """The stage's best LoRA adapter merged into its base, once, beside the adapter; in a Ray
     task (on a worker: the head may be too small to hold the base model)."""
@@ -413,8 +408,7 @@ def wait_beating(ref: Any, box: Any, report: TrainerReport, options: RunOptions,
         done, total, at = ray.get(box.last.remote())
         if at and at != seen:
             seen = at
-            activity = f"evaluating {what}: {done}/{total} rows generated"
-            report.heartbeat = Heartbeat(at=at, step=report.step, activity=activity)
+            beat(report, f"evaluating {what}: {done}/{total} rows generated", at)
             publish(options, report, force=False)
     return ray.get(ref)
 

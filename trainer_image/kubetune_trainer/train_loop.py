@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from kubetune.api.report import Heartbeat, TrainerReport, downsample
+from kubetune.api.report import TrainerReport, downsample
 from kubetune.api.v1alpha1 import BestCheckpoint, EpochMetrics, StepMetrics, TrainingSpec
 from kubetune_trainer import storage
 from kubetune_trainer.checkpoints import (
@@ -50,7 +50,7 @@ from kubetune_trainer.metrics import (
     step_point,
     warmup_steps,
 )
-from kubetune_trainer.reporting import ThrottledReporter, now_rfc3339, reporter_from_target
+from kubetune_trainer.reporting import ThrottledReporter, beat, reporter_from_target
 
 STATE_FILE = "kubetune_state.json"
 STEPS_FILE = "steps.jsonl"  # the stage's full per-step series, beside its checkpoints
@@ -513,11 +513,7 @@ class Progress:
         r = self.report
         r.epoch, r.step = epoch, state.step
         # Every call is a finished optimizer step (or epoch): the operator's stall clock.
-        r.heartbeat = Heartbeat(
-            at=now_rfc3339(),
-            step=state.step,
-            activity=f"optimizer step {state.step}/{r.total_steps}",
-        )
+        beat(r, f"optimizer step {state.step}/{r.total_steps}")
         r.eta_seconds = eta_seconds(
             time.monotonic() - self.started,
             state.step - self.start_step,

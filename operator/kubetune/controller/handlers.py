@@ -107,9 +107,7 @@ async def rayjob_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, *
     else:
         js = op.state.get(key)
         js.rayjob_gone = False
-        js.rayjob_suspend = bool((raw.get("spec") or {}).get("suspend"))
-        js.rayjob_uid = (raw.get("metadata") or {}).get("uid") or js.rayjob_uid
-    js.rayjob_status = raw.get("status") or js.rayjob_status
+    js.observe_rayjob(raw)
     await reconcile_job(op, key)
 
 

@@ -77,11 +77,10 @@ from kubetune.status_mapping import (
     Observation,
     Problem,
     headline_reason,
-    is_stalled,
     map_rayjob_status,
-    parse_time,
     refused_status,
-    stall_due,
+    seconds_to_stall,
+    stall_message,
 )
 from kubetune.validation import SpecError, parse_finetunejob, semantic_problems
 
@@ -263,10 +262,9 @@ def _wake_delay(op: Operator, js: JobState) -> float | None:
         return None
     delays = [EVENTS_INTERVAL_S] if _unexplained_pending(js) else []
     report = js.reading[1].report if js.reading is not None else None
-    due = stall_due(report, _stall_timeout(op, job))
-    now = parse_time(now_rfc3339())
-    if status.phase in ("Training", "Evaluating") and not is_stalled(status) and due and now:
-        delays.append(max(1.0, (due - now).total_seconds() + 1))
+    stall_in = seconds_to_stall(status, report, _stall_timeout(op, job), now_rfc3339())
+    if stall_in is not None:
+        delays.append(max(1.0, stall_in + 1))
     return min(delays) if delays else None
 
 
@@ -408,7 +406,8 @@ async def ensure_children(
                 existing = await _io(
                     op, op.kube.read, "RayJob", namespace_of(job), rayjob["metadata"]["name"]
                 )
-                _observe_rayjob(js, existing)
+                if existing is not None:
+                    js.observe_rayjob(existing)
             await _sync_suspend(op, js, job)
         rayjob_exists = not js.rayjob_gone
         *independent, binding = channel
@@ -445,15 +444,8 @@ async def _find_rayjob(
         check_owner(wanted, existing)
     except NameConflictError as error:
         raise _ChildError(Problem("NameConflict", str(error))) from None
-    _observe_rayjob(js, existing)
+    js.observe_rayjob(existing)
     await _sync_suspend(op, js, job)
-
-
-def _observe_rayjob(js: JobState, rayjob: dict[str, Any] | None) -> None:
-    if rayjob is not None:
-        js.rayjob_status = rayjob.get("status") or js.rayjob_status
-        js.rayjob_suspend = bool((rayjob.get("spec") or {}).get("suspend"))
-        js.rayjob_uid = (rayjob.get("metadata") or {}).get("uid") or js.rayjob_uid
 
 
 class _ChildError(Exception):
@@ -538,28 +530,22 @@ async def _refresh(
     created: bool = True,
 ) -> None:
     previous = js.written
+
+    def mapped(reading: ReportReading, problem: Problem | None) -> FineTuneJobStatus:
+        seen = _seen(op, js, job, created)
+        return map_rayjob_status(
+            job, js.rayjob_status, reading.report, previous, now_rfc3339(), problem, seen
+        )
+
     await _read_pod_events(op, js, job, force=False)
-    seen = dataclasses.replace(_seen(op, js, job), rayjob_created=created)
-    status = map_rayjob_status(
-        job, js.rayjob_status, reading.report, previous, now_rfc3339(), problem, seen
-    )
-    newly_terminal = status.phase in TERMINAL_PHASES
-    if newly_terminal and problem is None:
+    status = mapped(reading, problem)
+    if status.phase in TERMINAL_PHASES and problem is None:
         # The RayJob and report watches are separate streams: read both fresh before a
         # verdict that can never change again (and the events of pods that never started).
         await _reload_children(op, js, job)
         await _read_pod_events(op, js, job, force=True)
         reading = reading_of(js, job)
-        problem = reading.problem or _deleted_problem(js, job)
-        status = map_rayjob_status(
-            job,
-            js.rayjob_status,
-            reading.report,
-            previous,
-            now_rfc3339(),
-            problem,
-            dataclasses.replace(_seen(op, js, job), rayjob_created=created),
-        )
+        status = mapped(reading, reading.problem or _deleted_problem(js, job))
     status = _with_plan(status, js)
     if previous is not None and previous.to_wire() == status.to_wire():
         return
@@ -570,8 +556,10 @@ async def _refresh(
     await _write(op, js, body, status, previous)
 
 
-def _seen(op: Operator, js: JobState, job: FineTuneJob) -> Observation:
-    return Observation(tuple(js.pods.values()), js.events, _stall_timeout(op, job))
+def _seen(op: Operator, js: JobState, job: FineTuneJob, created: bool) -> Observation:
+    return Observation(
+        tuple(js.pods.values()), js.events, _stall_timeout(op, job), rayjob_created=created
+    )
 
 
 def _with_plan(status: FineTuneJobStatus, js: JobState) -> FineTuneJobStatus:
@@ -645,10 +633,10 @@ async def _write(
         or (reason in WARNING_REASONS and headline_reason(previous) != reason)
     ):
         await _announce(op, body, status, reason)
-    newly_stalled = is_stalled(status) and (previous is None or not is_stalled(previous))
-    if newly_stalled and status.phase not in TERMINAL_PHASES:  # a failure says it already
-        stalled = next(c for c in status.conditions if c.type == "Stalled")
-        await _announce(op, body, status, "Stalled", f"Stalled: {stalled.message}")
+    stalled = stall_message(status)
+    # A job failed for its stall was announced above, as a failure.
+    if stalled and not stall_message(previous) and status.phase not in TERMINAL_PHASES:
+        await _announce(op, body, status, "Stalled", f"Stalled: {stalled}")
 
 
 async def _announce(

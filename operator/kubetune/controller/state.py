@@ -59,6 +59,13 @@ class JobState:
     retry_task: asyncio.Future[None] | None = None  # kept so the loop cannot drop it
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    def observe_rayjob(self, rayjob: dict[str, Any]) -> None:
+        """What the RayJob says: its status (the last one kept when it has none), suspend
+        flag and uid (Kueue names its Workload by it)."""
+        self.rayjob_status = rayjob.get("status") or self.rayjob_status
+        self.rayjob_suspend = bool((rayjob.get("spec") or {}).get("suspend"))
+        self.rayjob_uid = (rayjob.get("metadata") or {}).get("uid") or self.rayjob_uid
+
     def observe_pod(self, facts: PodFacts) -> bool:
         """Remember a pod's facts; False when nothing changed (no reconcile needed)."""
         if self.pods.get(facts.uid) == facts:

@@ -27,7 +27,7 @@ from tests.controlplane.operator.helpers import (
 from tests.support.kuberay_double import KubeRayDouble, Script
 from tests.support.kueue_double import KueueDouble
 
-pytestmark = pytest.mark.controlplane
+pytestmark = [pytest.mark.controlplane, pytest.mark.usefixtures("operator_process")]
 SETTLE_S = 3.0  # long enough for a tug of war to show: each side acts within 0.2 s
 
 
@@ -51,7 +51,6 @@ def reason(status: dict, type_: str) -> str:
 def test_queue_admit_preempt_suspend_resume_one_flip_each(
     custom: client.CustomObjectsApi,
     namespace: str,
-    operator_process: object,
     kuberay: KubeRayDouble,
     kueue: KueueDouble,
 ) -> None:

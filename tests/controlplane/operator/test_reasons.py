@@ -26,15 +26,9 @@ from tests.controlplane.operator.helpers import (
 )
 from tests.support import pod_states as k8s
 from tests.support.kuberay_double import KubeRayDouble, Script
-from tests.support.operator_process import OperatorProcess
 
-pytestmark = pytest.mark.controlplane
+pytestmark = [pytest.mark.controlplane, pytest.mark.usefixtures("operator_process")]
 RAY = ("ray.io", "v1", "rayjobs")
-
-
-@pytest.fixture(autouse=True)
-def _operator(operator_process: OperatorProcess) -> OperatorProcess:
-    return operator_process
 
 
 def make_pod(
