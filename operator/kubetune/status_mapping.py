@@ -776,6 +776,7 @@ def _finite_results(report: TrainerReport) -> dict[str, Any]:
         if best is None or math.isfinite(best.validation_perplexity)
         else None,
         "evaluation": ev.with_gain() if ev is not None and _all_finite(_scores(ev)) else None,
+        "resumes": report.resumes,
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,21 @@ def tiny_tokenizer(tiny_model_dir: Path):
     tokenizer = load_tokenizer(str(tiny_model_dir))
     add_special_tokens(tokenizer, QA_TOKENS)
     return tokenizer
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3-compatible server on loopback (moto in server mode), one per session."""
+    from tests.support.s3_server import running_s3_server
+
+    with running_s3_server(tmp_path_factory.mktemp("s3") / "server.log") as server:
+        yield server
+
+
+@pytest.fixture
+def s3_storage(s3_server, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket, and this process's environment pointed at the server."""
+    for name, value in s3_server.environment().items():
+        monkeypatch.setenv(name, value)
+    bucket = "t-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
+    return s3_server.create_bucket(bucket)

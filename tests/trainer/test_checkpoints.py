@@ -8,6 +8,7 @@ import pytest
 
 from kubetune_trainer.checkpoints import (
     CheckpointRecord,
+    can_be_kept,
     checkpoints_to_delete,
     epochs_without_improvement,
     rank_checkpoints,
@@ -67,3 +68,21 @@ def test_early_stopping_counts_epochs_without_improvement():
 def test_min_delta_requires_a_real_improvement():
     assert epochs_without_improvement([5.0, 4.95, 4.9], min_delta=0.2) == 2
     assert should_stop_early([5.0, 4.95, 4.9], patience=2, min_delta=0.2)
+
+
+@pytest.mark.parametrize(
+    ("kept", "new", "keep", "written"),
+    [
+        ((3.0,), 2.0, 1, True),  # better than every kept checkpoint
+        ((3.0,), 4.0, 1, False),  # worse: its full model is never gathered nor written
+        ((3.0,), 3.0, 1, False),  # a tie goes to the earlier epoch
+        ((3.0, 5.0), 4.0, 2, True),  # among the two best
+        ((3.0, 5.0), 6.0, 2, False),
+        ((), math.nan, 1, True),  # the first epoch is always kept, even diverged
+        ((3.0,), math.nan, 1, False),
+    ],
+)
+def test_only_epochs_that_can_be_kept_are_written(kept, new, keep, written):
+    previous = records(*kept)
+    candidate = CheckpointRecord("s", len(kept) + 1, "mem://new", new)
+    assert can_be_kept(previous, candidate, keep) is written

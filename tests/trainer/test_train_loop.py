@@ -113,7 +113,8 @@ def test_accumulation_weighs_every_completion_token_of_the_window_equally(
     accelerator = Accelerator(cpu=True, gradient_accumulation_steps=2)
     model = accelerator.prepare(fresh_model())
     counts = [short.completion_tokens, long.completion_tokens]
-    scale = window_scale(accelerator, counts, 0, 2, world_size=1)
+    scale, stop = window_scale(accelerator, counts, 0, 2, world_size=1)
+    assert not stop
     for batch in micro:
         with accelerator.accumulate(model):
             train_micro_step(accelerator, model, batch, scale)

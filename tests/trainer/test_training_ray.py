@@ -174,7 +174,7 @@ def deepspeed_spec(datasets: Path, storage: Path):
     )
 
 
-def run_spec(spec, workdir: Path, name: str):
+def run_spec(spec, workdir: Path, name: str, job_uid: str | None = None):
     from kubetune_trainer.reporting import FileReporter, ThrottledReporter
     from kubetune_trainer.runner import RunOptions, run_job
 
@@ -186,22 +186,42 @@ def run_spec(spec, workdir: Path, name: str):
         report_target=f"file:{report_path}",
         local=True,
         report_interval_s=1.0,
+        job_uid=job_uid,
     )
     return run_job(spec, options)
 
 
-def test_deepspeed_zero3_offload_resumes_after_worker_kill(tmp_path, datasets_dir, monkeypatch):
-    clean = run_spec(
-        deepspeed_spec(datasets_dir, tmp_path / "ck-clean"), tmp_path / "clean", "ds-clean"
-    )
-    marker = tmp_path / "killed"
+def step_log(path: Path) -> list[tuple[int, int, list[int]]]:
+    """(epoch, optimizer step, rank 0's data) of every step trained, in order, all attempts."""
+    lines = path.read_text().splitlines()
+    return [(p["epoch"], p["step"], p["data"]) for p in map(json.loads, lines)]
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory, datasets_dir):
+    """The uninterrupted DeepSpeed run the interrupted ones must match, and its step log."""
+    tmp = tmp_path_factory.mktemp("ds-clean")
+    log = tmp / "steps.jsonl"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("KUBETUNE_FAULT_INJECT", json.dumps({"stepLog": str(log)}))
+        report = run_spec(deepspeed_spec(datasets_dir, tmp / "ck"), tmp / "work", "ds-clean")
+    return report, step_log(log)
+
+
+def test_deepspeed_zero3_offload_resumes_after_worker_kill(
+    clean_run, tmp_path, datasets_dir, monkeypatch
+):
+    """A worker killed outright (no chance to save) mid-epoch 2: Ray Train restarts the worker
+    group, which resumes from the last durable point, epoch 1's end, in the job's storage; the
+    one step done since then is trained again, nothing else."""
+    clean, clean_steps = clean_run
+    marker, log = tmp_path / "killed", tmp_path / "steps.jsonl"
     monkeypatch.setenv(
         "KUBETUNE_FAULT_INJECT",
-        json.dumps({"rank": 1, "epoch": 2, "step": 2, "marker": str(marker)}),
+        json.dumps({"rank": 1, "epoch": 2, "step": 2, "marker": str(marker), "stepLog": str(log)}),
     )
-    resumed = run_spec(
-        deepspeed_spec(datasets_dir, tmp_path / "ck-kill"), tmp_path / "kill", "ds-kill"
-    )
+    storage = tmp_path / "ck-kill"
+    resumed = run_spec(deepspeed_spec(datasets_dir, storage), tmp_path / "kill", "ds-kill")
 
     assert marker.exists(), "the fault was never injected"
     assert clean.phase == resumed.phase == "Succeeded"
@@ -214,6 +234,88 @@ def test_deepspeed_zero3_offload_resumes_after_worker_kill(tmp_path, datasets_di
     assert_checkpoint_generates(Path(resumed.best_checkpoint.uri))
     assert_schedule(clean)
     assert [p.learning_rate for p in resumed.steps] == [p.learning_rate for p in clean.steps]
+    epoch_one = clean.epochs[0].step
+    [point] = resumed.resumes
+    assert (point.saved_by, point.epoch, point.step) == ("EpochEnd", 1, epoch_one)
+    redone = clean_steps[epoch_one : epoch_one + 1]  # epoch 2's first step, trained twice
+    assert step_log(log) == clean_steps[: epoch_one + 1] + clean_steps[epoch_one:]
+    assert [s for _, s, _ in redone] == [epoch_one + 1]
+    assert_storage_left(Path(resumed.best_checkpoint.uri).parents[1], resumed)
+
+
+def assert_storage_left(run_root: Path, report) -> None:
+    """What a finished run leaves in its folder: each kept epoch's model (committed), the
+    stage's per-step series and final state; no resume state, nothing half-written."""
+    stage = report.epochs[0].stage
+    kept = sorted(Path(e.checkpoint).name for e in report.epochs if e.checkpoint)
+    assert sorted(p.name for p in run_root.iterdir()) == [stage]
+    assert sorted(p.name for p in (run_root / stage).iterdir()) == [
+        *kept,
+        "stage.json",
+        "steps.jsonl",
+    ]
+    for name in kept:
+        assert (run_root / stage / name / "kubetune-commit.json").is_file()
+        assert (run_root / stage / name / "model.safetensors").is_file()
+
+
+def test_a_preempted_run_resumes_on_a_fresh_cluster_from_s3_losing_no_step(
+    clean_run, tmp_path, datasets_dir, monkeypatch, s3_storage
+):
+    """Spot reclaim of a worker at step k with no retry left in the cluster: the preStop hook's
+    notice becomes a save of that step by all ranks to a real S3-compatible server, and the
+    attempt fails. A second attempt on a fresh Ray cluster, reading only that storage, goes on
+    from the very step: every optimizer step of the clean run is trained exactly once, on the
+    same data, and the run ends with the same best epoch."""
+    import ray
+
+    from kubetune_trainer import durable
+    from kubetune_trainer import storage as stores
+
+    clean, clean_steps = clean_run
+    ray.shutdown()  # the next Ray starts with the S3 server's environment
+    marker, log = tmp_path / "preempted", tmp_path / "steps.jsonl"
+    fault = {
+        "mode": "preempt",
+        "rank": 1,
+        "epoch": 2,
+        "step": 3,
+        "marker": str(marker),
+        "stepLog": str(log),
+        "scratch": str(tmp_path / "scratch"),
+    }
+    (tmp_path / "scratch").mkdir()
+    monkeypatch.setenv("KUBETUNE_FAULT_INJECT", json.dumps(fault))
+    monkeypatch.setenv("KUBETUNE_MAX_FAILURES", "0")
+    spec = deepspeed_spec(datasets_dir, tmp_path / "unused")
+    spec.output.storage_uri = s3_storage
+    with pytest.raises(Exception, match="preempted"):
+        run_spec(spec, tmp_path / "attempt-1", "ds-preempt", job_uid="job-1234")
+    assert marker.exists(), "the preemption was never injected"
+    stage_uri = stores.join(s3_storage, "job-1234", clean.epochs[0].stage)
+    saved = durable.latest_resume_point(stage_uri)
+    assert saved is not None and "Preemption" in stores.read_text(
+        stores.join(saved, durable.COMMIT)
+    )
+
+    ray.shutdown()  # attempt 2: a fresh cluster; only the storage carries over
+    resumed = run_spec(spec, tmp_path / "attempt-2", "ds-preempt", job_uid="job-1234")
+
+    assert resumed.phase == "Succeeded"
+    assert step_log(log) == clean_steps  # no step lost, none repeated, the same data order
+    epoch_one = clean.epochs[0].step
+    [point] = resumed.resumes
+    assert (point.saved_by, point.epoch, point.step) == ("Preemption", 1, epoch_one + 2)
+    assert [e.epoch for e in resumed.epochs] == [1, 2]
+    for a, b in zip(clean.epochs, resumed.epochs, strict=True):
+        assert b.train_loss == pytest.approx(a.train_loss, rel=1e-3)
+        assert b.validation_loss == pytest.approx(a.validation_loss, rel=1e-3)
+    assert resumed.best_checkpoint is not None and clean.best_checkpoint is not None
+    assert resumed.best_checkpoint.epoch == clean.best_checkpoint.epoch
+    assert resumed.best_checkpoint.uri.startswith(stores.join(s3_storage, "job-1234") + "/")
+    assert durable.committed(resumed.best_checkpoint.uri)
+    assert durable.resume_points(stage_uri) == []  # the finished stage keeps no resume state
+    ray.shutdown()  # later tests get a Ray without this test's environment
 
 
 def assert_schedule(report) -> None:

@@ -45,6 +45,14 @@ def checkpoints_to_delete(records: Sequence[CheckpointRecord], keep: int) -> lis
     return rank_checkpoints(records)[keep:]
 
 
+def can_be_kept(
+    records: Sequence[CheckpointRecord], candidate: CheckpointRecord, keep: int
+) -> bool:
+    """Whether a new epoch would be among the `keep` best: only then is its full model
+    gathered and written (with keep 1, only an epoch better than every kept checkpoint)."""
+    return candidate in rank_checkpoints([*records, candidate])[:keep]
+
+
 def epochs_without_improvement(perplexities: Sequence[float], min_delta: float = 0.0) -> int:
     """Epochs since the last one that beat the best so far by more than `min_delta`."""
     best = math.inf

@@ -27,10 +27,12 @@ from typing import Any
 from kubetune.api.models import BUILTIN_PREFIX
 from kubetune.api.report import TrainerErrorReason, TrainerReport, downsample
 from kubetune.api.v1alpha1 import (
+    MAX_RESUMES,
     BestCheckpoint,
     EpochMetrics,
     EvaluationResult,
     FineTuneJobSpec,
+    ResumePoint,
     StageSpec,
     StepMetrics,
     run_storage,
@@ -39,7 +41,7 @@ from kubetune.api.v1alpha1 import (
 )
 from kubetune.diagnosis import classify_error
 from kubetune.planning import generation_devices, shape_of
-from kubetune_trainer import storage
+from kubetune_trainer import durable, storage
 from kubetune_trainer.checkpoints import CheckpointRecord, select_best_checkpoint
 from kubetune_trainer.data import DataError
 from kubetune_trainer.data.loaders import LoadedRows, resolve_local
@@ -48,11 +50,11 @@ from kubetune_trainer.data.presets import PLAIN_STOP, Preset, preset_for_task
 from kubetune_trainer.generation import PRIMARY_METRIC
 from kubetune_trainer.reporting import ThrottledReporter, beat, now_rfc3339, redact
 from kubetune_trainer.train_loop import (
-    STATE_FILE,
     StageConfig,
     StageState,
     read_files,
     stage_steps,
+    stage_uri,
 )
 
 FAULT_ENV = "KUBETUNE_FAULT_INJECT"  # tests only: JSON {"rank", "epoch", "step", "marker"}
@@ -199,10 +201,28 @@ def fit_stage(config: StageConfig, workers: int, run_name: str, ray_storage: str
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    if result.checkpoint is None:
-        raise RuntimeError(f"stage {config.stage} finished without a checkpoint")
-    with result.checkpoint.as_directory() as folder:
-        return StageState(**json.loads(Path(folder, STATE_FILE).read_text()))
+    finished = durable.finished_stage(stage_uri(config))
+    if finished is None:
+        raise RuntimeError(f"stage {config.stage} finished without recording its state")
+    return StageState(**finished)
+
+
+def trained_earlier(config: StageConfig) -> StageState | None:
+    """The state of this stage when an earlier attempt of the job finished it (a RayJob
+    retry on a fresh cluster): it is not trained again."""
+    finished = durable.finished_stage(stage_uri(config))
+    if finished is None:
+        return None
+    state = StageState(**finished)
+    point = ResumePoint(
+        stage=config.stage,
+        epoch=state.epoch,
+        step=state.step,
+        saved_by="StageEnd",
+        time=now_rfc3339(),
+    )
+    state.resumes = [*state.resumes, point.to_wire()][-MAX_RESUMES:]
+    return state
 
 
 def ray_storage_path(storage_uri: str, options: RunOptions) -> str:
@@ -251,12 +271,15 @@ def run_stage(
     )
     report.total_steps = stage_steps(config, spec.compute.workers)
     config.report.total_steps = report.total_steps
-    state = fit_stage(
+    state = trained_earlier(config) or fit_stage(
         config,
         spec.compute.workers,
         f"{options.job_name}-{stage.name}",
         ray_storage_path(config.storage_uri, options),
     )
+    report.resumes = [r for r in report.resumes if r.stage != stage.name]
+    report.resumes += [ResumePoint.model_validate(r) for r in state.resumes]
+    report.resumes = report.resumes[-MAX_RESUMES:]
     report.epochs = [e for e in report.epochs if e.stage != stage.name]
     report.epochs += [EpochMetrics.model_validate(e) for e in state.epochs]
     job.steps = [s for s in job.steps if s.stage != stage.name]
@@ -291,7 +314,9 @@ def merge_best_adapter(config: StageConfig, best: CheckpointRecord, options: Run
 
     from kubetune_trainer.train_loop import merge_lora_checkpoint
 
-    target = storage.join(config.storage_uri, config.stage, f"epoch-{best.epoch:03d}-merged")
+    target = storage.join(stage_uri(config), f"epoch-{best.epoch:03d}-merged")
+    if durable.committed(target):  # merged by an earlier attempt
+        return target
     task: Any = ray.remote(num_cpus=1)(merge_lora_checkpoint)
     return str(ray.get(task.remote(config, best.uri, target)))
 

@@ -6,6 +6,7 @@ Kubernetes an object store (credentials come from the pod environment, never fro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kubetune.api.pods import SCRATCH_ENV
-from kubetune_trainer.data.loaders import REMOTE_SCHEMES, resolve_local
+from kubetune_trainer.data.loaders import REMOTE_SCHEMES, remote_filesystem, resolve_local
 
 
 def scratch_root() -> Path:
@@ -45,9 +46,8 @@ def join(uri: str, *parts: str) -> str:
 def upload_dir(local: Path, uri: str) -> None:
     """Copy a folder to `uri` (replacing what was there)."""
     if is_remote(uri):
-        from pyarrow import fs
-
-        fs.copy_files(str(local), uri, destination_filesystem=None)
+        delete_dir(uri)
+        upload_into(local, uri)
         return
     target = Path(resolve_local(uri))
     if target.exists():
@@ -60,9 +60,7 @@ def write_text(uri: str, text: str) -> None:
     """Write (replace) one small file at `uri`: written whole, then renamed into place locally;
     an object store makes a single PUT visible whole by itself."""
     if is_remote(uri):
-        from pyarrow import fs
-
-        filesystem, path = fs.FileSystem.from_uri(uri)
+        filesystem, path = remote_filesystem(uri)
         with filesystem.open_output_stream(path) as stream:
             stream.write(text.encode())
         return
@@ -73,14 +71,56 @@ def write_text(uri: str, text: str) -> None:
     partial.replace(target)
 
 
+def upload_into(local: Path, uri: str) -> None:
+    """Copy a folder's files into `uri`, keeping what is there: every rank of a collective
+    save adds its own shard to the same folder."""
+    if is_remote(uri):
+        from pyarrow import fs
+
+        filesystem, path = remote_filesystem(uri)
+        fs.copy_files(str(local), path, destination_filesystem=filesystem)
+        return
+    shutil.copytree(local, resolve_local(uri), dirs_exist_ok=True)
+
+
+def read_text(uri: str) -> str | None:
+    """A small file's text, or None when there is none."""
+    if is_remote(uri):
+        filesystem, path = remote_filesystem(uri)
+        try:
+            with filesystem.open_input_stream(path) as stream:
+                return bytes(stream.read()).decode()
+        except FileNotFoundError:
+            return None
+    target = Path(resolve_local(uri))
+    return target.read_text() if target.is_file() else None
+
+
+def list_folders(uri: str) -> list[str]:
+    """Names of the folders directly inside `uri` (none when it does not exist)."""
+    if is_remote(uri):
+        from pyarrow import fs
+
+        filesystem, path = remote_filesystem(uri)
+        selector = fs.FileSelector(path, allow_not_found=True)
+        return sorted(
+            Path(info.path).name
+            for info in filesystem.get_file_info(selector)
+            if info.type == fs.FileType.Directory
+        )
+    folder = Path(resolve_local(uri))
+    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
 def download_dir(uri: str, local: Path) -> Path:
     """A local folder with the contents of `uri` (the folder itself when it is local)."""
     if not is_remote(uri):
         return Path(resolve_local(uri))
     from pyarrow import fs
 
+    filesystem, path = remote_filesystem(uri)
     local.mkdir(parents=True, exist_ok=True)
-    fs.copy_files(uri, str(local))
+    fs.copy_files(path, str(local), source_filesystem=filesystem)
     return local
 
 
@@ -114,10 +154,9 @@ def download_once_per_node(
 
 def delete_dir(uri: str) -> None:
     if is_remote(uri):
-        from pyarrow import fs
-
-        filesystem, path = fs.FileSystem.from_uri(uri)
-        filesystem.delete_dir(path)
+        filesystem, path = remote_filesystem(uri)
+        with contextlib.suppress(FileNotFoundError):
+            filesystem.delete_dir(path)
         return
     shutil.rmtree(resolve_local(uri), ignore_errors=True)
 

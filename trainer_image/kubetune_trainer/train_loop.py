@@ -4,8 +4,11 @@ Accelerate drives either DeepSpeed (ZeRO stage/offload from the spec, optimizer 
 declared in the DeepSpeed config) or plain DDP. What this loop does that the case study did not:
 loss only on completion tokens, token-weighted across workers; packing; a new seeded order each
 epoch; the LR schedule in optimizer steps (the DDP scheduler is NOT handed to Accelerate, which
-would step it once per process); the optimizer/scheduler/RNG state saved each epoch so a retry
-resumes exactly; consolidated HF checkpoints with the tokenizer; best-k retention by perplexity.
+would step it once per process); the optimizer/scheduler/RNG state and the data position saved
+to the job's storage at each epoch's end and on a preemption notice (at an optimizer-step
+boundary), so a restarted worker group or a new attempt on a fresh cluster resumes exactly
+(`durable`); consolidated HF checkpoints with the tokenizer, written only for epochs that can
+be kept; best-k retention by perplexity.
 """
 
 from __future__ import annotations
@@ -16,15 +19,24 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
 from kubetune.api.report import TrainerReport, downsample
-from kubetune.api.v1alpha1 import BestCheckpoint, EpochMetrics, StepMetrics, TrainingSpec
-from kubetune_trainer import storage
+from kubetune.api.v1alpha1 import (
+    MAX_RESUMES,
+    BestCheckpoint,
+    EpochMetrics,
+    ResumePoint,
+    ResumeSource,
+    StepMetrics,
+    TrainingSpec,
+)
+from kubetune_trainer import durable, storage
 from kubetune_trainer.checkpoints import (
     CheckpointRecord,
+    can_be_kept,
     checkpoints_to_delete,
     select_best_checkpoint,
     should_stop_early,
@@ -50,7 +62,8 @@ from kubetune_trainer.metrics import (
     step_point,
     warmup_steps,
 )
-from kubetune_trainer.reporting import ThrottledReporter, beat, reporter_from_target
+from kubetune_trainer.preemption import PreemptionNotice
+from kubetune_trainer.reporting import ThrottledReporter, beat, now_rfc3339, reporter_from_target
 
 STATE_FILE = "kubetune_state.json"
 STEPS_FILE = "steps.jsonl"  # the stage's full per-step series, beside its checkpoints
@@ -73,20 +86,25 @@ class StageConfig:
     report_namespace: str | None = None
     report_interval_s: float = 10.0
     use_gpu: bool = False
-    fault: dict[str, Any] | None = None
+    fault: dict[str, Any] | None = None  # tests: FaultInjector's kill or preemption notice
     special_tokens: tuple[str, ...] = ()  # the task's; LoRA trains their embedding/head rows
 
 
 @dataclass
 class StageState:
-    """What survives a restart: epochs done, optimizer steps, the learning curve so far."""
+    """What survives a restart: epochs done, optimizer steps, the data position in the epoch
+    under way, the learning curve so far and where earlier restarts resumed."""
 
-    epoch: int = 0
+    epoch: int = 0  # epochs finished
     step: int = 0
     epochs: list[dict[str, Any]] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
     steps: list[dict[str, Any]] = field(default_factory=list)  # StepMetrics, wire form
+    micro_step: int = 0  # micro-batches of epoch `epoch + 1` done (a step boundary)
+    epoch_loss_sum: float = 0.0  # their token-loss sum over all workers
+    saved_by: ResumeSource = "EpochEnd"  # what made the save this state was loaded from
+    resumes: list[dict[str, Any]] = field(default_factory=list)  # ResumePoint, wire form
 
     def checkpoint_records(self) -> list[CheckpointRecord]:
         return [CheckpointRecord(**r) for r in self.records]
@@ -114,6 +132,11 @@ def epoch_steps(config: StageConfig, world_size: int, epoch: int) -> int:
         len(units), world_size, t.batch_size_per_device, t.gradient_accumulation_steps
     )
     return micro // t.gradient_accumulation_steps
+
+
+def stage_uri(config: StageConfig) -> str:
+    """The stage's folder of the job's storage (checkpoints, resume points, steps.jsonl)."""
+    return storage.join(config.storage_uri, config.stage)
 
 
 def stage_steps(config: StageConfig, world_size: int) -> int:
@@ -274,19 +297,55 @@ def require_deepspeed_engine(model: Any) -> None:
 
 
 class FaultInjector:
-    """Test hook: kill this worker once at (rank, epoch, micro-step); a marker file makes it
-    fire only on the first attempt, like a node loss would."""
+    """Test hook, fired once at (rank, epoch, micro-step) (a marker file makes it fire on the
+    first attempt only, like a node loss): mode `kill` ends this worker process at once;
+    `preempt` runs the worker pods' preStop hook as kubelet would (it writes the notice, then
+    waits for the save) and goes on training. With `stepLog`, rank 0 appends every optimizer
+    step it trains and a fingerprint of its data: what proves a resumed run skips and repeats
+    nothing."""
 
     def __init__(self, fault: dict[str, Any] | None, rank: int):
-        self.fault = fault if fault and fault.get("rank") == rank else None
+        fault = fault or {}
+        self.fault = fault if fault.get("rank") == rank and "marker" in fault else None
+        self.scratch = Path(fault["scratch"]) if fault.get("scratch") else None
+        self.step_log = Path(fault["stepLog"]) if fault.get("stepLog") and rank == 0 else None
 
-    def maybe_kill(self, epoch: int, micro_step: int) -> None:
+    def maybe_fire(self, epoch: int, micro_step: int) -> None:
         if self.fault is None or (epoch, micro_step) != (self.fault["epoch"], self.fault["step"]):
             return
         marker = Path(self.fault["marker"])
-        if not marker.exists():
-            marker.write_text(f"killed at epoch {epoch} step {micro_step}")
+        if marker.exists():
+            return
+        mode = self.fault.get("mode", "kill")
+        marker.write_text(f"{mode} at epoch {epoch} micro-step {micro_step}")
+        if mode == "kill":
             os._exit(1)
+        self.run_prestop_hook()
+
+    def run_prestop_hook(self) -> None:
+        import subprocess
+        import sys
+
+        from kubetune_trainer.preemption import notice_path
+
+        root = self.scratch or storage.scratch_root()
+        command = [sys.executable, "-m", "kubetune_trainer.preemption", "--root", str(root)]
+        subprocess.Popen(command, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not notice_path(root).exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the preStop hook wrote no notice within 60 s")
+            time.sleep(0.05)
+
+    def log_step(self, epoch: int, step: int, data: list[int]) -> None:
+        if self.step_log is not None:
+            with self.step_log.open("a") as handle:
+                handle.write(json.dumps({"epoch": epoch, "step": step, "data": data}) + "\n")
+
+
+class Preempted(RuntimeError):
+    """Raised by every rank once the preemption save is committed: Ray Train restarts the
+    worker group, which resumes from that save."""
 
 
 def global_sum(accelerator: Any, value: torch.Tensor) -> torch.Tensor:
@@ -294,17 +353,23 @@ def global_sum(accelerator: Any, value: torch.Tensor) -> torch.Tensor:
 
 
 def window_scale(
-    accelerator: Any, label_counts: list[int], first: int, accumulation: int, world_size: int
-) -> torch.Tensor:
+    accelerator: Any,
+    label_counts: list[int],
+    first: int,
+    accumulation: int,
+    world_size: int,
+    notice: bool = False,
+) -> tuple[torch.Tensor, bool]:
     """What each micro-step's token-loss sum is multiplied by so the optimizer step's gradient
     is the mean over every completion token of the whole accumulation window on all workers:
     world size (the gradient all-reduce averages) x accumulation steps (Accelerate and DeepSpeed
     divide each backward by them) / the window's completion tokens summed over workers. One
     collective per optimizer step; the counts come from the examples, so no micro-step waits
-    for the device."""
-    local = float(sum(label_counts[first : first + accumulation]))
-    tokens = global_sum(accelerator, torch.tensor(local))
-    return world_size * accumulation / tokens.clamp(min=1)
+    for the device. The same collective carries whether any worker got a preemption notice,
+    so all of them stop at the same step boundary."""
+    local = torch.tensor([float(sum(label_counts[first : first + accumulation])), float(notice)])
+    tokens, notices = global_sum(accelerator, local)
+    return world_size * accumulation / tokens.clamp(min=1), bool(notices > 0)
 
 
 def train_micro_step(
@@ -397,15 +462,16 @@ def all_reduce_mean(accelerator: Any, local: TokenLoss) -> float:
 
 
 def epoch_uri(config: StageConfig, epoch: int) -> str:
-    return storage.join(config.storage_uri, config.stage, f"epoch-{epoch:03d}")
+    return storage.join(stage_uri(config), f"epoch-{epoch:03d}")
 
 
 def save_consolidated(
     accelerator: Any, model: Any, tokenizer: Any, config: StageConfig, base_path: str, uri: str
 ) -> None:
     """Gather the full weights (ZeRO-3: every rank takes part) and write an HF checkpoint with
-    the tokenizer from rank 0. LoRA runs save the adapter only (trained token rows included);
-    the stage's best is merged once after training (`merge_lora_checkpoint`)."""
+    the tokenizer from rank 0, its commit marker last. LoRA runs save the adapter only (trained
+    token rows included); the stage's best is merged once after training
+    (`merge_lora_checkpoint`)."""
     if config.training.method == "lora":
         # Adapter weights and trained token rows, no copy of the embedding matrices (peft
         # would add the whole resized embedding and head, 0.5 GB for 7B, to every epoch).
@@ -418,6 +484,7 @@ def save_consolidated(
         accelerator.unwrap_model(model).save_pretrained(tmp, **weights)
         tokenizer.save_pretrained(tmp)
         storage.upload_dir(Path(tmp), uri)
+    durable.commit(uri, {"stage": config.stage, "kind": "checkpoint"})
 
 
 def merge_lora_checkpoint(config: StageConfig, adapter_uri: str, out_uri: str) -> str:
@@ -441,6 +508,7 @@ def merge_lora_checkpoint(config: StageConfig, adapter_uri: str, out_uri: str) -
         merged.save_pretrained(out)
         tokenizer.save_pretrained(out)
         storage.upload_dir(out, out_uri)
+    durable.commit(out_uri, {"stage": config.stage, "kind": "merged"})
     return out_uri
 
 
@@ -458,30 +526,50 @@ def retain_best(config: StageConfig, state: StageState, is_main: bool) -> None:
             point.pop("checkpoint", None)
 
 
-def report_epoch(accelerator: Any, state: StageState, metrics: dict[str, Any]) -> None:
-    """Save optimizer/scheduler/RNG state (every rank its own part) and report to Ray Train."""
-    import ray.train
-
+def save_resume_point(ctx: dict[str, Any], state: StageState, saved_by: ResumeSource) -> None:
+    """A collective save to the job's storage: every rank uploads its part of the optimizer,
+    scheduler and RNG state, rank 0 adds the stage's state; once all have uploaded, rank 0
+    commits the point and deletes the older ones."""
+    config, accelerator = ctx["config"], ctx["accelerator"]
+    uri = durable.resume_point_uri(stage_uri(config), state.step, state.epoch, state.micro_step)
+    if ctx.get("resume_point") == uri:
+        return  # this very data position is committed already
+    state.saved_by = saved_by
     with storage.staging_dir("resume-") as tmp:
         accelerator.save_state(tmp)
         if accelerator.is_main_process:
             Path(tmp, STATE_FILE).write_text(json.dumps(asdict(state)))
-        ray.train.report(
-            {**metrics, "state": json.dumps(asdict(state))},
-            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+        storage.upload_into(Path(tmp), uri)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        durable.commit(uri, {"step": state.step, "epoch": state.epoch, "savedBy": saved_by})
+        durable.prune_resume_points(stage_uri(config), keep=uri)
+    accelerator.wait_for_everyone()
+    ctx["resume_point"] = uri
+
+
+def resume(accelerator: Any, config: StageConfig) -> tuple[StageState, str | None]:
+    """The stage's latest committed resume point (a restarted worker group, or a new attempt
+    on a fresh cluster), loaded into the engine; else a fresh state. Saves that never
+    committed are deleted. Returns the state and the point's URI."""
+    uri = durable.latest_resume_point(stage_uri(config))
+    state = StageState()
+    if uri is not None:
+        folder = storage.download_once_per_node(uri)
+        accelerator.load_state(str(folder))
+        state = StageState(**json.loads((folder / STATE_FILE).read_text()))
+        point = ResumePoint(
+            stage=config.stage,
+            epoch=state.epoch,
+            step=state.step,
+            saved_by=state.saved_by,
+            time=now_rfc3339(),
         )
-
-
-def resume(accelerator: Any) -> StageState:
-    """The state of the latest reported epoch when Ray Train restarted us, else a fresh one."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return StageState()
-    with checkpoint.as_directory() as folder:
-        accelerator.load_state(folder)
-        return StageState(**json.loads(Path(folder, STATE_FILE).read_text()))
+        state.resumes = [*state.resumes, point.to_wire()][-MAX_RESUMES:]
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        durable.prune_resume_points(stage_uri(config), keep=uri)
+    return state, uri
 
 
 # --------------------------------------------------------------------------- progress
@@ -494,6 +582,7 @@ class Progress:
         self.report = config.report.model_copy(deep=True)
         self.prior_epochs = list(self.report.epochs)
         self.prior_steps = list(self.report.steps)
+        self.prior_resumes = [r for r in self.report.resumes if r.stage != config.stage]
         self.steps: list[StepMetrics] = []  # this stage's points, parsed once each
         self.report.phase, self.report.stage = "Training", config.stage
         self.report.stage_index = config.stage_index
@@ -522,6 +611,8 @@ class Progress:
         r.epochs = self.prior_epochs + [EpochMetrics.model_validate(e) for e in state.epochs]
         self.steps += [StepMetrics.model_validate(s) for s in state.steps[len(self.steps) :]]
         r.steps = downsample(self.prior_steps + self.steps)
+        resumes = [ResumePoint.model_validate(p) for p in state.resumes]
+        r.resumes = (self.prior_resumes + resumes)[-MAX_RESUMES:]
         best = select_best_checkpoint(state.checkpoint_records())
         if best is not None:
             r.best_checkpoint = BestCheckpoint(
@@ -561,23 +652,35 @@ def train_batches(
     ctx: dict[str, Any], epoch: int, state: StageState, batches: WorkerBatches
 ) -> float:
     """Micro-steps with token-weighted accumulation windows, an optimizer step at each window's
-    end, step points every `logEverySteps`; returns the global token-weighted train loss."""
+    end, step points every `logEverySteps`; returns the global token-weighted train loss. A
+    resumed epoch starts at its saved data position; a preemption notice seen by any worker
+    at a window's start becomes a save of that step by all (`stop_for_preemption`)."""
     config: StageConfig = ctx["config"]
     t = config.training
     accelerator, model = ctx["accelerator"], ctx["model"]
     accumulation = t.gradient_accumulation_steps
     counts = batches.label_counts()
-    loss_total: Any = 0.0  # a device tensor once the first micro-step ran: no sync per step
+    # A device tensor once the first micro-step ran (no sync per step); what the epoch's
+    # earlier micro-steps summed (all workers) is counted once, by rank 0.
+    loss_total: Any = state.epoch_loss_sum if accelerator.is_main_process else 0.0
     window = StepWindow(started=time.monotonic())
-    scale, lr = torch.ones(()), 0.0
+    scale, lr, data = torch.ones(()), 0.0, []
     model.train()
-    for index, batch in enumerate(batches, start=1):
-        ctx["fault"].maybe_kill(epoch, index)
+    for index in range(state.micro_step + 1, len(batches) + 1):
+        ctx["fault"].maybe_fire(epoch, index)
+        batch = batches[index - 1]
         tokens, slots = batch_tokens(batch, ctx["pad_id"], t.context_length)
         if (index - 1) % accumulation == 0:
-            scale = window_scale(accelerator, counts, index - 1, accumulation, ctx["world"])
+            notice = ctx["notice"].requested()
+            scale, stop = window_scale(
+                accelerator, counts, index - 1, accumulation, ctx["world"], notice
+            )
+            if stop:
+                stop_for_preemption(ctx, epoch, state, index - 1, loss_total, window)
             # Read before the window: DeepSpeed steps optimizer and schedule inside backward.
             lr = current_lr(ctx["optimizer"])
+        if ctx["fault"].step_log is not None:
+            data.append(int(batch["input_ids"].sum()))
         with accelerator.accumulate(model):
             loss_sum = train_micro_step(accelerator, model, batch, scale)
             loss_total = loss_total + loss_sum
@@ -588,6 +691,8 @@ def train_batches(
                 )
                 window.add_step(lr, norm)
                 state.step += 1
+                ctx["fault"].log_step(epoch, state.step, data)
+                data = []
                 if (state.step % t.log_every_steps == 0 or index == len(batches)) and record_step(
                     ctx, epoch, state, window
                 ):
@@ -596,16 +701,49 @@ def train_batches(
     return all_reduce_mean(accelerator, TokenLoss(float(loss_total), sum(counts)))
 
 
+def stop_for_preemption(
+    ctx: dict[str, Any],
+    epoch: int,
+    state: StageState,
+    done: int,
+    loss_total: Any,
+    window: StepWindow,
+) -> NoReturn:
+    """Save this step boundary (every rank, collectively) with the data position and the
+    epoch's loss so far, tell the preStop hook, and stop."""
+    last_point = state.steps[-1]["step"] if state.steps else 0
+    if state.step > last_point:  # the same on every rank: record_step is a collective
+        record_step(ctx, epoch, state, window)  # the steps since the last point
+    state.micro_step = done
+    state.epoch_loss_sum = float(global_sum(ctx["accelerator"], torch.as_tensor(loss_total)))
+    save_resume_point(ctx, state, "Preemption")
+    ctx["notice"].saved()
+    raise Preempted(
+        f"preempted: saved stage {ctx['config'].stage} at step {state.step} "
+        f"(epoch {epoch}, micro-batch {done})"
+    )
+
+
 def finish_epoch(ctx: dict[str, Any], epoch: int, state: StageState, train_loss: float) -> None:
+    """Validate; write the consolidated model only if the epoch can be among the kept best;
+    record the epoch; save the resume point of the epoch's end."""
+    import ray.train
+
     config: StageConfig = ctx["config"]
     accelerator = ctx["accelerator"]
     val_loss = validation_loss(
         accelerator, ctx["model"], config, ctx["rank"], ctx["world"], ctx["pad_id"]
     )
     ppl = perplexity(val_loss)
-    uri = epoch_uri(config, epoch)
-    save_consolidated(accelerator, ctx["model"], ctx["tokenizer"], config, ctx["base_path"], uri)
-    state.epoch = epoch
+    record = CheckpointRecord(config.stage, epoch, epoch_uri(config, epoch), ppl)
+    # Every rank decides alike (the perplexity is all-reduced): the gather is a collective.
+    kept = can_be_kept(state.checkpoint_records(), record, config.training.checkpoints_to_keep)
+    if kept:
+        save_consolidated(
+            accelerator, ctx["model"], ctx["tokenizer"], config, ctx["base_path"], record.uri
+        )
+        state.records.append(asdict(record))
+    state.epoch, state.micro_step, state.epoch_loss_sum = epoch, 0, 0.0
     state.epochs.append(
         EpochMetrics(
             stage=config.stage,
@@ -614,33 +752,32 @@ def finish_epoch(ctx: dict[str, Any], epoch: int, state: StageState, train_loss:
             train_loss=train_loss,
             validation_loss=val_loss,
             validation_perplexity=ppl,
-            checkpoint=uri,
+            checkpoint=record.uri if kept else None,
         ).to_wire()
     )
-    state.records.append(asdict(CheckpointRecord(config.stage, epoch, uri, ppl)))
     retain_best(config, state, accelerator.is_main_process)
     if accelerator.is_main_process:
         steps = "".join(json.dumps(point) + "\n" for point in state.steps)
-        storage.write_text(storage.join(config.storage_uri, config.stage, STEPS_FILE), steps)
+        storage.write_text(storage.join(stage_uri(config), STEPS_FILE), steps)
     early = config.training.early_stopping
     state.stopped_early = early is not None and should_stop_early(
         [e["validationPerplexity"] for e in state.epochs], early.patience, early.min_delta
     )
     ctx["progress"].update(state, epoch, force=True)
-    report_epoch(
-        accelerator,
-        state,
+    save_resume_point(ctx, state, "EpochEnd")
+    ray.train.report(
         {
             "epoch": epoch,
             "train_loss": train_loss,
             "validation_loss": val_loss,
             "validation_perplexity": ppl,
-        },
+        }
     )
 
 
 def train_stage(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry point: resume if restarted, then train the remaining epochs."""
+    """Ray Train entry point: resume from the stage's latest durable point, train the rest,
+    record the finished stage in storage (what the driver reads back)."""
     import ray.train
 
     from kubetune_trainer.model import load_tokenizer
@@ -650,7 +787,8 @@ def train_stage(loop_config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     total_steps = stage_steps(config, world)
     accelerator = make_accelerator(config, world)
-    with storage.staging_dir("stage-") as workdir:
+    fault = FaultInjector(config.fault, rank)
+    with storage.staging_dir("stage-") as workdir, PreemptionNotice(fault.scratch) as notice:
         tokenizer = load_tokenizer(str(write_files(config.tokenizer_files, Path(workdir, "tok"))))
         model, base_path, _ = load_stage_model(config, Path(workdir), tokenizer)
         optimizer, scheduler = make_optimizer(model, config, total_steps)
@@ -660,7 +798,7 @@ def train_stage(loop_config: dict[str, Any]) -> None:
         else:
             model, optimizer = accelerator.prepare(model, optimizer)
             accelerator.register_for_checkpointing(scheduler)
-        state = resume(accelerator)
+        state, point = resume(accelerator, config)
         ctx = {
             "config": config,
             "accelerator": accelerator,
@@ -672,7 +810,9 @@ def train_stage(loop_config: dict[str, Any]) -> None:
             "tokenizer": tokenizer,
             "pad_id": tokenizer.pad_token_id,
             "base_path": base_path,
-            "fault": FaultInjector(config.fault, rank),
+            "fault": fault,
+            "notice": notice,
+            "resume_point": point,
             "progress": Progress(config, accelerator.is_main_process, total_steps),
         }
         epoch = state.epoch
@@ -680,3 +820,6 @@ def train_stage(loop_config: dict[str, Any]) -> None:
             epoch += 1
             train_loss = run_epoch(ctx, epoch, state)
             finish_epoch(ctx, epoch, state, train_loss)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            durable.finish_stage(stage_uri(config), asdict(state))

@@ -15,3 +15,15 @@ SCRATCH_ENV = "KUBETUNE_SCRATCH_DIR"
 # Hub models are downloaded there too (the plan counts the base model download as node disk).
 HF_HUB_CACHE_ENV = "HF_HUB_CACHE"
 SCRATCH_HUB_CACHE = f"{SCRATCH_DIR}/huggingface-hub"
+# Save on preemption: the worker pods' preStop hook (kubetune_trainer.preemption) asks the
+# training to save at its next optimizer-step boundary and waits for the save, within the pod's
+# grace period; the margin leaves Ray time to stop after the hook returns.
+PREEMPT_GRACE_SECONDS = 120
+PREEMPT_HOOK_MARGIN_SECONDS = 10
+PREEMPT_HOOK = [
+    "python",
+    "-m",
+    "kubetune_trainer.preemption",
+    "--wait",
+    str(PREEMPT_GRACE_SECONDS - PREEMPT_HOOK_MARGIN_SECONDS),
+]

@@ -14,11 +14,13 @@ from pydantic import BaseModel, Field
 
 from kubetune.api.base import KubeModel
 from kubetune.api.v1alpha1 import (
+    MAX_RESUMES,
     MESSAGE_LIMIT,
     STEP_POINTS,
     BestCheckpoint,
     EpochMetrics,
     EvaluationResult,
+    ResumePoint,
     StepMetrics,
 )
 
@@ -121,6 +123,11 @@ class TrainerReport(KubeModel):
         description="Per-step curve of every stage so far, downsampled (see `downsample`).",
     )
     best_checkpoint: BestCheckpoint | None = Field(None, description="Best checkpoint so far.")
+    resumes: list[ResumePoint] = Field(
+        default_factory=list,
+        max_length=MAX_RESUMES,
+        description=f"Where training resumed after interruptions, oldest first (the last {MAX_RESUMES}).",
+    )
     data: list[SplitReport] = Field(
         default_factory=list,
         max_length=MAX_SPLITS,

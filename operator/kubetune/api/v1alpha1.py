@@ -927,6 +927,28 @@ class StepMetrics(KubeModel):
     )
 
 
+ResumeSource = Literal["EpochEnd", "Preemption", "StageEnd"]
+MAX_RESUMES = 50
+
+
+class ResumePoint(KubeModel):
+    """Where training went on after an interruption: a worker lost, a preemption, a new
+    attempt on a fresh cluster. Training resumes from the latest committed point in the job's
+    storage; the steps after it (none for a preemption save) are trained again."""
+
+    stage: str = Field(max_length=SHORT, description="Stage name.")
+    epoch: int = Field(ge=0, description="Epochs of the stage finished at the point.")
+    step: int = Field(ge=0, description="Optimizer steps of the stage done at the point.")
+    saved_by: ResumeSource = Field(
+        description=(
+            "What saved the point: EpochEnd (the end of an epoch), Preemption (a save at an "
+            "optimizer-step boundary when a worker pod was being stopped), StageEnd (the stage "
+            "had finished in an earlier attempt and was not trained again)."
+        )
+    )
+    time: str = Field(max_length=64, description="When training resumed (RFC 3339).")
+
+
 PlanVerdict = Literal["Fits", "WillNotFit", "Unknown"]
 
 
@@ -1052,6 +1074,11 @@ class FineTuneJobStatus(KubeModel):
     )
     best_checkpoint: BestCheckpoint | None = Field(
         None, description="Best checkpoint by validation perplexity."
+    )
+    resumes: list[ResumePoint] = Field(
+        default_factory=list,
+        max_length=MAX_RESUMES,
+        description=f"Where training resumed after interruptions (the latest {MAX_RESUMES}).",
     )
     evaluation: EvaluationResult | None = Field(None, description="Evaluation scores.")
     plan: PlanSummary | None = Field(

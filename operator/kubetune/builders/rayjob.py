@@ -58,6 +58,8 @@ from typing import Any
 from kubetune.api.instance_types import lookup_instance_type
 from kubetune.api.pods import (
     HF_HUB_CACHE_ENV,
+    PREEMPT_GRACE_SECONDS,
+    PREEMPT_HOOK,
     PVC_ROOT,
     PVC_ROOT_ENV,
     SCRATCH_DIR,
@@ -309,7 +311,12 @@ def worker_group(
     pool = job.spec.compute.node_pool
     pods, gpus = worker_layout(job.spec)
     resources = pod_resources(job.spec, gpus, config, scratch_gib)
-    container = {"name": "ray-worker", "resources": resources}
+    container = {
+        "name": "ray-worker",
+        "resources": resources,
+        # Kubelet runs it before the SIGTERM: the training saves at its next step boundary.
+        "lifecycle": {"preStop": {"exec": {"command": list(PREEMPT_HOOK)}}},
+    }
     selector = {INSTANCE_TYPE_LABEL: pool.instance_type, **pool.node_selector}
     gpu_toleration = [] if pool.cpu_only else [GPU_TOLERATION]
     scheduling = _scheduling(selector, _tolerations(pool.tolerations, gpu_toleration))
@@ -319,10 +326,19 @@ def worker_group(
         "minReplicas": pods,
         "maxReplicas": pods,
         "rayStartParams": dict(CPU_WORKER_START_PARAMS) if pool.cpu_only else {},
-        "template": with_scratch(
-            _pod_template(job, config, container, scheduling, "ray-worker"), scratch_gib
+        "template": with_grace_period(
+            with_scratch(
+                _pod_template(job, config, container, scheduling, "ray-worker"), scratch_gib
+            ),
+            PREEMPT_GRACE_SECONDS,
         ),
     }
+
+
+def with_grace_period(template: dict[str, Any], seconds: int) -> dict[str, Any]:
+    """Room for the preStop hook's save between the stop request and the SIGKILL."""
+    template["spec"]["terminationGracePeriodSeconds"] = seconds
+    return template
 
 
 def submitter_template(job: FineTuneJob, config: OperatorConfig) -> dict[str, Any]:

@@ -60,10 +60,24 @@ def infer_format(uri: str, explicit: str | None = None) -> str:
     raise ValueError(f"cannot infer the format of {uri!r}; set data.<split>.format")
 
 
+S3_ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
 def remote_filesystem(uri: str) -> tuple[Any, str]:
-    """(pyarrow FileSystem, path) for s3:// and gs:// (credentials from the environment)."""
+    """(pyarrow FileSystem, path) for s3:// and gs:// (credentials from the environment). An
+    S3-compatible store (MinIO, Ceph) is named the way the AWS CLI and SDKs take it,
+    AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL: pyarrow itself reads neither."""
     from pyarrow import fs
 
+    endpoint = next((os.environ[e] for e in S3_ENDPOINT_ENVS if os.environ.get(e)), None)
+    if uri.startswith("s3://") and endpoint:
+        parsed = urlparse(endpoint)
+        filesystem = fs.S3FileSystem(
+            endpoint_override=parsed.netloc or parsed.path,
+            scheme=parsed.scheme or "https",
+            region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+        )
+        return filesystem, uri[len("s3://") :]
     return fs.FileSystem.from_uri(uri)
 
 
