@@ -91,3 +91,51 @@ def test_finetunejob_runs_end_to_end(
     row = table.stdout.splitlines()[1].split()
     assert row[1:5] == ["Succeeded", "builtin:tiny-llama", "gsm8k", "2"]
     assert float(row[5]) == pytest.approx(best.validation_perplexity, rel=1e-3)
+
+
+def wait_for_training(custom: client.CustomObjectsApi, namespace: str, name: str) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        job = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        if (job.get("status") or {}).get("phase") == "Training":
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{name} never reported Training: {job.get('status')}")
+
+
+OUTAGE_S = 40
+
+
+def test_an_api_server_outage_during_training_loses_nothing(
+    control_plane, kube_api, namespace, operator_process, kubectl, tmp_path
+):
+    """The API server dies while the trainer runs and comes back 40 s later: the trainer's
+    report writes fail meanwhile without holding training up, the latest state reaches the
+    API server when it answers again, the final report waits for it, and the status ends
+    complete (every epoch, the best checkpoint, the scores)."""
+    pvc_root = tmp_path / "pvc"
+    (pvc_root / "checkpoints").mkdir(parents=True)
+    (pvc_root / "datasets").symlink_to(DATASETS)
+    manifest = tmp_path / "job.yaml"
+    job_manifest = e2e_job("e2e-outage")
+    job_manifest["spec"]["training"]["epochs"] = 3
+    manifest.write_text(yaml.safe_dump(job_manifest))
+    custom = client.CustomObjectsApi(kube_api)
+    with LocalKubeRay(
+        kube_api, control_plane.server, control_plane.ca_path, namespace, pvc_root, tmp_path
+    ) as kuberay:
+        assert kubectl("apply", "-n", namespace, "-f", str(manifest)).returncode == 0
+        wait_for_training(custom, namespace, "e2e-outage")
+        with control_plane.apiserver_down():
+            time.sleep(OUTAGE_S)
+        job = wait_for_phase(custom, namespace, "e2e-outage", timeout=600)
+        logs = "\n".join(kuberay.logs.values())
+    status = FineTuneJobStatus.model_validate(job["status"])
+    assert status.phase == "Succeeded", f"{status.message}\n{logs[-3000:]}"
+    assert "kubetune: report write failed (1 in a row)" in logs  # the outage hit the trainer
+    assert "kubetune: report delivered after" in logs
+    assert [e.epoch for e in status.epochs] == [1, 2, 3]
+    assert status.steps and status.progress is not None
+    assert status.progress.step == status.progress.total_steps > 0
+    assert status.best_checkpoint is not None
+    assert status.evaluation is not None and status.evaluation.samples == 4

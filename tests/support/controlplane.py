@@ -204,16 +204,20 @@ class ControlPlane:
         self._procs.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def restart_apiserver(self) -> None:
-        """Kill the API server (SIGKILL: a crash, open watches cut) and start it again on the
-        same port and etcd."""
+    @contextlib.contextmanager
+    def apiserver_down(self) -> Iterator[None]:
+        """An API server outage: killed (SIGKILL: a crash, open watches cut) on entry, started
+        again on the same port, certificates and etcd on exit."""
         for index, (name, proc) in enumerate(self._procs):
             if name == "kube-apiserver":
                 proc.kill()
                 proc.wait(timeout=30)
                 del self._procs[index]
                 break
-        self._start_apiserver(self._etcd_url)
+        try:
+            yield
+        finally:
+            self._start_apiserver(self._etcd_url)
 
     # -- processes -----------------------------------------------------------------------------
 

@@ -65,9 +65,12 @@ class LocalKubeRay:
 
     def _loop(self) -> None:
         while not self._stop.wait(0.5):
-            items = self.custom.list_namespaced_custom_object(
-                RAY_GROUP, RAY_VERSION, self.namespace, RAYJOBS
-            )["items"]
+            try:
+                items = self.custom.list_namespaced_custom_object(
+                    RAY_GROUP, RAY_VERSION, self.namespace, RAYJOBS, _request_timeout=10
+                )["items"]
+            except Exception:  # the API server may be down for a while: keep polling
+                continue
             for rayjob in items:
                 name = rayjob["metadata"]["name"]
                 if name not in self._started:

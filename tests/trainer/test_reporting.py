@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -53,50 +54,82 @@ def test_throttle_lets_phase_changes_and_forced_writes_through():
     assert reporter.write(TrainerReport(phase="Evaluating"))
     clock.now = 14
     assert reporter.write(TrainerReport(phase="Evaluating", step=5))
+    assert reporter.flush(10)
     assert [r.step for r in inner.reports] == [1, 3, 0, 5]
     assert all(r.updated_at for r in inner.reports)
 
 
 class Flaky(Recorder):
-    """The API server answering, then down, then back."""
+    """The API server answering, then down (or hanging), then back."""
 
     def __init__(self):
         super().__init__()
         self.down = False
+        self.hang_s = 0.0
 
     def write(self, report):
+        time.sleep(self.hang_s)
         if self.down:
             raise ConnectionError("connection refused: the API server is down")
         super().write(report)
 
 
-def test_failed_writes_never_stop_training_and_the_latest_state_gets_through(capsys):
-    inner, clock = Flaky(), FakeClock()
-    reporter = ThrottledReporter(inner, 10.0, clock)
-    assert reporter.write(TrainerReport(phase="Training", step=1))
+def test_a_hung_api_server_never_holds_up_training():
+    inner = Flaky()
+    inner.hang_s = 3.0  # a write that takes as long as a read timeout
+    reporter = ThrottledReporter(inner, 0)
+    started = time.monotonic()
+    for step in range(1, 51):  # fifty optimizer steps, each writing progress
+        reporter.write(TrainerReport(phase="Training", step=step))
+    assert time.monotonic() - started < 1.0
+    assert reporter.flush(30)
+    # Progress nobody saw yet is replaced by newer progress: the latest arrives, not 50 writes.
+    assert inner.reports[-1].step == 50 and len(inner.reports) <= 3
+
+
+def test_an_outage_loses_nothing_and_the_latest_state_gets_through(capsys):
+    inner = Flaky()
+    reporter = ThrottledReporter(inner, 0, backoff_s=0.2, backoff_max_s=0.4)
+    reporter.write(TrainerReport(phase="Training", step=1))
+    assert reporter.flush(10)
     inner.down = True
-    clock.now = 10
-    assert not reporter.write(TrainerReport(phase="Training", step=2))  # no exception
-    assert "report write failed (1 in a row)" in capsys.readouterr().err
-    clock.now = 15  # backing off: 10 s after the first failure
-    assert not reporter.write(TrainerReport(phase="Evaluating", step=3))
-    clock.now = 21
-    assert not reporter.write(TrainerReport(phase="Evaluating", step=4))  # tried, failed
-    clock.now = 35  # 20 s after the second failure: not yet
-    assert not reporter.write(TrainerReport(phase="Evaluating", step=5))
-    assert reporter.failures == 2
+    reporter.write(TrainerReport(phase="Training", step=2))  # no exception, no wait
+    reporter.write(TrainerReport(phase="Evaluating", step=3), force=True)
+    assert not reporter.flush(1.5)  # undelivered while the API server is down
+    assert "report write failed (1 in a row), sent again in 0 s" in capsys.readouterr().err
+    # It kept trying, backing off 0.2 s, then 0.4 s: 4 or 5 tries in 1.5 s, no more.
+    assert 3 <= reporter.failures <= 5
+    reporter.write(TrainerReport(phase="Evaluating", step=4))
     inner.down = False
-    clock.now = 42
-    assert reporter.write(TrainerReport(phase="Evaluating", step=6))  # back: the latest
-    assert reporter.write(TrainerReport(phase="Succeeded", step=7), force=True)
-    assert [r.step for r in inner.reports] == [1, 6, 7] and reporter.failures == 0
+    assert reporter.flush(10)
+    assert [r.step for r in inner.reports] == [1, 4]  # back: only the latest state
+    reporter.write(TrainerReport(phase="Succeeded", step=5), force=True)
+    assert reporter.flush(10)
+    assert [r.step for r in inner.reports] == [1, 4, 5] and reporter.failures == 0
+    assert "report delivered after" in capsys.readouterr().out
+
+
+def test_forced_writes_arrive_in_order():
+    inner = Flaky()
+    inner.hang_s = 0.2
+    reporter = ThrottledReporter(inner, 0)
+    for step, phase in enumerate(("Preparing", "Training", "Training", "Evaluating"), start=1):
+        reporter.write(TrainerReport(phase=phase, step=step), force=True)
+    reporter.write(TrainerReport(phase="Evaluating", step=9))
+    reporter.write(TrainerReport(phase="Succeeded", step=10), force=True)
+    # (the queue still holds 3 and 4: each forced write takes 0.2 s to send)
+    assert reporter.flush(30)
+    # Every forced write in order; progress (9) not sent yet gives way to the next write.
+    assert [r.step for r in inner.reports] == [1, 2, 3, 4, 10]
 
 
 def test_secret_values_are_redacted(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_supersecret123")
     assert "hf_supersecret123" not in redact("401 for token hf_supersecret123")
     inner = Recorder()
-    ThrottledReporter(inner).write(TrainerReport(phase="Failed", error="bad hf_supersecret123"))
+    reporter = ThrottledReporter(inner)
+    reporter.write(TrainerReport(phase="Failed", error="bad hf_supersecret123"))
+    assert reporter.flush(10)
     assert "supersecret" not in inner.reports[0].error
 
 

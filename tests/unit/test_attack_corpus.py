@@ -169,7 +169,9 @@ def trainer_error_redacted(error: str) -> Callable[[], str]:
             def write(self, report: Any) -> None:
                 written.append(report)
 
-        ThrottledReporter(Sink()).write(TrainerReport(phase="Failed", error=error), force=True)
+        reporter = ThrottledReporter(Sink())
+        reporter.write(TrainerReport(phase="Failed", error=error), force=True)
+        assert reporter.flush(10)
         leaked = [s for s in SECRETS if s in written[0].error]
         return f"leaked {leaked}" if leaked else "ok"
 

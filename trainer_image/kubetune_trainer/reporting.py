@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -151,13 +152,17 @@ def default_namespace() -> str:
 
 
 class ThrottledReporter:
-    """At most one write per `min_interval_s`, unless forced; stamps `updatedAt`.
+    """Sends the report from a thread of its own, so a slow or absent API server never holds
+    up training: `write` returns at once. At most one write per `min_interval_s`, unless forced
+    or the phase changed; stamps `updatedAt`.
 
-    A write that fails (the API server down, the report object deleted, a refusal) never
-    stops training: it is logged, and the latest state is sent again at the next write due,
-    with the wait between failed tries doubling up to FAILED_WRITE_BACKOFF_MAX_S (each try
-    costs the inner reporter's own retries); forced writes (phase changes, epoch ends, the
-    final report) always try.
+    Forced writes (phase changes, stage and epoch ends) go out in order; a progress write not
+    sent yet is replaced by the next write. A send that fails (the API server down, the report
+    object deleted, a refusal) is logged and only the latest state is sent again, after a wait
+    that doubles from `backoff_s` up to `backoff_max_s`, for as long as it takes: an API outage
+    of minutes costs the operator's view some minutes, never the run or its results. `flush`
+    waits until everything written is delivered (the driver's final report: the process must
+    not exit before it is).
     """
 
     def __init__(
@@ -165,44 +170,100 @@ class ThrottledReporter:
         inner: Reporter,
         min_interval_s: float = DEFAULT_MIN_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
+        backoff_s: float = FAILED_WRITE_BACKOFF_S,
+        backoff_max_s: float = FAILED_WRITE_BACKOFF_MAX_S,
     ):
         self.inner = inner
         self.min_interval_s = min_interval_s
         self.clock = clock
+        self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
         self._last: float | None = None
         self._last_phase: str | None = None
-        self.failures = 0  # failed writes in a row
+        self.failures = 0  # failed sends in a row
+        self._lock = threading.Condition()
+        self._queue: list[tuple[TrainerReport, bool]] = []  # (report, forced), oldest first
+        self._sending = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
 
     def write(self, report: TrainerReport, force: bool = False) -> bool:
+        """Queue `report` for sending if a write is due; True when queued."""
         now = self.clock()
-        wait = self.min_interval_s
-        if self.failures:
-            wait = min(
-                FAILED_WRITE_BACKOFF_S * 2 ** (self.failures - 1), FAILED_WRITE_BACKOFF_MAX_S
-            )
-        due = self._last is None or now - self._last >= wait
-        # A new phase goes out at once, unless writes are failing (then it waits its turn).
-        changed = report.phase != self._last_phase and not self.failures
-        if not (force or due or changed):
+        due = self._last is None or now - self._last >= self.min_interval_s
+        forced = force or report.phase != self._last_phase
+        if not (forced or due):
             return False
         report.updated_at = now_rfc3339()
         if report.error:
             report.error = cut_text(redact(report.error), REPORT_TEXT_LIMIT)
+        self._last, self._last_phase = now, report.phase
+        with self._lock:
+            if self.failures:
+                self._queue.clear()  # while failing, only the latest state is worth sending
+            elif self._queue and not self._queue[-1][1]:
+                self._queue.pop()  # progress nobody saw yet: the newer state says it all
+            self._queue.append((report.model_copy(deep=True), forced))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._send_forever, name="kubetune-report", daemon=True
+                )
+                self._thread.start()
+            self._lock.notify_all()
+        return True
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until everything written was delivered; False if still undelivered."""
+        with self._lock:
+            return self._lock.wait_for(
+                lambda: not self._queue and not self._sending, timeout=timeout_s
+            )
+
+    def close(self) -> None:
+        """Stop sending: what is not delivered yet is dropped (a worker's progress; the driver
+        reports each stage's end itself)."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+
+    def _send_forever(self) -> None:
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: bool(self._queue) or self._closed)
+                if self._closed:
+                    return
+                (report, forced), self._sending = self._queue.pop(0), True
+            failed = self._send(report)
+            with self._lock:
+                self._sending = False
+                if failed:  # only the latest state is worth sending again
+                    self._queue = [self._queue[-1] if self._queue else (report, forced)]
+                self._lock.notify_all()
+                if failed:
+                    self._lock.wait_for(lambda: self._closed, timeout=self._backoff())
+
+    def _send(self, report: TrainerReport) -> bool:
+        """One try; True when it failed (logged)."""
+        report.updated_at = now_rfc3339()
         try:
             self.inner.write(report)
         except Exception as error:  # the run is worth more than one report
             self.failures += 1
-            self._last = now
             print(
                 redact(
                     f"kubetune: report write failed ({self.failures} in a row), sent again "
-                    f"later: {type(error).__name__}: {error}"
+                    f"in {self._backoff():.0f} s: {type(error).__name__}: {error}"
                 )[:1000],
                 file=sys.stderr,
+                flush=True,
             )
-            return False
-        self._last, self._last_phase, self.failures = now, report.phase, 0
-        return True
+            return True
+        if self.failures:
+            print(f"kubetune: report delivered after {self.failures} failed writes", flush=True)
+        self.failures = 0
+        return False
+
+    def _backoff(self) -> float:
+        return min(self.backoff_s * 2 ** max(self.failures - 1, 0), self.backoff_max_s)
 
 
 def reporter_from_target(target: str, namespace: str | None = None) -> Reporter:

@@ -486,8 +486,23 @@ def run_job(spec: FineTuneJobSpec, options: RunOptions) -> TrainerReport:
         job.report.error_reason = error_reason_of(exc)
         publish(options, job.report)
         print(redact(traceback.format_exc()), file=sys.stderr)
+        deliver_final_report(options)
         raise
+    deliver_final_report(options)
     return job.report
+
+
+FINAL_REPORT_WAIT_S = 600.0
+
+
+def deliver_final_report(options: RunOptions) -> None:
+    """Wait for the last report to reach the API server (its results exist nowhere else the
+    operator reads) across an outage of up to FINAL_REPORT_WAIT_S."""
+    if not options.reporter.flush(FINAL_REPORT_WAIT_S):
+        print(
+            f"kubetune: the final report was not delivered within {FINAL_REPORT_WAIT_S:.0f} s",
+            file=sys.stderr,
+        )
 
 
 def new_run_id() -> str:

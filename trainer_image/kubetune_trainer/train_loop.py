@@ -66,6 +66,7 @@ from kubetune_trainer.preemption import PreemptionNotice
 from kubetune_trainer.reporting import ThrottledReporter, beat, now_rfc3339, reporter_from_target
 
 STATE_FILE = "kubetune_state.json"
+PROGRESS_FLUSH_S = 30.0
 STEPS_FILE = "steps.jsonl"  # the stage's full per-step series, beside its checkpoints
 
 
@@ -624,6 +625,13 @@ class Progress:
         if self.reporter is not None:
             self.reporter.write(r, force=force)
 
+    def close(self) -> None:
+        """The stage's last progress goes out before the driver's next word (bounded: an
+        API outage must not hold the stage's end)."""
+        if self.reporter is not None:
+            self.reporter.flush(PROGRESS_FLUSH_S)
+            self.reporter.close()
+
 
 # --------------------------------------------------------------------------- main
 
@@ -816,10 +824,13 @@ def train_stage(loop_config: dict[str, Any]) -> None:
             "progress": Progress(config, accelerator.is_main_process, total_steps),
         }
         epoch = state.epoch
-        while epoch < stage_epochs(config) and not state.stopped_early:
-            epoch += 1
-            train_loss = run_epoch(ctx, epoch, state)
-            finish_epoch(ctx, epoch, state, train_loss)
+        try:
+            while epoch < stage_epochs(config) and not state.stopped_early:
+                epoch += 1
+                train_loss = run_epoch(ctx, epoch, state)
+                finish_epoch(ctx, epoch, state, train_loss)
+        finally:
+            ctx["progress"].close()
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             durable.finish_stage(stage_uri(config), asdict(state))
