@@ -93,14 +93,16 @@ def test_finetunejob_runs_end_to_end(
     assert float(row[5]) == pytest.approx(best.validation_perplexity, rel=1e-3)
 
 
-def wait_for_training(custom: client.CustomObjectsApi, namespace: str, name: str) -> None:
+def wait_for_first_report(custom: client.CustomObjectsApi, namespace: str, name: str) -> None:
+    """Until the trainer's first report is in the job's status (the trainer runs)."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         job = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        if (job.get("status") or {}).get("phase") == "Training":
+        status = job.get("status") or {}
+        if status.get("phase") == "Training" and status.get("progress"):
             return
         time.sleep(0.5)
-    raise AssertionError(f"{name} never reported Training: {job.get('status')}")
+    raise AssertionError(f"{name} never reported from its trainer: {job.get('status')}")
 
 
 OUTAGE_S = 40
@@ -125,7 +127,7 @@ def test_an_api_server_outage_during_training_loses_nothing(
         kube_api, control_plane.server, control_plane.ca_path, namespace, pvc_root, tmp_path
     ) as kuberay:
         assert kubectl("apply", "-n", namespace, "-f", str(manifest)).returncode == 0
-        wait_for_training(custom, namespace, "e2e-outage")
+        wait_for_first_report(custom, namespace, "e2e-outage")
         with control_plane.apiserver_down():
             time.sleep(OUTAGE_S)
         job = wait_for_phase(custom, namespace, "e2e-outage", timeout=600)

@@ -28,6 +28,9 @@ from kubernetes.client.rest import ApiException
 RAY_GROUP, RAY_VERSION, RAYJOBS = "ray.io", "v1", "rayjobs"
 
 
+STATUS_WRITE_WAIT_S = 600.0
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -78,9 +81,25 @@ class LocalKubeRay:
                     threading.Thread(target=self._run, args=(rayjob,), daemon=True).start()
 
     def _set_status(self, name: str, **status: Any) -> None:
-        self.custom.patch_namespaced_custom_object_status(
-            RAY_GROUP, RAY_VERSION, self.namespace, RAYJOBS, name, {"status": status}
-        )
+        # KubeRay's reconciler retries a failed status write; so does the double, for as long
+        # as a test's API server outage may last.
+        deadline = time.monotonic() + STATUS_WRITE_WAIT_S
+        while True:
+            try:
+                self.custom.patch_namespaced_custom_object_status(
+                    RAY_GROUP,
+                    RAY_VERSION,
+                    self.namespace,
+                    RAYJOBS,
+                    name,
+                    {"status": status},
+                    _request_timeout=10,
+                )
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
 
     def _run(self, rayjob: dict[str, Any]) -> None:
         name = rayjob["metadata"]["name"]

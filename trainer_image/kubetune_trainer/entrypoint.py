@@ -25,6 +25,7 @@ from kubetune_trainer.job_source import JobSourceError, read_own_job
 from kubetune_trainer.reporting import (
     ThrottledReporter,
     default_namespace,
+    deliver_final_report,
     redact,
     reporter_from_target,
 )
@@ -70,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         failed = TrainerReport(phase="Failed", job_uid=args.job_uid, error=f"invalid spec: {exc}")
         reporter.write(failed, force=True)
         print(redact(f"invalid spec: {exc}"), file=sys.stderr)
+        deliver_final_report(reporter)
         return 2
     from kubetune_trainer.runner import RunOptions, run_job
 

@@ -14,6 +14,9 @@ from typing import Any
 from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kubetune_trainer.reporting import REQUEST_TIMEOUT, load_api_client, with_retries
 
+# A trainer that starts while the API server restarts waits for it this long.
+API_OUTAGE_WAIT_S = 600.0
+
 
 class JobSourceError(RuntimeError):
     """The FineTuneJob cannot be read, or it is not the job this run was started for."""
@@ -33,7 +36,7 @@ def read_own_job(name: str, namespace: str, uid: str | None, api: Any = None) ->
         )
 
     try:
-        job = with_retries(get)
+        job = with_retries(get, outage_wait_s=API_OUTAGE_WAIT_S)
     except Exception as error:
         status = getattr(error, "status", None)
         raise JobSourceError(

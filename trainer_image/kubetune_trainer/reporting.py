@@ -44,6 +44,10 @@ OBJECT_TARGET = REPORT_SINGULAR  # --report finetunejobreport:NAME
 RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
 RETRYABLE_STATUS = frozenset({403, 404, 409, 429, 500, 502, 503, 504})
 REQUEST_TIMEOUT = (5.0, 30.0)  # (connect, read) seconds: a hung API server must not hang training
+OUTAGE_RETRY_S = 10.0  # between tries once the short retries are spent and the API is still down
+# The last report holds the run's results, which exist nowhere else the operator reads: the
+# process waits this long for it to be delivered across an API outage before it exits.
+FINAL_REPORT_WAIT_S = 600.0
 T = TypeVar("T")
 
 
@@ -100,18 +104,27 @@ def load_api_client() -> Any:
     return client.ApiClient()
 
 
-def with_retries(call: Callable[[], T]) -> T:
+def with_retries(call: Callable[[], T], outage_wait_s: float = 0.0) -> T:
     """`call()`, retried on the answers a fresh job can see for a moment (RBAC not there
-    yet) and on API server hiccups; other errors are raised at once."""
-    for delay in (*RETRY_DELAYS_S, None):
+    yet) and on API server hiccups; other errors are raised at once. While the API server does
+    not answer at all (connection refused, 5xx), tries go on every OUTAGE_RETRY_S for up to
+    `outage_wait_s` (a trainer that starts during an API server restart waits it out)."""
+    give_up_at = time.monotonic() + outage_wait_s
+    short_delays = iter(RETRY_DELAYS_S)
+    while True:
         try:
             return call()
         except Exception as error:  # ApiException or a connection error
             status = getattr(error, "status", None)
-            if delay is None or (status is not None and status not in RETRYABLE_STATUS):
+            if status is not None and status not in RETRYABLE_STATUS:
                 raise
+            delay = next(short_delays, None)
+            if delay is None:
+                api_down = status is None or status >= 500
+                if not api_down or time.monotonic() >= give_up_at:
+                    raise
+                delay = OUTAGE_RETRY_S
             time.sleep(delay)
-    raise AssertionError("unreachable")
 
 
 class ObjectReporter:
@@ -264,6 +277,16 @@ class ThrottledReporter:
 
     def _backoff(self) -> float:
         return min(self.backoff_s * 2 ** max(self.failures - 1, 0), self.backoff_max_s)
+
+
+def deliver_final_report(reporter: ThrottledReporter) -> None:
+    """Wait for the last report to reach the API server, across an outage of up to
+    FINAL_REPORT_WAIT_S (the process must not exit with its results undelivered)."""
+    if not reporter.flush(FINAL_REPORT_WAIT_S):
+        print(
+            f"kubetune: the final report was not delivered within {FINAL_REPORT_WAIT_S:.0f} s",
+            file=sys.stderr,
+        )
 
 
 def reporter_from_target(target: str, namespace: str | None = None) -> Reporter:

@@ -48,7 +48,13 @@ from kubetune_trainer.data.loaders import LoadedRows, resolve_local
 from kubetune_trainer.data.prepare import PreparedData, load_texts, prepare_data
 from kubetune_trainer.data.presets import PLAIN_STOP, Preset, preset_for_task
 from kubetune_trainer.generation import PRIMARY_METRIC
-from kubetune_trainer.reporting import ThrottledReporter, beat, now_rfc3339, redact
+from kubetune_trainer.reporting import (
+    ThrottledReporter,
+    beat,
+    deliver_final_report,
+    now_rfc3339,
+    redact,
+)
 from kubetune_trainer.train_loop import (
     StageConfig,
     StageState,
@@ -486,23 +492,10 @@ def run_job(spec: FineTuneJobSpec, options: RunOptions) -> TrainerReport:
         job.report.error_reason = error_reason_of(exc)
         publish(options, job.report)
         print(redact(traceback.format_exc()), file=sys.stderr)
-        deliver_final_report(options)
+        deliver_final_report(options.reporter)
         raise
-    deliver_final_report(options)
+    deliver_final_report(options.reporter)
     return job.report
-
-
-FINAL_REPORT_WAIT_S = 600.0
-
-
-def deliver_final_report(options: RunOptions) -> None:
-    """Wait for the last report to reach the API server (its results exist nowhere else the
-    operator reads) across an outage of up to FINAL_REPORT_WAIT_S."""
-    if not options.reporter.flush(FINAL_REPORT_WAIT_S):
-        print(
-            f"kubetune: the final report was not delivered within {FINAL_REPORT_WAIT_S:.0f} s",
-            file=sys.stderr,
-        )
 
 
 def new_run_id() -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -12,7 +14,13 @@ from kubernetes.client.rest import ApiException
 from kubetune.api.v1alpha1 import GROUP
 from kubetune_trainer import reporting
 from kubetune_trainer.job_source import JobSourceError, read_own_job
-from tests.controlplane.operator.helpers import REPO_ROOT, create_job, job_manifest, wait_for
+from tests.controlplane.operator.helpers import (
+    REPO_ROOT,
+    create_job,
+    get_job,
+    job_manifest,
+    wait_for,
+)
 from tests.support.controlplane import ControlPlane
 from tests.support.operator_process import OperatorProcess
 
@@ -121,6 +129,31 @@ def assert_real_token_is_limited(
         with monkeypatch.context() as patch, pytest.raises(JobSourceError, match="HTTP 403"):
             patch.setattr(reporting, "RETRY_DELAYS_S", (0.1,))  # 403 is retried at first
             read_own_job("beta", namespace, None, api=api)
+
+
+def test_a_trainer_starting_during_an_api_outage_reads_its_job_once_the_api_is_back(
+    custom: client.CustomObjectsApi,
+    kube_api: client.ApiClient,
+    namespace: str,
+    control_plane: ControlPlane,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the short retries (RBAC races, hiccups), a connection refused is an outage: the
+    trainer keeps trying instead of failing the job as 'invalid spec'."""
+    create_job(custom, namespace, job_manifest("gamma"))
+    uid = get_job(custom, namespace, "gamma")["metadata"]["uid"]
+    monkeypatch.setattr(reporting, "RETRY_DELAYS_S", (0.1,))
+    monkeypatch.setattr(reporting, "OUTAGE_RETRY_S", 0.5)
+    read: list[dict[str, Any]] = []
+    with control_plane.apiserver_down():
+        reader = threading.Thread(
+            target=lambda: read.append(read_own_job("gamma", namespace, uid, api=kube_api))
+        )
+        reader.start()
+        time.sleep(3)  # well past the short retries
+        assert reader.is_alive() and not read
+    reader.join(timeout=120)
+    assert read and read[0]["metadata"]["name"] == "gamma"
 
 
 def _golden_objects() -> list[tuple[str, dict[str, Any]]]:
