@@ -1,7 +1,7 @@
 """Examples scored per second, per task, through `score_predictions` (what `kubetune eval`
 runs), on the shared datasets.
 
-    python bench/bench_eval.py [--sql-rows 1000] [--workers 1 2]
+    python bench/bench_eval.py [--sql-rows 4000] [--workers 1 2]
 
 SQL is timed from scratch (the per-example table synthesis is included: its cache is cleared
 before each run) with two kinds of predictions: the gold query itself (a fine-tuned model's
@@ -9,7 +9,9 @@ usual output; recognised without running it) and a near miss of it (off-by-one l
 for `>`, dropped condition, other aggregate or order: always executed). Run it on an idle
 machine; the load average is printed so that numbers from a busy one can be discounted, and
 CPU seconds (of this process and its workers) are printed beside wall seconds: examples per
-CPU second times the number of idle cores is what a quiet machine gives.
+CPU second times the number of idle cores is what a quiet machine gives. Last, the wall time
+of the command a user runs, `kubetune eval --task sql` on the SQL rows with gold predictions
+(process start, file reading and the worker processes included).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import argparse
 import json
 import os
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -106,9 +111,29 @@ def timed(
     return time.perf_counter() - start, _cpu_seconds() - start_cpu, metrics
 
 
+def cli_seconds(rows: list[dict[str, Any]]) -> tuple[float, str]:
+    """Wall seconds of `kubetune eval --task sql` on `rows` with gold predictions, and its
+    summary line."""
+    with tempfile.TemporaryDirectory() as folder:
+        references, predictions = Path(folder) / "refs.jsonl", Path(folder) / "preds.jsonl"
+        references.write_text(
+            "".join(json.dumps({"id": i, **r}) + "\n" for i, r in enumerate(rows))
+        )
+        predictions.write_text(
+            "".join(
+                json.dumps({"id": i, "prediction": r["answer"]}) + "\n" for i, r in enumerate(rows)
+            )
+        )
+        command = [sys.executable, "-m", "kubetune.cli", "eval", "--task", "sql"]
+        command += ["--predictions", str(predictions), "--references", str(references)]
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        return time.perf_counter() - start, done.stdout.splitlines()[-1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sql-rows", type=int, default=1000)
+    parser.add_argument("--sql-rows", type=int, default=4000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
 
@@ -138,6 +163,9 @@ def main() -> None:
                 f"{label:32} {count:>8} {workers:>7} {seconds:>7.2f} {count / seconds:>8.1f}"
                 f" {cpu:>7.2f} {count / cpu:>9.1f}  {HEADLINE[task]}={metrics[HEADLINE[task]]:.3f}"
             )
+    seconds, counts = cli_seconds(rows)
+    print(f"kubetune eval --task sql, {len(rows)} rows, gold predictions: {seconds:.2f} s wall")
+    print(f"  {counts}")
 
 
 if __name__ == "__main__":

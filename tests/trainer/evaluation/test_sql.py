@@ -297,7 +297,7 @@ def test_sqlite_semantics_like_is_case_insensitive_and_division_truncates():
     gold = "SELECT name FROM t WHERE name LIKE 'ab%'"
     assert status("SELECT name FROM t WHERE name LIKE 'AB%'", gold, context) == sql.CORRECT
     case = sql.build_gold_case(context, gold)
-    division = sql.execute_prediction(case, sql.parse_query("SELECT 7 / 2, 7.0 / 2, 1 / 0"))
+    division = sql.execute_prediction(case, "SELECT 7 / 2, 7.0 / 2, 1 / 0")
     assert division.rows == [(3, 3.5, None)]
 
 
@@ -351,20 +351,55 @@ def test_aggregate_excludes_unscorable_rows():
     assert metrics["prediction_error_rate"] == 0.25
 
 
-def test_score_predictions_reports_sqlite_agreement():
+def test_score_predictions_gives_one_status_per_row_in_order():
     metrics, details = score_predictions(
         "sql",
         [HEAD_GOLD, "SELECT name FROM head WHERE age >= 56", "nonsense"],
         [{"context": HEAD, "answer": HEAD_GOLD}] * 3,
     )
     assert [d["status"] for d in details] == [sql.CORRECT, sql.WRONG_RESULT, sql.PREDICTION_ERROR]
-    assert metrics["sqlite_agreement"] == 1.0
     assert all(0.0 <= value <= 1.0 for value in metrics.values())
 
 
-def test_crosscheck_agrees_with_sqlite_on_a_near_miss():
-    check = sql.crosscheck_example("SELECT name FROM head WHERE age >= 56", HEAD, HEAD_GOLD)
-    assert check == {"agree": True, "status": sql.WRONG_RESULT, "sqlite_status": sql.WRONG_RESULT}
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DELETE FROM head",
+        "UPDATE head SET age = 1",
+        "INSERT INTO head VALUES ('x', 1)",
+        "DROP TABLE head",
+        "ATTACH DATABASE ':memory:' AS other",
+        "PRAGMA query_only = OFF",
+        "CREATE TABLE t (a)",
+    ],
+)
+def test_a_prediction_can_only_read_the_tables(statement):
+    case = sql.build_gold_case(HEAD, HEAD_GOLD)
+    rows = {t: list(r) for t, r in case.database.rows.items()}
+    with pytest.raises(sql.SqlError, match="not authorized"):
+        case.tables.run(statement)
+    assert sql.score_example(statement, HEAD, HEAD_GOLD)["status"] == sql.PREDICTION_ERROR
+    assert case.tables.run("SELECT * FROM head").rows == rows["head"]
+    assert sql.score_example(HEAD_GOLD, HEAD, HEAD_GOLD, execute_identical=True)["status"] == (
+        sql.CORRECT
+    )
+
+
+def test_a_runaway_prediction_is_stopped():
+    endless = (
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT COUNT(*) FROM n"
+    )
+    result = sql.score_example(endless, HEAD, HEAD_GOLD)
+    assert result["status"] == sql.PREDICTION_ERROR
+    assert "stopped after" in str(result["error"])
+
+
+def test_text_sqlite_cannot_run_is_transpiled_from_the_dataset_dialect():
+    case = sql.build_gold_case(HEAD, HEAD_GOLD)
+    with pytest.raises(sql.SqlError):
+        case.tables.run("SELECT name FROM head WHERE age > 56 AND name ILIKE '%'")
+    transpiled = "SELECT name FROM head WHERE age > 56 AND name ILIKE '%'"
+    assert status(transpiled, HEAD_GOLD, HEAD) == sql.CORRECT
 
 
 # ----------------------------------------------------------------------------- real data
@@ -445,17 +480,20 @@ MUTATIONS = {
     "flip_order": _flip_order,
     "wrong_column": _wrong_column,
 }
-SAMPLE_EVERY = 10  # mutations and sqlite on every 10th row (400 rows)
+SAMPLE_EVERY = 10  # mutations on every 10th row (400 rows)
 
 
 def _check_row(item: tuple[int, dict]) -> dict:
     """Everything the real-data tests need from one row, computed in a worker process."""
     index, row = item
     gold, context = row["answer"], row["context"]
-    out: dict = {"status": sql.score_example(gold, context, gold, execute_identical=True)["status"]}
-    if index % SAMPLE_EVERY or out["status"] == sql.UNSCORABLE:
+    verdict = sql.score_example(gold, context, gold, execute_identical=True)
+    out: dict = {"status": verdict["status"], "reason": verdict.get("reason")}
+    if out["status"] == sql.UNSCORABLE:
         return out
-    out["sqlite"] = [sql.crosscheck_example(gold, context, gold)]
+    out["tables"] = _table_rules(sql.build_gold_case(context, gold))
+    if index % SAMPLE_EVERY:
+        return out
     query = sql.parse_query(sql.extract_query(gold))
     out["mutants"] = {}
     if isinstance(query, exp.Select):
@@ -464,8 +502,27 @@ def _check_row(item: tuple[int, dict]) -> dict:
             if mutant is not None:
                 text = mutant.sql(dialect="sqlite")
                 out["mutants"][name] = sql.score_example(text, context, gold)["status"]
-                out["sqlite"].append(sql.crosscheck_example(text, context, gold))
     return out
+
+
+def _table_rules(case: sql.GoldCase) -> dict:
+    """For a plain filter on one table (no join, grouping, aggregate or set operation): the
+    rows of its result and of its table."""
+    query = case.query
+    plain = (
+        isinstance(query, exp.Select)
+        and query.args.get("where") is not None
+        and not query.args.get("joins")
+        and not query.args.get("group")
+        and not query.args.get("distinct")
+        and not query.args.get("limit")
+        and not any(isinstance(p.unalias(), exp.AggFunc) for p in query.expressions)
+        and isinstance(query.args["from_"].this, exp.Table)
+    )
+    if not plain:
+        return {}
+    table = query.args["from_"].this.name.lower()
+    return {"result": len(case.result.rows), "table": len(case.database.rows[table])}
 
 
 @pytest.fixture(scope="module")
@@ -482,22 +539,35 @@ def sample_results() -> list[dict]:
 
 
 def test_scorable_fraction_of_the_shared_sample(sample_results):
-    scorable = sum(r["status"] != sql.UNSCORABLE for r in sample_results) / len(sample_results)
-    print(f"scorable fraction: {scorable:.4f}")
-    assert scorable >= 0.90
+    """4.3% of the sample's gold queries use a column their context does not declare, and
+    are unscorable for it; of the others, at least 98% must be scorable."""
+    scorable = sum(r["status"] != sql.UNSCORABLE for r in sample_results)
+    declared = [r for r in sample_results if not str(r["reason"]).startswith(sql.UNDECLARED)]
+    print(
+        f"scorable: {scorable / len(sample_results):.4f} of all rows, {scorable / len(declared):.4f} of rows with declared columns"
+    )
+    assert scorable / len(sample_results) >= 0.93
+    assert scorable / len(declared) >= 0.98
+
+
+def test_gold_queries_using_undeclared_columns_are_unscorable(sample_results):
+    undeclared = [r for r in sample_results if str(r["reason"]).startswith(sql.UNDECLARED)]
+    assert undeclared  # the sample has some: the contexts were generated and drop columns
+    assert all(r["status"] == sql.UNSCORABLE for r in undeclared)
+
+
+def test_no_scorable_filter_returns_nothing_or_its_whole_table(sample_results):
+    """The case study's rule for synthesized tables, on every plain single-table filter."""
+    plain = [r["tables"] for r in sample_results if r.get("tables")]
+    assert len(plain) >= 500
+    assert all(0 < t["result"] < t["table"] for t in plain), [
+        t for t in plain if not 0 < t["result"] < t["table"]
+    ][:5]
 
 
 def test_gold_against_gold_is_correct_on_every_scorable_row(sample_results):
     statuses = Counter(r["status"] for r in sample_results)
     assert set(statuses) <= {sql.CORRECT, sql.UNSCORABLE}, statuses
-
-
-def test_sqlite_agrees_with_the_executor_on_a_sample(sample_results):
-    checks = [check for r in sample_results for check in r.get("sqlite", []) if check]
-    agreement = sum(check["agree"] for check in checks) / len(checks)
-    print(f"sqlite agreement: {agreement:.4f} over {len(checks)} gold and near-miss queries")
-    assert len(checks) >= 800
-    assert agreement >= 0.97
 
 
 # Minimum share of near misses that must score as not correct. Some are legitimately

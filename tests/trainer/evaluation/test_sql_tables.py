@@ -13,7 +13,6 @@ import pytest
 from kubetune_trainer.evaluation import sql
 from kubetune_trainer.evaluation.sql_tables import (
     Atom,
-    add_missing_references,
     atom_holds,
     example_seed,
     infer_kinds,
@@ -30,7 +29,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 def profiled(context: str, gold: str):
     query = sql.parse_query(gold)
-    schema = add_missing_references(parse_context(context), query)
+    schema = parse_context(context)
     qualified = sql.qualify_query(query, sql.mapping_schema(schema))
     return schema, profile_query(qualified)
 
@@ -66,28 +65,28 @@ def test_quoted_names_and_missing_types():
     assert schema == {"t": {"a": "text", "b": "text"}}
 
 
-def test_columns_the_context_forgot_are_added_to_the_right_table():
-    query = sql.parse_query(
-        "SELECT AVG(Milliseconds) FROM GENRE AS T1 JOIN TRACK AS T2 ON T1.GenreId = T2.GenreId"
-        " WHERE T2.Bytes > 5 AND Name = 'Pop'"
-    )
-    schema = parse_context(
+@pytest.mark.parametrize(
+    "gold",
+    [
+        # unqualified, qualified, and a table the context never created
+        "SELECT AVG(Milliseconds) FROM GENRE AS T1 JOIN TRACK AS T2 ON T1.GenreId = T2.GenreId",
+        "SELECT T2.Bytes FROM GENRE AS T1 JOIN TRACK AS T2 ON T1.GenreId = T2.GenreId",
+        "SELECT COUNT(*) FROM tracks WHERE genre = 'x'",
+    ],
+)
+def test_a_gold_query_using_undeclared_columns_is_unscorable(gold):
+    context = (
         "CREATE TABLE TRACK (GenreId VARCHAR); CREATE TABLE GENRE (GenreId VARCHAR, Name VARCHAR)"
     )
-    augmented = add_missing_references(schema, query)
-    assert "milliseconds" in augmented["genre"]  # unqualified: first table of its SELECT
-    assert "bytes" in augmented["track"]  # qualified: the alias's table
-    assert "name" not in augmented["track"]  # already declared on genre
+    verdict = sql.score_example(gold, context, gold, execute_identical=True)
+    assert verdict["status"] == sql.UNSCORABLE
+    assert str(verdict["reason"]).startswith(sql.UNDECLARED)
 
 
-def test_tables_the_context_forgot_are_added():
-    query = sql.parse_query("SELECT COUNT(*) FROM tracks WHERE genre = 'x'")
-    assert add_missing_references({}, query) == {"tracks": {"genre": "text"}}
-
-
-def test_projection_aliases_are_not_missing_columns():
-    query = sql.parse_query("SELECT a, COUNT(*) AS n FROM t GROUP BY a ORDER BY n")
-    assert add_missing_references({"t": {"a": "text"}}, query) == {"t": {"a": "text"}}
+def test_projection_aliases_are_not_undeclared_columns():
+    gold = "SELECT a, COUNT(*) AS n FROM t GROUP BY a ORDER BY n"
+    verdict = sql.score_example(gold, "CREATE TABLE t (a VARCHAR)", gold, execute_identical=True)
+    assert verdict["status"] == sql.CORRECT
 
 
 # ----------------------------------------------------------------------------- kinds
@@ -293,10 +292,8 @@ def test_gold_result_is_never_the_whole_table_when_filtered():
     )
     everything = sql.execute_prediction(
         case,
-        sql.parse_query(
-            "SELECT DISTINCT T1.creation FROM department AS T1 JOIN management AS T2 ON"
-            " T1.department_id = T2.department_id JOIN head AS T3 ON T2.head_id = T3.head_id"
-        ),
+        "SELECT DISTINCT T1.creation FROM department AS T1 JOIN management AS T2 ON"
+        " T1.department_id = T2.department_id JOIN head AS T3 ON T2.head_id = T3.head_id",
     )
     assert case.result.rows
     assert not sql.results_match(case.result, everything, ordered=False)

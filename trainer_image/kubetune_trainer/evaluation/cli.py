@@ -24,7 +24,6 @@ _HEADLINES = {
 _NOTES = {
     "execution_accuracy": "over scorable rows",
     "scorable": "fraction of all rows",
-    "sqlite_agreement": "sample re-run on sqlite3",
     "precedence_violation_rate": "over parseable predictions",
 }
 
@@ -79,9 +78,7 @@ def _counts(task: str, details: list[dict[str, Any]]) -> dict[str, int]:
     if task == "sql":
         from kubetune_trainer.evaluation.sql import STATUSES
 
-        counts = {status: sum(d["status"] == status for d in details) for status in STATUSES}
-        counts["sqlite_checked"] = sum("sqlite_agrees" in d for d in details)
-        return counts
+        return {status: sum(d["status"] == status for d in details) for status in STATUSES}
     if task == "gsm8k":
         return {
             "correct": sum(bool(d["correct"]) for d in details),

@@ -24,9 +24,6 @@ REFERENCE_FIELDS: dict[str, tuple[str, ...]] = {
     "sql": ("context", "answer"),
     "gsm8k": ("answer",),
 }
-# About this many SQL rows, evenly spread, are re-run on sqlite3 to measure how far sqlglot's
-# executor agrees with it (unscorable ones among them are skipped).
-SQLITE_SAMPLE = 50
 _PARALLEL_MINIMUM = 200  # below this, starting worker processes costs more than it saves
 
 
@@ -73,29 +70,13 @@ def _score_one(task: str, prediction: str, reference: Mapping[str, Any], strict:
     return sql.score_example(prediction, reference["context"], reference["answer"])
 
 
-def _crosscheck(prediction: str, reference: Mapping[str, Any]) -> bool | None:
-    from kubetune_trainer.evaluation import sql
-
-    check = sql.crosscheck_example(prediction, reference["context"], reference["answer"])
-    return None if check is None else bool(check["agree"])
-
-
-def _score_chunk(
-    task: str, chunk: list[tuple[int, str, dict]], strict: bool, sample_every: int
-) -> list[dict]:
-    """Score a slice of the inputs; SQL rows whose index is a multiple of `sample_every` are
-    also re-run on sqlite3 (here, where their synthetic tables are still cached)."""
+def _score_chunk(task: str, chunk: list[tuple[int, str, dict]], strict: bool) -> list[dict]:
     details = []
     for index, prediction, reference in chunk:
         try:
-            detail = _score_one(task, prediction, reference, strict)
+            details.append(_score_one(task, prediction, reference, strict))
         except InvalidReference as error:
             raise ReferenceRowError(index, str(error)) from None
-        if task == "sql" and index % sample_every == 0:
-            agrees = _crosscheck(prediction, reference)
-            if agrees is not None:
-                detail["sqlite_agrees"] = agrees
-        details.append(detail)
     return details
 
 
@@ -121,24 +102,15 @@ def _chunks(items: list, count: int) -> list[list]:
 def _score_all(
     task: str, items: list[tuple[int, str, dict]], strict: bool, workers: int
 ) -> list[dict]:
-    sample_every = max(1, len(items) // SQLITE_SAMPLE)
     if workers <= 1 or len(items) < _PARALLEL_MINIMUM:
-        return _score_chunk(task, items, strict, sample_every)
+        return _score_chunk(task, items, strict)
     # spawn, not fork: the trainer calls this from a process that may hold threads (Ray, torch)
     context = get_context("spawn")
     chunks = _chunks(items, workers * 4)
     count = len(chunks)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        parts = pool.map(
-            _score_chunk, [task] * count, chunks, [strict] * count, [sample_every] * count
-        )
+        parts = pool.map(_score_chunk, [task] * count, chunks, [strict] * count)
         return [detail for part in parts for detail in part]
-
-
-def _sqlite_agreement(details: list[dict]) -> float:
-    """Share of the re-run sample (scorable rows only) on which sqlite3 agreed."""
-    checked = [row["sqlite_agrees"] for row in details if "sqlite_agrees" in row]
-    return sum(checked) / len(checked) if checked else 0.0
 
 
 def score_predictions(
@@ -168,10 +140,7 @@ def score_predictions(
         {"id": row_id, **detail}
         for row_id, detail in zip(row_ids, _score_all(task, items, strict, workers), strict=True)
     ]
-    metrics = _aggregate(task, details)
-    if task == "sql":
-        metrics["sqlite_agreement"] = _sqlite_agreement(details)
-    return metrics, details
+    return _aggregate(task, details), details
 
 
 def default_workers() -> int:

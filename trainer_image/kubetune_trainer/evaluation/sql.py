@@ -1,29 +1,28 @@
 """SQL scoring by execution: extract the query from a model output, run it and the gold query
-on synthetic tables (`sql_tables.py`) with sqlglot's Python executor, compare the results.
+on synthetic tables (`sql_tables.py`) loaded into an in-memory SQLite database, compare the
+results.
 
 Why execution rather than string match: `SELECT a, b ... WHERE x > 5` and
-`SELECT a, b ... WHERE 5 < x` are the same answer. Why sqlglot's executor rather than sqlite3:
-it is pure Python, runs wherever the trainer runs, and sqlite3 stays as an independent check
-(`crosscheck_example`), whose agreement the scorer reports.
-
-The executor is given SQLite's semantics where the two differ and the dataset cares (the Spider
-queries were written for SQLite): LIKE is ASCII case-insensitive, integer division truncates,
-a number compared with text compares as text, and a column that is neither grouped nor
-aggregated (`SELECT name ... GROUP BY id`) takes one value of its group.
+`SELECT a, b ... WHERE 5 < x` are the same answer. Why SQLite: the dataset's queries come from
+Spider and WikiSQL, whose own evaluation runs them on SQLite, and Python ships it. sqlglot
+parses and qualifies the gold query (to type and synthesize its tables) and transpiles a
+prediction only when SQLite cannot run its text as written.
 
 Per example `status`:
 * `correct`: same result (a multiset of rows; in order only when the gold query orders, where
   rows tied on the ORDER BY keys may swap; numbers compared after rounding to 6 decimals;
-  columns may come in another order). A prediction that parses to the gold query's tree is
-  correct without being run;
+  columns may come in another order). A prediction whose text is the gold query's is correct
+  without being run;
 * `wrong_result`: the prediction ran and returned something else;
 * `prediction_error`: the prediction does not parse, names unknown tables or columns, or fails;
-* `unscorable`: the gold query cannot be run, or no synthetic tables give it a result that is
-  non-empty and not the whole table; such rows are left out of `execution_accuracy`.
+* `unscorable`: the gold query cannot be run, uses a column its CREATE TABLE context does not
+  declare (the context cannot be a fair test then), or no synthetic tables give it a result
+  that is non-empty and differs from its result without WHERE/HAVING; such rows are left out
+  of `execution_accuracy`.
 
-Predictions are untrusted text, so every failure while parsing, planning or executing one is
-caught and reported as `prediction_error`; a query that would cross-join more than
-MAX_SCANNED_ROWS rows is refused rather than run.
+Predictions are untrusted text: the database is read-only (an authorizer allows reading
+only), every failure is reported as `prediction_error`, and a query that runs more than
+MAX_VM_STEPS SQLite instructions or returns more than MAX_RESULT_ROWS rows is stopped.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from __future__ import annotations
 import itertools
 import re
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
@@ -40,23 +39,14 @@ from typing import Any
 import sqlglot
 from sqlglot import exp
 from sqlglot.dialects.sqlite import SQLite
-from sqlglot.executor.env import null_if_any
-from sqlglot.executor.python import SUBQUERY_NODES, PythonExecutor
-from sqlglot.executor.table import Table, Tables
 from sqlglot.optimizer.qualify import qualify
-from sqlglot.planner import Plan, Step
 from sqlglot.schema import MappingSchema
 
 from kubetune_trainer.evaluation import InvalidReference, clean_output
 from kubetune_trainer.evaluation.sql_tables import (
     Database,
     SchemaKinds,
-    Value,
-    add_missing_references,
-    bare_columns,
     example_seed,
-    is_aggregate,
-    like_matches,
     parse_context,
     profile_query,
     synthesize,
@@ -69,9 +59,17 @@ UNSCORABLE = "unscorable"
 STATUSES = (CORRECT, WRONG_RESULT, PREDICTION_ERROR, UNSCORABLE)
 
 MAX_ATTEMPTS = 4
-MAX_SCANNED_ROWS = 200_000  # a prediction that cross-joins everything is an error, not a hang
+# A prediction that cross-joins everything is an error, not a hang: SQLite stops it after this
+# many virtual-machine instructions (a gold query on the synthetic tables takes thousands).
+MAX_VM_STEPS = 20_000_000
+MAX_RESULT_ROWS = 100_000
+_PROGRESS_EVERY = 100_000  # instructions between two checks of the budget
 _TYPE_NAMES = {"int": "INT", "real": "DOUBLE", "text": "TEXT"}
 _SQLITE_TYPES = {"int": "INTEGER", "real": "REAL", "text": "TEXT"}
+# What a query may do: read tables and call functions (SQLite's authorizer action codes).
+_READ_ACTIONS = frozenset(
+    {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
+)
 
 
 class SpiderSQLite(SQLite):
@@ -99,7 +97,9 @@ _TAGGED = (
     re.compile(r"```(?:sql|sqlite)?[ \t]*\n?(.*?)(?:```|$)", re.DOTALL | re.IGNORECASE),
 )
 # WITH only as a CTE (`WITH x AS (`), so that prose ("a query with a join: SELECT ...") is skipped
-_QUERY_START = re.compile(r"\bWITH\s+\w+\s+AS\s*\(|\bSELECT\b", re.IGNORECASE)
+_QUERY_START = re.compile(
+    r"\bWITH\s+(?:RECURSIVE\s+)?\w+\s*(?:\([\w\s,]*\))?\s*AS\s*\(|\bSELECT\b", re.IGNORECASE
+)
 _STATEMENT_END = re.compile(r"""('(?:[^']|'')*'|"(?:[^"]|"")*"|`[^`]*`)|(;|\n\s*\n)""")
 
 
@@ -128,15 +128,6 @@ def extract_query(output: str) -> str:
 class Result:
     columns: tuple[str, ...]
     rows: list[tuple[Any, ...]]
-
-
-@dataclass
-class PreparedQuery:
-    """A planned query, reusable on any tables of its schema."""
-
-    plan: Plan
-    cross_joined: list[list[str]]  # per SELECT, the tables whose rows multiply
-    code_cache: dict[int, tuple[exp.Expr, Any]]
 
 
 def parse_query(sql: str) -> exp.Query:
@@ -185,190 +176,53 @@ def qualify_query(query: exp.Query, schema: MappingSchema, copy: bool = True) ->
         raise SqlError(_first_line(error)) from None
 
 
-def _any_value_for_bare_columns(query: exp.Expr) -> exp.Expr:
-    """`SELECT name, COUNT(*) ... GROUP BY id`: SQLite returns some `name` of each group;
-    sqlglot's executor refuses. MIN(name) picks one deterministically (and is exact when name
-    depends on id, as it does in the dataset's join-then-group queries)."""
-    for select in list(query.find_all(exp.Select)):
-        if not is_aggregate(select):
-            continue
-        group = select.args.get("group")
-        keys = {key.sql() for key in group.expressions} if group else set()
-        order = select.args.get("order")
-        targets = list(select.expressions) + (list(order.expressions) if order else [])
-        for target in targets:
-            for column in bare_columns(target):
-                if column.table and column.sql() not in keys:
-                    column.replace(exp.Min(this=column.copy()))
-    return query
+class Tables:
+    """The synthetic tables of one example in an in-memory SQLite database that queries can
+    only read."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.connection = sqlite3.connect(":memory:", check_same_thread=False)
+        for table, kinds in database.kinds.items():
+            columns = ", ".join(f'"{name}" {_SQLITE_TYPES[kind]}' for name, kind in kinds.items())
+            self.connection.execute(f'CREATE TABLE "{table}" ({columns})')
+            if database.rows[table]:
+                marks = ", ".join("?" * len(kinds))
+                self.connection.executemany(
+                    f'INSERT INTO "{table}" VALUES ({marks})', database.rows[table]
+                )
+        self.connection.commit()
+        self.connection.set_authorizer(_read_only)
+        self._steps_left = 0
+        self.connection.set_progress_handler(self._spend, _PROGRESS_EVERY)
+
+    def _spend(self) -> int:
+        self._steps_left -= _PROGRESS_EVERY
+        return 1 if self._steps_left <= 0 else 0  # non-zero interrupts the query
+
+    def run(self, sql: str) -> Result:
+        """The query's result; SqlError when SQLite refuses or stops it."""
+        self._steps_left = MAX_VM_STEPS
+        try:
+            cursor = self.connection.execute(sql)
+            rows = cursor.fetchmany(MAX_RESULT_ROWS + 1)
+        except sqlite3.OperationalError as error:
+            if str(error) == "interrupted":
+                raise SqlError(f"stopped after {MAX_VM_STEPS:,} SQLite instructions") from None
+            raise SqlError(f"sqlite: {error}") from None
+        except (sqlite3.Error, ValueError, OverflowError) as error:
+            raise SqlError(f"sqlite: {_first_line(error)}") from None
+        if len(rows) > MAX_RESULT_ROWS:
+            raise SqlError(f"returns more than {MAX_RESULT_ROWS:,} rows")
+        return Result(tuple(d[0] for d in cursor.description or ()), rows)
 
 
-def _untyped_division(query: exp.Expr) -> exp.Expr:
-    """sqlglot's SQLite dialect marks `/` as integer division unless it knows an operand is
-    REAL, which it does not without type annotation; SQLITE_ENV's DIV decides at run time."""
-    for division in query.find_all(exp.Div):
-        division.set("typed", False)
-    return query
+def _read_only(action: int, *_: object) -> int:
+    return sqlite3.SQLITE_OK if action in _READ_ACTIONS else sqlite3.SQLITE_DENY
 
 
-def _cross_joined_tables(query: exp.Expr) -> list[list[str]]:
-    """Per SELECT, the tables whose rows multiply: the FROM table and every join without an
-    ON/USING condition. (Equi-joins on the synthetic tables stay small.)"""
-    joined = []
-    for select in query.find_all(exp.Select):
-        joins = [
-            j
-            for j in select.args.get("joins") or []
-            if not (j.args.get("on") or j.args.get("using"))
-        ]
-        sources = [select.args.get("from_"), *joins]
-        joined.append(
-            [
-                source.this.name.lower()
-                for source in sources
-                if source is not None and isinstance(source.this, exp.Table)
-            ]
-        )
-    return joined
-
-
-class _OwnedPlan(Plan):
-    """sqlglot's Plan without its defensive copy of the whole tree: `prepare` hands over a
-    tree nobody else holds (a copy, or a freshly parsed prediction)."""
-
-    def __init__(self, expression: exp.Expr) -> None:
-        self.expression = expression
-        with_ = expression.args.get("with_")
-        self.ctes = with_.copy() if with_ is not None else None
-        self.root = Step.from_expression(expression)
-        self._dag = {}
-
-
-def prepare(qualified: exp.Expr, copy: bool = True) -> PreparedQuery:
-    """Plan a qualified query (the planner copies it; `copy=False` lets the bare-column
-    rewrite edit the caller's tree in place)."""
-    try:
-        tree = qualified.copy() if copy else qualified
-        rewritten = _untyped_division(_any_value_for_bare_columns(tree))
-        return PreparedQuery(_OwnedPlan(rewritten), _cross_joined_tables(rewritten), {})
-    except Exception as error:  # the planner raises plain exceptions on what it cannot plan
-        raise SqlError(f"cannot plan: {_first_line(error)}") from None
-
-
-def _compare_sqlite(op: Callable[[Any, Any], bool]) -> Callable[[Any, Any], Any]:
-    def compare(left: Any, right: Any) -> Any:
-        if isinstance(left, str) != isinstance(right, str):
-            left, right = str(left), str(right)
-        return op(left, right)
-
-    return null_if_any(compare)
-
-
-def _sqlite_divide(left: Any, right: Any) -> Any:
-    if right == 0:
-        return None
-    if isinstance(left, int) and isinstance(right, int):
-        quotient = abs(left) // abs(right)
-        return quotient if (left < 0) == (right < 0) else -quotient
-    return left / right
-
-
-SQLITE_ENV: dict[str, Any] = {
-    "LIKE": null_if_any(lambda value, pattern: like_matches(str(value), str(pattern))),
-    "DIV": null_if_any(_sqlite_divide),
-    "EQ": _compare_sqlite(lambda a, b: a == b),
-    "NEQ": _compare_sqlite(lambda a, b: a != b),
-    "GT": _compare_sqlite(lambda a, b: a > b),
-    "GTE": _compare_sqlite(lambda a, b: a >= b),
-    "LT": _compare_sqlite(lambda a, b: a < b),
-    "LTE": _compare_sqlite(lambda a, b: a <= b),
-}
-
-
-_CODE: dict[str, Any] = {}  # Python source of an expression -> its bytecode
-_CODE_LIMIT = 20_000
-
-
-def _compiled(text: str) -> Any:
-    """Bytecode for the executor's Python text, shared by every plan (gold queries and their
-    near misses repeat the same column references and conditions)."""
-    code = _CODE.get(text)
-    if code is None:
-        if len(_CODE) >= _CODE_LIMIT:
-            _CODE.clear()
-        code = _CODE[text] = compile(text, text, "eval", optimize=2)
-    return code
-
-
-class _SqliteExecutor(PythonExecutor):
-    """sqlglot's executor with three changes.
-
-    * Each scan reads its own view of a table: sqlglot's Table has a single row cursor, so a
-      subquery scanning the table its outer query is scanning (`FROM employees WHERE x =
-      (SELECT ... FROM employees ...)`) would move the outer query's current row.
-    * A scalar subquery that returns several rows gives its first value, as in SQLite,
-      instead of an error (`WHERE salary > (SELECT salary ... WHERE id = 163)`).
-    * Compiled expressions are kept per plan, since a gold query runs on several candidate
-      tables; the cache holds the expression itself so that its id stays unique, and skips
-      expressions with subqueries, whose code names per-executor plans.
-    """
-
-    def __init__(self, tables: Tables, code_cache: dict[int, tuple[exp.Expr, Any]]):
-        super().__init__(env=SQLITE_ENV, tables=tables)
-        self.code_cache = code_cache
-
-    def generate(self, expression: Any) -> Any:
-        if not expression:
-            return None
-        cached = self.code_cache.get(id(expression))
-        if cached is not None and cached[0] is expression:
-            return cached[1]
-        has_subquery = expression.find(*SUBQUERY_NODES) is not None
-        # sqlglot's generate() copies the expression before writing Python for it; the Python
-        # generator does not edit what it writes out, so the copy (a third of the time spent
-        # here) is skipped. A tree with subqueries is still copied, by _replace_subqueries.
-        source = self._replace_subqueries(expression) if has_subquery else expression
-        code = _compiled(self.generator.generate(source, copy=False))
-        if not has_subquery:
-            self.code_cache[id(expression)] = (expression, code)
-        return code
-
-    def scan_table(self, step: Any) -> Any:
-        tables: Any = self.tables
-        shared: Table = tables.find(step.source)
-        table = Table(columns=shared.columns, rows=shared.rows)
-        return self.context({step.source.alias_or_name: table}), iter(table)
-
-    def _subquery_scalar(self, plan_name: Any, scope: Any, *args: Any) -> Any:
-        rows = self._subquery_table(plan_name, scope, args).rows
-        return rows[0][0] if rows else None
-
-
-def _widest_scan(prepared: PreparedQuery, database: Database) -> int:
-    widest = 0
-    for tables in prepared.cross_joined:
-        product = 1
-        for table in tables:
-            product *= max(1, len(database.rows.get(table, ())))
-        widest = max(widest, product)
-    return widest
-
-
-def run(prepared: PreparedQuery, database: Database) -> Result:
-    widest = _widest_scan(prepared, database)
-    if widest > MAX_SCANNED_ROWS:
-        raise SqlError(f"would scan {widest} joined rows")
-    tables = Tables(
-        {
-            name: Table(columns=database.columns(name), rows=rows)
-            for name, rows in database.rows.items()
-        }
-    )
-    try:
-        table = _SqliteExecutor(tables, prepared.code_cache).execute(prepared.plan)
-    except Exception as error:  # model output can fail in any way the executor can
-        raise SqlError(f"execution failed: {_first_line(error)}") from None
-    return Result(tuple(table.columns), list(table.rows))
+def sqlite_text(query: exp.Expr) -> str:
+    return query.sql(dialect="sqlite")
 
 
 # --------------------------------------------------------------------------- comparison
@@ -447,22 +301,28 @@ def _degenerate(result: Result) -> bool:
     return len(result.rows) == 1 and all(value in (None, 0) for value in result.rows[0])
 
 
-def _with_sort_keys(qualified: exp.Expr) -> exp.Expr | None:
+def _sort_keys_text(qualified: exp.Expr) -> str | None:
     """The gold SELECT with its ORDER BY expressions appended as extra columns, to find which
-    result rows tie. None for set operations and DISTINCT, where extra columns change rows."""
+    result rows tie, as SQLite text. None for set operations and DISTINCT, where extra columns
+    change rows. (The tree is edited and restored: copying it costs more than the run.)"""
     if not isinstance(qualified, exp.Select) or qualified.args.get("distinct"):
         return None
     order = qualified.args.get("order")
     if order is None:
         return None
-    keyed = qualified.copy()
-    aliased = {p.alias: p.this for p in keyed.expressions if isinstance(p, exp.Alias)}
-    for index, ordered in enumerate(keyed.args["order"].expressions):
+    projections = list(qualified.expressions)
+    aliased = {p.alias: p.this for p in projections if isinstance(p, exp.Alias)}
+    keys = []
+    for index, ordered in enumerate(order.expressions):
         key = ordered.this
         if isinstance(key, exp.Column) and not key.table and key.name in aliased:
             key = aliased[key.name]  # ORDER BY a projection alias
-        keyed.append("expressions", exp.alias_(key.copy(), f"_sort_key_{index}"))
-    return keyed
+        keys.append(exp.alias_(key, f"_sort_key_{index}", copy=True))
+    qualified.set("expressions", projections + keys)
+    try:
+        return sqlite_text(qualified)
+    finally:
+        qualified.set("expressions", projections)
 
 
 def _tie_blocks(keyed: Result, width: int) -> tuple[Result, list[int]]:
@@ -486,26 +346,24 @@ def _top_level_selects(query: exp.Expr) -> list[exp.Select]:
     return []
 
 
-def _has_filters(query: exp.Expr) -> bool:
-    return any(
-        select.args.get(clause) is not None
-        for select in _top_level_selects(query)
+def _unfiltered_text(qualified: exp.Expr) -> str | None:
+    """The query without its top-level WHERE and HAVING as SQLite text, or None when it has
+    neither (edited and restored, like `_sort_keys_text`)."""
+    removed = [
+        (select, clause, select.args[clause])
+        for select in _top_level_selects(qualified)
         for clause in ("where", "having")
-    )
-
-
-def _without_filters(qualified: exp.Expr) -> exp.Expr | None:
-    """The query with its top-level WHERE and HAVING removed, or None when it has neither."""
-    if not _has_filters(qualified):
+        if select.args.get(clause) is not None
+    ]
+    if not removed:
         return None
-    copy = qualified.copy()
-    removed = False
-    for select in _top_level_selects(copy):
-        for clause in ("where", "having"):
-            if select.args.get(clause) is not None:
-                select.set(clause, None)
-                removed = True
-    return copy if removed else None
+    for select, clause, _ in removed:
+        select.set(clause, None)
+    try:
+        return sqlite_text(qualified)
+    finally:
+        for select, clause, node in removed:
+            select.set(clause, node)
 
 
 # --------------------------------------------------------------------------- gold cases
@@ -515,80 +373,77 @@ def _without_filters(qualified: exp.Expr) -> exp.Expr | None:
 class GoldCase:
     """A scorable gold query: the tables it runs on and its result there."""
 
-    query: exp.Query
-    schema: MappingSchema
-    database: Database
+    query: exp.Expr  # qualified: every column bound to its table
+    tables: Tables
     result: Result
     ordered: bool
     attempt: int
     blocks: list[int] | None = None  # tie runs of an ordered result
     sql: str = ""  # the gold query's text, as extracted from the reference
 
-
-def _prepare_gold(query: exp.Query, context: str) -> tuple[SchemaKinds, MappingSchema, Any]:
-    kinds = add_missing_references(parse_context(context), query)
-    schema = mapping_schema(kinds)
-    try:
-        qualified = qualify_query(query, schema)
-    except SqlError as error:
-        raise Unscorable(f"gold query does not resolve: {error}") from None
-    return kinds, schema, qualified
+    @property
+    def database(self) -> Database:
+        return self.tables.database
 
 
+UNDECLARED = "the gold query uses a column its CREATE TABLE context does not declare"
 EMPTY = "the gold result is empty on every synthetic table"
 WHOLE_TABLE = "the gold result is the whole table on every synthetic table"
 
 
-class _GoldPlans:
-    """The gold query (with its sort keys as extra columns when it orders: one run gives the
-    result and its ties), and the gold query without WHERE/HAVING, planned on first use."""
+def _qualified_gold(query: exp.Query, kinds: SchemaKinds) -> exp.Expr:
+    """The gold query with every column bound to a declared table column. A column the context
+    does not declare makes the row unscorable: tables made up for it would test a guess."""
+    try:
+        return qualify_query(query, mapping_schema(kinds), copy=False)
+    except SqlError as error:
+        if "could not be resolved" in str(error) or "Unknown" in str(error):
+            raise Unscorable(f"{UNDECLARED}: {error}") from None
+        raise Unscorable(f"gold query does not resolve: {error}") from None
+
+
+class _GoldQueries:
+    """The gold query as SQLite text (with its sort keys as extra columns when it orders: one
+    run gives the result and its ties), and the gold query without WHERE/HAVING."""
 
     def __init__(self, qualified: exp.Expr) -> None:
-        """Consumes `qualified` (planning rewrites it)."""
         self.width = len(qualified.selects) if isinstance(qualified, exp.Query) else 0
-        self.unfiltered_tree = _without_filters(qualified)
-        self.unfiltered: PreparedQuery | None = None
-        keyed = _with_sort_keys(qualified)
-        try:
-            self.gold = prepare(keyed if keyed is not None else qualified, copy=False)
-        except SqlError as error:
-            raise Unscorable(f"gold query fails: {error}") from None
+        self.gold = _sort_keys_text(qualified) or sqlite_text(qualified)
+        self.unfiltered = _unfiltered_text(qualified)
 
-    def result(self, database: Database) -> tuple[Result, list[int] | None]:
-        result = run(self.gold, database)
+    def result(self, tables: Tables) -> tuple[Result, list[int] | None]:
+        result = tables.run(self.gold)
         if len(result.columns) == self.width:
             return result, None
         return _tie_blocks(result, self.width)
 
-    def filters_nothing(self, database: Database, result: Result, ordered: bool) -> bool:
-        if self.unfiltered_tree is None:
-            return False
+    def filters_nothing(self, tables: Tables, result: Result, ordered: bool) -> bool:
         if self.unfiltered is None:
-            self.unfiltered = prepare(self.unfiltered_tree, copy=False)  # planned only once
-        return results_match(run(self.unfiltered, database), result, ordered)
+            return False
+        return results_match(tables.run(self.unfiltered), result, ordered)
 
 
 def _first_usable(
     kinds: SchemaKinds, qualified: exp.Expr, seed: int
-) -> tuple[Database, Result, int, list[int] | None]:
+) -> tuple[Tables, Result, int, list[int] | None]:
     """The first attempt's tables on which the gold result is non-empty and differs from
     the result without WHERE/HAVING (a filter that filters nothing tests nothing)."""
     profile = profile_query(qualified)
     ordered = is_ordered(qualified)
-    plans = _GoldPlans(qualified)
+    queries = _GoldQueries(qualified)
     problem = EMPTY
     for attempt in range(MAX_ATTEMPTS):
-        database = synthesize(kinds, profile, seed, attempt)
+        tables = Tables(synthesize(kinds, profile, seed, attempt))
         try:
-            result, blocks = plans.result(database)
+            result, blocks = queries.result(tables)
             if _degenerate(result):
                 continue
-            if plans.filters_nothing(database, result, ordered):
+            if queries.filters_nothing(tables, result, ordered):
                 problem = WHOLE_TABLE
                 continue
         except SqlError as error:
             raise Unscorable(f"gold query fails: {error}") from None
-        return database, result, attempt, blocks
+        return tables, result, attempt, blocks
     raise Unscorable(problem)
 
 
@@ -604,20 +459,30 @@ def build_gold_case(context: str, gold: str) -> GoldCase:
         query = parse_query(gold_sql)
     except SqlError as error:
         raise Unscorable(f"gold query {error}") from None
-    kinds, schema, qualified = _prepare_gold(query, context)
+    kinds = parse_context(context)
+    qualified = _qualified_gold(query, kinds)
     seed = example_seed(context, gold_sql)
-    database, result, attempt, blocks = _first_usable(kinds, qualified, seed)
-    ordered = is_ordered(qualified)
-    return GoldCase(query, schema, database, result, ordered, attempt, blocks, gold_sql)
+    tables, result, attempt, blocks = _first_usable(kinds, qualified, seed)
+    return GoldCase(qualified, tables, result, is_ordered(qualified), attempt, blocks, gold_sql)
 
 
 # --------------------------------------------------------------------------- scoring
 
 
-def execute_prediction(case: GoldCase, query: exp.Query) -> Result:
-    """Run a parsed prediction on the gold case's tables (the tree is consumed)."""
-    qualified = qualify_query(query, case.schema, copy=False)
-    return run(prepare(qualified, copy=False), case.database)
+def execute_prediction(case: GoldCase, predicted_sql: str) -> Result:
+    """Run a prediction on the gold case's tables: its text as written when SQLite takes it,
+    else as sqlglot transpiles it from the dataset's dialect (double-quoted strings,
+    backticks, other dialects' functions)."""
+    try:
+        return case.tables.run(predicted_sql)
+    except SqlError as error:
+        if "stopped after" in str(error) or "more than" in str(error):
+            raise
+        first_error = error
+    transpiled = sqlite_text(parse_query(predicted_sql))
+    if transpiled == predicted_sql:
+        raise first_error
+    return case.tables.run(transpiled)
 
 
 def score_example(
@@ -625,79 +490,24 @@ def score_example(
 ) -> dict[str, object]:
     """`status` plus `error` (prediction_error) or `reason` (unscorable).
 
-    A prediction that parses to the same tree as the gold query is correct without running it
-    (same query, same tables, deterministic executor), unless `execute_identical`.
+    A prediction whose text is the gold query's is correct without running it (same query,
+    same tables), unless `execute_identical`.
     """
     try:
         case = build_gold_case(context, gold)
     except Unscorable as problem:
         return {"status": UNSCORABLE, "reason": str(problem)}
+    predicted_sql = extract_query(prediction)
+    if not execute_identical and predicted_sql == case.sql:
+        return {"status": CORRECT}
     try:
-        predicted_sql = extract_query(prediction)
-        if not execute_identical and predicted_sql == case.sql:
-            return {"status": CORRECT}  # the same text parses to the same tree
-        query = parse_query(predicted_sql)
-        if not execute_identical and query == case.query and query.sql() == case.query.sql():
-            return {"status": CORRECT}
-        result = execute_prediction(case, query)
+        if not predicted_sql:
+            raise SqlError("no SQL found")
+        result = execute_prediction(case, predicted_sql)
     except SqlError as error:
         return {"status": PREDICTION_ERROR, "error": str(error)}
     matches = results_match(case.result, result, case.ordered, case.blocks)
     return {"status": CORRECT if matches else WRONG_RESULT}
-
-
-# --------------------------------------------------------------------------- sqlite check
-
-
-def _sqlite_connection(database: Database) -> sqlite3.Connection:
-    connection = sqlite3.connect(":memory:")
-    connection.set_progress_handler(lambda: 1, 5_000_000)  # abort runaway predictions
-    for table, kinds in database.kinds.items():
-        columns = ", ".join(f'"{name}" {_SQLITE_TYPES[kind]}' for name, kind in kinds.items())
-        connection.execute(f'CREATE TABLE "{table}" ({columns})')
-        if database.rows[table]:
-            marks = ", ".join("?" * len(kinds))
-            connection.executemany(f'INSERT INTO "{table}" VALUES ({marks})', database.rows[table])
-    return connection
-
-
-def _sqlite_result(connection: sqlite3.Connection, query: exp.Expr) -> Result:
-    cursor = connection.execute(query.sql(dialect="sqlite"))
-    rows: list[tuple[Value, ...]] = cursor.fetchall()
-    return Result(tuple(d[0] for d in cursor.description or ()), rows)
-
-
-def run_sqlite(query: exp.Query, database: Database) -> Result:
-    connection = _sqlite_connection(database)
-    try:
-        return _sqlite_result(connection, query)
-    except sqlite3.Error as error:
-        raise SqlError(f"sqlite: {error}") from None
-    finally:
-        connection.close()
-
-
-def crosscheck_example(prediction: str, context: str, gold: str) -> dict[str, object] | None:
-    """Score the example again with sqlite3 on the same tables. None when unscorable.
-    `agree` is true when sqlite gives the gold query the same result and the prediction the
-    same status as sqlglot's executor did."""
-    try:
-        case = build_gold_case(context, gold)
-    except Unscorable:
-        return None
-    ours = score_example(prediction, context, gold)["status"]
-    try:
-        gold_result = run_sqlite(case.query, case.database)
-    except SqlError:
-        return {"agree": False, "status": ours, "sqlite_status": "gold_error"}
-    gold_agrees = results_match(case.result, gold_result, case.ordered, case.blocks)
-    try:
-        predicted = run_sqlite(parse_query(extract_query(prediction)), case.database)
-        matches = results_match(gold_result, predicted, case.ordered, case.blocks)
-        theirs = CORRECT if matches else WRONG_RESULT
-    except SqlError:
-        theirs = PREDICTION_ERROR
-    return {"agree": gold_agrees and ours == theirs, "status": ours, "sqlite_status": theirs}
 
 
 def aggregate(details: Sequence[dict[str, object]]) -> dict[str, float]:

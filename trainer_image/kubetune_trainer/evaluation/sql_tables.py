@@ -91,53 +91,6 @@ def parse_context(context: str) -> SchemaKinds:
     return schema
 
 
-def _table_aliases(query: exp.Expr) -> dict[str, str]:
-    return {table.alias_or_name.lower(): table.name.lower() for table in query.find_all(exp.Table)}
-
-
-def _scope_tables(column: exp.Column) -> list[str]:
-    """Tables named in the FROM/JOIN of the SELECT that encloses the column."""
-    select = column.find_ancestor(exp.Select)
-    if select is None:
-        return []
-    sources = [select.args.get("from_"), *list(select.args.get("joins") or [])]
-    return [
-        source.this.name.lower()
-        for source in sources
-        if source is not None and isinstance(source.this, exp.Table)
-    ]
-
-
-def add_missing_references(schema: SchemaKinds, query: exp.Expr) -> SchemaKinds:
-    """Schema plus the tables and columns the gold query uses but the context forgot.
-
-    The context was generated from the query and sometimes drops a column
-    (`AVG(Milliseconds)` with no `Milliseconds` declared); without it the gold query cannot run
-    and the example would be lost. A qualified column goes to its alias's table, an
-    unqualified one to the first table of its SELECT. Projection aliases are not columns.
-    """
-    result = {table: dict(columns) for table, columns in schema.items()}
-    aliases = _table_aliases(query)
-    for table in aliases.values():
-        result.setdefault(table, {})
-    projection_names = {alias.alias.lower() for alias in query.find_all(exp.Alias)}
-    for column in query.find_all(exp.Column):
-        if isinstance(column.this, exp.Star):
-            continue
-        name = column.name.lower()
-        if column.table:
-            owner = aliases.get(column.table.lower())
-            if owner is not None:
-                result[owner].setdefault(name, "text")
-            continue
-        candidates = _scope_tables(column) or list(aliases.values())
-        if name in projection_names or any(name in result[t] for t in candidates):
-            continue
-        if candidates:
-            result[candidates[0]].setdefault(name, "text")
-    return result
-
-
 # --------------------------------------------------------------------------- query profile
 
 
