@@ -30,6 +30,7 @@ from typing import Any
 
 from sqlglot import exp
 
+from kubetune.api.tasks import TASKS
 from kubetune_trainer.evaluation import sql
 from kubetune_trainer.evaluation.scoring import score_predictions
 
@@ -46,7 +47,6 @@ SWAPPED: dict[type[exp.Expr], type[exp.Expr]] = {
     exp.Avg: exp.Sum,
     exp.Sum: exp.Avg,
 }
-HEADLINE = {"viggo": "exact_match", "gsm8k": "accuracy", "sql": "execution_accuracy"}
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -161,7 +161,7 @@ def main() -> None:
             count = len(predictions)
             print(
                 f"{label:32} {count:>8} {workers:>7} {seconds:>7.2f} {count / seconds:>8.1f}"
-                f" {cpu:>7.2f} {count / cpu:>9.1f}  {HEADLINE[task]}={metrics[HEADLINE[task]]:.3f}"
+                f" {cpu:>7.2f} {count / cpu:>9.1f}  {TASKS[task].headline}={metrics[TASKS[task].headline]:.3f}"
             )
     seconds, counts = cli_seconds(rows)
     print(f"kubetune eval --task sql, {len(rows)} rows, gold predictions: {seconds:.2f} s wall")

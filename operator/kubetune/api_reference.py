@@ -8,6 +8,7 @@ from typing import Any
 
 from kubetune.api.instance_types import INSTANCE_TYPES, PRICES_AS_OF, PRICES_REGION
 from kubetune.api.report import TrainerReport
+from kubetune.api.tasks import tasks_table
 from kubetune.api.v1alpha1 import FineTuneJobSpec, FineTuneJobStatus
 from kubetune.crd import structural_schema
 
@@ -112,6 +113,9 @@ def render_api_reference() -> str:
         "## Trainer report (per-job FineTuneJobReport, field `report`, as JSON text)",
         "",
         *_walk("report", structural_schema(TrainerReport)),
+        "## Tasks (`spec.task.preset`)",
+        "",
+        tasks_table(),
         "## Known instance types",
         "",
         *_instance_table(),

@@ -51,7 +51,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, gsm8k_rows: list[di
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir: Path):
-    from kubetune_trainer.data.presets import QA_TOKENS
+    from kubetune.api.tasks import QA_TOKENS
     from kubetune_trainer.model import add_special_tokens, load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model_dir))

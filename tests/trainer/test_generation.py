@@ -21,7 +21,8 @@ def test_generation_endings_count_stops_and_cuts():
 
 def test_baseline_prompt_is_plain_text_ending_in_a_blank_line(gsm8k_rows):
     """A base model has never seen <START_Q>...: the few-shot baseline speaks plain text."""
-    from kubetune_trainer.data.presets import PLAIN_STOP, QA_TOKENS, make_preset
+    from kubetune.api.tasks import QA_TOKENS
+    from kubetune_trainer.data.presets import PLAIN_STOP, make_preset
 
     prompt, completion = make_preset("gsm8k").plain(gsm8k_rows[0])
     assert prompt.startswith("Question: ") and prompt.endswith("\nAnswer: ")

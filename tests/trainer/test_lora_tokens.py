@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kubetune.api.tasks import QA_TOKENS
 from kubetune.api.v1alpha1 import TrainingSpec
-from kubetune_trainer.data.presets import QA_TOKENS
 from kubetune_trainer.data.tokenization import (
     Example,
     collate_padded,

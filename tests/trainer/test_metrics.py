@@ -9,7 +9,6 @@ import pytest
 from kubetune_trainer.metrics import (
     TokenLoss,
     eta_seconds,
-    exact_match_scores,
     lr_multiplier,
     mathqa_letter,
     optimizer_steps_per_epoch,
@@ -51,15 +50,18 @@ def test_schedule_is_in_optimizer_steps_with_warmup():
 
 
 def test_exact_match_and_mathqa_letter():
-    metrics, details = exact_match_scores(
+    from kubetune_trainer.evaluation.scoring import score_predictions
+
+    metrics, details = score_predictions(
         "mathqa",
         ["x = 5\nAnswer: c", "wrong\nAnswer: b", "garbage"],
-        ["x  = 5\nAnswer: c", "right\nAnswer: a", "y\nAnswer: d"],
+        [{"completion": c} for c in ("x  = 5\nAnswer: c", "right\nAnswer: a", "y\nAnswer: d")],
     )
     assert metrics == {"exact_match": pytest.approx(1 / 3), "accuracy": pytest.approx(1 / 3)}
-    assert details[0] == {"exact_match": True, "answer_correct": True}
+    assert details[0] == {"id": 0, "exact_match": True, "answer_correct": True}
     assert mathqa_letter("so the answer : ( e ) .") is None or mathqa_letter("answer: (e)") == "e"
-    assert exact_match_scores("custom", ["a"], ["a "])[0] == {"exact_match": 1.0}
+    custom, _ = score_predictions("custom", ["a"], [{"completion": "a "}])
+    assert custom == {"exact_match": 1.0}
 
 
 def test_step_point_weighs_loss_by_tokens_and_rates_by_wall_time():

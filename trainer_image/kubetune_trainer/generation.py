@@ -1,5 +1,5 @@
 """Evaluation of a checkpoint: batched greedy generation that stops at the stop token, then
-the task's scorer (`kubetune_trainer.evaluation.scoring`) or exact match for mathqa/custom.
+the task's scorer (`kubetune_trainer.tasks.<task>`, through `evaluation.scoring`).
 
 The baseline (evaluation.baseline) evaluates the base model with a few-shot prompt of worked
 examples from the training rows in plain text ("Question: ... Answer: ..."), and stops it at a
@@ -22,16 +22,7 @@ import torch
 
 from kubetune_trainer.data.prepare import TestRow
 from kubetune_trainer.data.tokenization import prompt_ids
-from kubetune_trainer.metrics import exact_match_scores
-
-PRIMARY_METRIC = {
-    "gsm8k": "accuracy",
-    "viggo": "exact_match",
-    "sql": "execution_accuracy",
-    "mathqa": "accuracy",
-    "custom": "exact_match",
-}
-SCORED_TASKS = ("gsm8k", "viggo", "sql")
+from kubetune_trainer.tasks import task as task_of
 
 
 def left_padded(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,30 +141,17 @@ def decoded(
     return str(text).strip()
 
 
-def reference_fields(task: str, row: TestRow) -> dict[str, Any]:
-    """The row's own fields; ViGGO's CSV names its MR `mr`, the scorer reads the GEM name."""
-    fields = dict(row.fields)
-    if task == "viggo" and "meaning_representation" not in fields:
-        fields["meaning_representation"] = row.completion
-    return fields
-
-
 def score(
     task: str, predictions: Sequence[str], rows: Sequence[TestRow]
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Metrics and per-example verdicts for the task."""
-    if task in SCORED_TASKS:
-        from kubetune_trainer.evaluation.scoring import score_predictions
+    """Metrics and per-example verdicts for the task (its module's scorer)."""
+    from kubetune_trainer.evaluation.scoring import score_predictions
 
-        metrics, details = score_predictions(
-            task,
-            list(predictions),
-            [reference_fields(task, r) for r in rows],
-            ids=[r.row for r in rows],
-        )
-        return dict(metrics), list(details)
-    metrics, verdicts = exact_match_scores(task, predictions, [r.completion for r in rows])
-    return metrics, list(verdicts)
+    references = [task_of(task).reference(r.fields, r.completion) for r in rows]
+    metrics, details = score_predictions(
+        task, list(predictions), references, ids=[r.row for r in rows]
+    )
+    return dict(metrics), list(details)
 
 
 def few_shot_prefix(examples: Sequence[tuple[str, str]]) -> str:

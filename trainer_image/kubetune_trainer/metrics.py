@@ -141,26 +141,3 @@ def mathqa_letter(text: str) -> str | None:
     """The answer letter from 'Answer: c' at the end of a MathQA completion."""
     match = _ANSWER_LETTER.search(text.strip())
     return match.group(1).lower() if match else None
-
-
-def exact_match_scores(
-    task: str, predictions: Sequence[str], references: Sequence[str]
-) -> tuple[dict[str, float], list[dict[str, object]]]:
-    """Scores for tasks without a dedicated scorer (mathqa, custom): whitespace-normalised exact
-    match of the completion, and for mathqa also the accuracy of the chosen option letter."""
-    if len(predictions) != len(references):
-        raise ValueError("predictions and references differ in length")
-    details: list[dict[str, object]] = []
-    for prediction, reference in zip(predictions, references, strict=True):
-        verdict: dict[str, object] = {
-            "exact_match": normalize_text(prediction) == normalize_text(reference)
-        }
-        if task == "mathqa":
-            gold = mathqa_letter(reference)
-            verdict["answer_correct"] = gold is not None and mathqa_letter(prediction) == gold
-        details.append(verdict)
-    count = max(1, len(details))
-    metrics = {"exact_match": sum(bool(d["exact_match"]) for d in details) / count}
-    if task == "mathqa":
-        metrics["accuracy"] = sum(bool(d["answer_correct"]) for d in details) / count
-    return metrics, details

@@ -19,9 +19,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
-from kubetune.api.v1alpha1 import TaskPreset
+from kubetune.api.tasks import TASKS
 
 
 def add_predict(subparsers: Any) -> None:
@@ -34,7 +34,7 @@ def add_predict(subparsers: Any) -> None:
     parser.add_argument(
         "--task",
         required=True,
-        choices=list(get_args(TaskPreset)),
+        choices=list(TASKS),
         help="Task preset that formats the prompts.",
     )
     parser.add_argument(

@@ -26,6 +26,7 @@ from typing import Any
 
 from kubetune.api.models import BUILTIN_PREFIX
 from kubetune.api.report import TrainerErrorReason, TrainerReport, downsample
+from kubetune.api.tasks import TASKS
 from kubetune.api.v1alpha1 import (
     MAX_RESUMES,
     BestCheckpoint,
@@ -47,7 +48,6 @@ from kubetune_trainer.data import DataError
 from kubetune_trainer.data.loaders import LoadedRows, resolve_local
 from kubetune_trainer.data.prepare import PreparedData, load_texts, prepare_data
 from kubetune_trainer.data.presets import PLAIN_STOP, Preset, preset_for_task
-from kubetune_trainer.generation import PRIMARY_METRIC
 from kubetune_trainer.reporting import (
     ThrottledReporter,
     beat,
@@ -398,7 +398,7 @@ def evaluate(
         )
         save_eval_outputs(options, "baseline", rows, base)
         baseline = base["metrics"]
-    primary = PRIMARY_METRIC[preset.name]
+    primary = TASKS[preset.name].headline
     metrics = {k: float(v) for k, v in tuned["metrics"].items()}
     return EvaluationResult(
         task=preset.name,

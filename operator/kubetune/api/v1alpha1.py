@@ -21,6 +21,7 @@ from kubetune.api.credentials import (
     has_embedded_credentials,
 )
 from kubetune.api.instance_types import INSTANCE_TYPES, lookup_instance_type
+from kubetune.api.tasks import TaskPreset, preset_description
 
 GROUP = "kubetune.dev"
 VERSION = "v1alpha1"
@@ -62,7 +63,6 @@ PARENT_SEGMENT = r"^[a-zA-Z][a-zA-Z0-9+.-]*://(.*/)?\.\.(/|$)"
 MIN_RAY_MINOR = 52  # Ray 2.52: token authentication (RAY_AUTH_MODE=token)
 DURABLE_SCHEMES = ("s3://", "gs://", "pvc://")
 
-TaskPreset = Literal["viggo", "sql", "gsm8k", "mathqa", "custom"]
 Precision = Literal["bf16", "fp16", "fp32"]
 Method = Literal["full", "lora"]
 Scheduler = Literal["linear", "cosine", "constant"]
@@ -233,13 +233,7 @@ class TaskSpec(KubeModel):
         ),
     )
 
-    preset: TaskPreset = Field(
-        description=(
-            "viggo: utterance -> meaning representation; sql: question + CREATE TABLE "
-            "context -> SQL; gsm8k: math word problem -> reasoning ending in '#### N'; "
-            "mathqa: problem + options -> rationale and answer; custom: your templates."
-        )
-    )
+    preset: TaskPreset = Field(description=preset_description())
     special_tokens: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
         None,
         max_length=64,

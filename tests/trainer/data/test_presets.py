@@ -7,8 +7,9 @@ import json
 
 import pytest
 
+from kubetune.api.tasks import QA_TOKENS
 from kubetune_trainer.data.formatters import RowError, parse_options, strip_wrapping_quotes
-from kubetune_trainer.data.presets import QA_TOKENS, make_preset
+from kubetune_trainer.data.presets import make_preset
 from tests.trainer.conftest import read_jsonl
 
 pytestmark = pytest.mark.unit

@@ -308,7 +308,7 @@ def test_not_utf8(tmp_path):
 
 
 def test_unknown_task_is_a_usage_error(tmp_path):
-    completed = kubetune("eval", "--task", "mathqa", "--predictions", "P", "--references", "R")
+    completed = kubetune("eval", "--task", "mathqaa", "--predictions", "P", "--references", "R")
     assert completed.returncode == 2
     assert "invalid choice" in completed.stderr
 

@@ -9,20 +9,14 @@ prompt is plain text ending in a newline. The last one is always the stop token.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kubetune_trainer.data.formatters import (
-    RowError,
-    format_options,
-    render_template,
-    require_text,
-    strip_wrapping_quotes,
-)
+from kubetune.api.tasks import TASKS, task_info
+from kubetune_trainer.data.formatters import render_template
+from kubetune_trainer.tasks import task
 
-QA_TOKENS = ("<START_Q>", "<END_Q>", "<START_A>", "<END_A>")
-CUSTOM_TOKENS = ("<END_A>",)
 # The few-shot baseline's layout: plain text a base model can read, ending in a blank line
 # (its stop sequence), instead of special tokens it has never seen and so never emits.
 PLAIN_STOP = "\n\n"
@@ -54,48 +48,6 @@ class Frame:
 PLAIN_FRAME = Frame("Question: ", "\n", "Answer: ", PLAIN_STOP)
 
 
-def gsm8k_fields(row: Row) -> tuple[str, str]:
-    """Question -> worked reasoning ending in '#### N' (the dataset's own answer text)."""
-    answer = require_text(row, "answer")
-    if "####" not in answer:
-        raise RowError("answer without '#### N'")
-    return require_text(row, "question").strip(), answer.strip()
-
-
-def viggo_fields(row: Row) -> tuple[str, str]:
-    """The case study's inverted ViGGO: utterance (`target`, CSV `ref`) -> meaning
-    representation (`meaning_representation`, CSV `mr`)."""
-    utterance = require_text(row, "target", "ref")
-    meaning = require_text(row, "meaning_representation", "mr")
-    return utterance.strip(), meaning.strip()
-
-
-def sql_fields(row: Row) -> tuple[str, str]:
-    """Question + CREATE TABLE context -> SQL; the context comes first so the question is
-    read with the schema in view."""
-    context = require_text(row, "context").strip()
-    question = require_text(row, "question").strip()
-    return f"{context}\n{question}", require_text(row, "answer").strip()
-
-
-def mathqa_fields(row: Row) -> tuple[str, str]:
-    """Problem + options -> rationale (wrapping quotes stripped) + 'Answer: letter'."""
-    problem = require_text(row, "Problem").strip()
-    options = format_options(require_text(row, "options"))
-    rationale = strip_wrapping_quotes(require_text(row, "Rationale"))
-    correct = require_text(row, "correct").strip().lower()
-    return f"{problem}\n{options}", f"{rationale}\nAnswer: {correct}"
-
-
-FIELD_EXTRACTORS: dict[str, Callable[[Row], tuple[str, str]]] = {
-    "gsm8k": gsm8k_fields,
-    "viggo": viggo_fields,
-    "sql": sql_fields,
-    "mathqa": mathqa_fields,
-}
-PRESETS = (*FIELD_EXTRACTORS, "custom")
-
-
 @dataclass(frozen=True)
 class Preset:
     """A task's formatting: call it on a row to get (prompt, completion)."""
@@ -109,35 +61,39 @@ class Preset:
     def stop_token(self) -> str:
         return self.special_tokens[-1]
 
+    def _fields(self, row: Row) -> tuple[str, str]:
+        """(question, answer) of the row: the task's own, or the user's templates."""
+        fields = task(self.name).fields
+        if fields is not None:
+            return fields(row)
+        assert self.prompt_template is not None and self.completion_template is not None
+        return render_template(self.prompt_template, row), render_template(
+            self.completion_template, row
+        )
+
     def __call__(self, row: Row) -> tuple[str, str]:
-        if self.name == "custom":
-            assert self.prompt_template is not None and self.completion_template is not None
-            prompt = render_template(self.prompt_template, row)
-            return prompt, render_template(self.completion_template, row) + self.stop_token
-        question, answer = FIELD_EXTRACTORS[self.name](row)
+        if task_info(self.name).templated:
+            prompt, answer = self._fields(row)
+            return prompt, answer + self.stop_token
+        question, answer = self._fields(row)
         return Frame.from_tokens(self.special_tokens).pair(question, answer)
 
     def plain(self, row: Row) -> tuple[str, str]:
         """(prompt, completion) as plain text for a base model: "Question: ...\\nAnswer: "
         and the answer ending in `PLAIN_STOP`."""
-        if self.name == "custom":
-            assert self.prompt_template is not None and self.completion_template is not None
-            question = render_template(self.prompt_template, row)
-            answer = render_template(self.completion_template, row)
-        else:
-            question, answer = FIELD_EXTRACTORS[self.name](row)
+        question, answer = self._fields(row)
         return PLAIN_FRAME.pair(question.strip(), answer.strip())
 
     def prompt_only(self, row: Row) -> str:
         """The prompt alone (for generation); works on rows without the target field."""
-        if self.name == "custom":
+        if task_info(self.name).templated:
             assert self.prompt_template is not None
             return render_template(self.prompt_template, row)
         return self(row)[0]
 
 
 def default_special_tokens(preset: str) -> tuple[str, ...]:
-    return CUSTOM_TOKENS if preset == "custom" else QA_TOKENS
+    return task_info(preset).special_tokens
 
 
 def make_preset(
@@ -147,10 +103,10 @@ def make_preset(
     completion_template: str | None = None,
 ) -> Preset:
     """The preset for a TaskSpec's fields (kept as plain values so this stays pydantic-free)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown task preset {preset!r}; known: {', '.join(PRESETS)}")
-    if preset == "custom" and (prompt_template is None or completion_template is None):
-        raise ValueError("preset custom needs promptTemplate and completionTemplate")
+    if preset not in TASKS:
+        raise ValueError(f"unknown task preset {preset!r}; known: {', '.join(TASKS)}")
+    if TASKS[preset].templated and (prompt_template is None or completion_template is None):
+        raise ValueError(f"preset {preset} needs promptTemplate and completionTemplate")
     tokens = tuple(special_tokens) if special_tokens else default_special_tokens(preset)
     return Preset(preset, tokens, prompt_template, completion_template)
 

@@ -1,6 +1,6 @@
 """`kubetune eval`: score a predictions file against a references file.
 
-    kubetune eval --task viggo|sql|gsm8k --predictions P.jsonl --references R.jsonl
+    kubetune eval --task TASK --predictions P.jsonl --references R.jsonl
                   [--output M.json] [--details D.jsonl] [--strict] [--workers N]
 
 Exit status: 0 when scored, 1 when an input file is unusable (the message names the file and
@@ -16,11 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-_HEADLINES = {
-    "viggo": "exact_match",
-    "sql": "execution_accuracy",
-    "gsm8k": "accuracy",
-}
+from kubetune.api.tasks import TASKS
+
 _NOTES = {
     "execution_accuracy": "over scorable rows",
     "scorable": "fraction of all rows",
@@ -31,10 +28,10 @@ _NOTES = {
 def add_eval(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "eval",
-        help="score model outputs (ViGGO, SQL by execution, GSM8k)",
+        help="score model outputs against references (any task of the registry)",
         description="Score a JSONL file of predictions against the task's reference rows.",
     )
-    parser.add_argument("--task", required=True, choices=["viggo", "sql", "gsm8k"])
+    parser.add_argument("--task", required=True, choices=list(TASKS))
     parser.add_argument(
         "--predictions", required=True, type=Path, help='JSONL rows {"id": ..., "prediction": ...}'
     )
@@ -42,8 +39,9 @@ def add_eval(subparsers: Any) -> None:
         "--references",
         required=True,
         type=Path,
-        help="JSONL rows with the dataset's fields (viggo: meaning_representation; sql: context"
-        " and answer; gsm8k: answer) and an optional id",
+        help="JSONL rows with the task's reference fields ("
+        + "; ".join(f"{t.name}: {', '.join(t.reference_fields)}" for t in TASKS.values())
+        + ") and an optional id",
     )
     parser.add_argument("--output", type=Path, help="write the metrics here (JSON)")
     parser.add_argument("--details", type=Path, help="write one JSONL row per example here")
@@ -66,7 +64,7 @@ def _summary(task: str, samples: int, metrics: dict[str, float], counts: dict[st
     lines = [f"kubetune eval: {task}, {samples} examples"]
     width = max(len(name) for name in metrics)
     for name, value in metrics.items():
-        marker = "*" if name == _HEADLINES[task] else " "
+        marker = "*" if name == TASKS[task].headline else " "
         note = f"  ({_NOTES[name]})" if name in _NOTES else ""
         lines.append(f" {marker}{name:<{width}}  {value:.4f}{note}")
     if counts:
@@ -75,16 +73,9 @@ def _summary(task: str, samples: int, metrics: dict[str, float], counts: dict[st
 
 
 def _counts(task: str, details: list[dict[str, Any]]) -> dict[str, int]:
-    if task == "sql":
-        from kubetune_trainer.evaluation.sql import STATUSES
+    from kubetune_trainer.tasks import task as task_of
 
-        return {status: sum(d["status"] == status for d in details) for status in STATUSES}
-    if task == "gsm8k":
-        return {
-            "correct": sum(bool(d["correct"]) for d in details),
-            "fallback": sum(bool(d["fallback"]) for d in details),
-        }
-    return {"unparseable": sum(not d["parseable"] for d in details)}
+    return task_of(task).counts(details)
 
 
 def _write(path: Path, text: str) -> None:

@@ -15,15 +15,11 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.tasks import task_info
 from kubetune_trainer.data.jsonl import iter_jsonl
 from kubetune_trainer.evaluation import InvalidReference
+from kubetune_trainer.tasks import task as task_of
 
-TASKS = ("viggo", "sql", "gsm8k")
-REFERENCE_FIELDS: dict[str, tuple[str, ...]] = {
-    "viggo": ("meaning_representation",),
-    "sql": ("context", "answer"),
-    "gsm8k": ("answer",),
-}
 _PARALLEL_MINIMUM = 200  # below this, starting worker processes costs more than it saves
 
 
@@ -57,17 +53,7 @@ class Example:
 
 
 def _score_one(task: str, prediction: str, reference: Mapping[str, Any], strict: bool) -> dict:
-    if task == "viggo":
-        from kubetune_trainer.evaluation import viggo
-
-        return viggo.score_example(prediction, reference["meaning_representation"])
-    if task == "gsm8k":
-        from kubetune_trainer.evaluation import gsm8k
-
-        return gsm8k.score_example(prediction, reference["answer"], strict=strict)
-    from kubetune_trainer.evaluation import sql
-
-    return sql.score_example(prediction, reference["context"], reference["answer"])
+    return dict(task_of(task).score_example(prediction, reference, strict))
 
 
 def _score_chunk(task: str, chunk: list[tuple[int, str, dict]], strict: bool) -> list[dict]:
@@ -78,20 +64,6 @@ def _score_chunk(task: str, chunk: list[tuple[int, str, dict]], strict: bool) ->
         except InvalidReference as error:
             raise ReferenceRowError(index, str(error)) from None
     return details
-
-
-def _aggregate(task: str, details: Sequence[dict]) -> dict[str, float]:
-    if task == "viggo":
-        from kubetune_trainer.evaluation import viggo
-
-        return viggo.aggregate(details)
-    if task == "gsm8k":
-        from kubetune_trainer.evaluation import gsm8k
-
-        return gsm8k.aggregate(details)
-    from kubetune_trainer.evaluation import sql
-
-    return sql.aggregate(details)
 
 
 def _chunks(items: list, count: int) -> list[list]:
@@ -123,13 +95,12 @@ def score_predictions(
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Metrics (fractions in [0, 1]) and one detail row per example, in input order.
 
-    `references` hold the dataset's fields (see REFERENCE_FIELDS); `ids` default to the row
+    `references` hold the task's reference fields (the registry's); `ids` default to the row
     index. `strict` only affects GSM8k (outputs without `####` count as wrong). `workers` > 1
     scores in that many processes; results do not depend on it. Raises ReferenceRowError for a
     reference that cannot be scored against.
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    scorer = task_of(task)  # ValueError for an unknown task
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     row_ids = list(ids) if ids is not None else list(range(len(predictions)))
@@ -140,7 +111,7 @@ def score_predictions(
         {"id": row_id, **detail}
         for row_id, detail in zip(row_ids, _score_all(task, items, strict, workers), strict=True)
     ]
-    return _aggregate(task, details), details
+    return scorer.aggregate(details), details
 
 
 def default_workers() -> int:
@@ -243,7 +214,9 @@ def load_examples(task: str, prediction_path: Path, reference_path: Path) -> lis
     predictions = read_jsonl(prediction_path)
     references = read_jsonl(reference_path)
     _require_strings(predictions, prediction_path, ("prediction",), "prediction")
-    _require_strings(references, reference_path, REFERENCE_FIELDS[task], f"{task} reference")
+    _require_strings(
+        references, reference_path, task_info(task).reference_fields, f"{task} reference"
+    )
     with_ids = all("id" in row.data for row in predictions + references)
     match: Callable[..., list[Example]] = _match_by_id if with_ids else _match_by_order
     return match(predictions, references, prediction_path, reference_path)
