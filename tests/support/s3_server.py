@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.controlplane import stop_process
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = REPO_ROOT / "hack" / "s3server" / "install.sh"
 START_TIMEOUT_S = 60.0
@@ -86,9 +88,4 @@ def running_s3_server(log: Path) -> Iterator[S3Server]:
                 time.sleep(0.2)
         yield S3Server(endpoint)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout_s=10)
