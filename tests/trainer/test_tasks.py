@@ -9,7 +9,7 @@ from kubetune.api.tasks import TASKS, TaskInfo, task_info, tasks_table
 from kubetune.api.v1alpha1 import TaskSpec
 from kubetune_trainer.data.presets import make_preset
 from kubetune_trainer.evaluation.scoring import score_predictions
-from kubetune_trainer.tasks import task
+from kubetune_trainer.tasks import Task, task
 
 pytestmark = pytest.mark.unit
 
@@ -69,3 +69,11 @@ def test_a_headline_must_be_one_of_the_metrics_and_the_table_lists_every_task():
         TaskInfo("x", "x", "accuracy", ("exact_match", "accuracy"), ("answer",))
     table = tasks_table()
     assert all(f"| `{name}` |" in table for name in TASKS)
+
+
+def test_a_task_module_has_a_fields_function_exactly_when_the_task_is_not_templated():
+    sql_task = task("sql")
+    with pytest.raises(ValueError, match="templated"):
+        Task(TASKS["custom"], sql_task.fields, sql_task.score_example, sql_task.aggregate)
+    with pytest.raises(ValueError, match="templated"):
+        Task(TASKS["sql"], None, sql_task.score_example, sql_task.aggregate)

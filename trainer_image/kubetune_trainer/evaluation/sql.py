@@ -85,6 +85,11 @@ class SqlError(ValueError):
     """A query that cannot be parsed, qualified or executed."""
 
 
+class SqlLimit(SqlError):
+    """A query SQLite ran but stopped: too much work or too many rows (no other text of it
+    would do better)."""
+
+
 class Unscorable(ValueError):
     """A gold query that gives no usable test."""
 
@@ -208,12 +213,12 @@ class Tables:
             rows = cursor.fetchmany(MAX_RESULT_ROWS + 1)
         except sqlite3.OperationalError as error:
             if str(error) == "interrupted":
-                raise SqlError(f"stopped after {MAX_VM_STEPS:,} SQLite instructions") from None
+                raise SqlLimit(f"stopped after {MAX_VM_STEPS:,} SQLite instructions") from None
             raise SqlError(f"sqlite: {error}") from None
         except (sqlite3.Error, ValueError, OverflowError) as error:
             raise SqlError(f"sqlite: {_first_line(error)}") from None
         if len(rows) > MAX_RESULT_ROWS:
-            raise SqlError(f"returns more than {MAX_RESULT_ROWS:,} rows")
+            raise SqlLimit(f"returns more than {MAX_RESULT_ROWS:,} rows")
         return Result(tuple(d[0] for d in cursor.description or ()), rows)
 
 
@@ -475,9 +480,9 @@ def execute_prediction(case: GoldCase, predicted_sql: str) -> Result:
     backticks, other dialects' functions)."""
     try:
         return case.tables.run(predicted_sql)
+    except SqlLimit:
+        raise
     except SqlError as error:
-        if "stopped after" in str(error) or "more than" in str(error):
-            raise
         first_error = error
     transpiled = sqlite_text(parse_query(predicted_sql))
     if transpiled == predicted_sql:

@@ -172,10 +172,6 @@ def bare_columns(node: exp.Expr) -> list[exp.Column]:
     return [column for child in node.iter_expressions() for column in bare_columns(child)]
 
 
-def is_aggregate(select: exp.Select) -> bool:
-    return bool(select.args.get("group")) or any(p.find(exp.AggFunc) for p in select.expressions)
-
-
 def _unparen(node: exp.Expr) -> exp.Expr:
     while isinstance(node, exp.Paren):
         node = node.this

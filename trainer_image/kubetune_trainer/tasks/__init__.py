@@ -37,6 +37,12 @@ class Task:
     aggregate: Callable[[Sequence[Detail]], dict[str, float]]
     counts: Callable[[Sequence[Detail]], dict[str, int]] = _no_counts
 
+    def __post_init__(self) -> None:
+        if (self.fields is None) != self.info.templated:
+            raise ValueError(
+                f"task {self.info.name}: a templated task has no fields function, any other one"
+            )
+
     def reference(self, fields: Row, completion: str) -> dict[str, Any]:
         """A test row as a reference: its own fields, and the completion the preset made of
         it (tasks scored against the formatted answer read `completion`)."""

@@ -17,9 +17,9 @@ def fields(row: Row) -> tuple[str, str]:
 
 
 def score_example(prediction: str, reference: Row, strict: bool) -> Detail:
-    # The CSV form names the meaning representation `mr`; the preset's completion is it too.
-    meaning = reference.get("meaning_representation") or reference.get("mr")
-    return scorer.score_example(prediction, str(meaning or reference.get("completion", "")))
+    # The CSV form names the meaning representation `mr`: the preset's completion is it.
+    meaning = reference.get("meaning_representation", reference.get("completion"))
+    return scorer.score_example(prediction, str(meaning))
 
 
 TASK = Task(
