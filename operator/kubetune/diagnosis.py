@@ -234,8 +234,9 @@ def classify_error(text: str | None) -> TrainerErrorReason | None:
     """The kind of a trainer error from its text (the trainer's own classification wins)."""
     if not text:
         return None
-    if text.startswith("DataError:"):
-        return "DataError"
+    for reason in ("DataError", "ScorerError"):
+        if text.startswith(f"{reason}:"):
+            return reason
     if _COLLECTIVE_TEXT.search(text):
         return "CollectiveTimeout"
     if _OOM_TEXT.search(text):

@@ -12,7 +12,7 @@ Rules that come from KubeRay's history (v1.1 to v1.7):
 - Once Succeeded or Failed the phase never changes again (KubeRay's TTL deletes the cluster,
   and a later read must not resurrect the run).
 - A failure's reason is its cause where one is known (kubetune.diagnosis): the trainer's own
-  kind of error first (OOMKilled, DataError, CollectiveTimeout), then what the pods show
+  kind of error first (OOMKilled, DataError, ScorerError, CollectiveTimeout), then what the pods show
   (OOMKilled, Evicted, Preempted, ImagePullFailed, PodConfigError, Unschedulable), and only
   then KubeRay's reason. While the cluster starts, a pod's cause is the Running condition's
   reason; one that waiting cannot cure (an image that may never be pulled) fails the job.
@@ -151,6 +151,10 @@ HINTS = {
     "DataError": (
         "fix the data the trainer error names (its file, split and row) or the task's "
         "templates, then create a new FineTuneJob"
+    ),
+    "ScorerError": (
+        "fix spec.task.scorer as the trainer error says (an entry point that imports in the"
+        " trainer image and takes (prediction, reference)), then create a new FineTuneJob"
     ),
     "CollectiveTimeout": (
         "a rank stopped answering a collective (all-reduce, all-gather): read the Ray logs of "
@@ -409,6 +413,7 @@ CAUSES_OF = {
 TRAINER_SUMMARIES = {
     "OOMKilled": "the trainer ran out of memory",
     "DataError": "the trainer could not use the data",
+    "ScorerError": "the task's scorer could not be used",
     "CollectiveTimeout": "a collective operation between the workers timed out",
 }
 

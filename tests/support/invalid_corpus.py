@@ -49,6 +49,10 @@ def _drop(path: str) -> Callable[[dict[str, Any]], None]:
     return mutate
 
 
+def _chat_scorer(scorer: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    return _set("spec.task", {"preset": "chat", "scorer": scorer})
+
+
 CASES: list[InvalidCase] = [
     InvalidCase("zero-epochs", _set("spec.training.epochs", 0), "spec.training.epochs"),
     InvalidCase("negative-epochs", _set("spec.training.epochs", -3), "spec.training.epochs"),
@@ -119,6 +123,31 @@ CASES: list[InvalidCase] = [
         "templates-without-custom",
         _set("spec.task.promptTemplate", "Q: {question}"),
         "spec.task.promptTemplate",
+    ),
+    InvalidCase(
+        "scorer-on-a-task-with-its-own",
+        _set("spec.task.scorer", {"kind": "exact_match"}),
+        "spec.task.scorer",
+    ),
+    InvalidCase(
+        "regex-scorer-without-pattern",
+        _chat_scorer({"kind": "regex"}),
+        "spec.task.scorer.pattern",
+    ),
+    InvalidCase(
+        "pattern-on-another-scorer",
+        _chat_scorer({"kind": "numeric", "pattern": "x"}),
+        "spec.task.scorer.pattern",
+    ),
+    InvalidCase(
+        "entry-point-not-module-colon-function",
+        _chat_scorer({"kind": "python", "entryPoint": "my_scorers.final_answer"}),
+        "spec.task.scorer.entryPoint",
+    ),
+    InvalidCase(
+        "unknown-scorer",
+        _chat_scorer({"kind": "bleu"}),
+        "spec.task.scorer.kind",
     ),
     InvalidCase(
         "data-and-validation-fraction",

@@ -99,3 +99,26 @@ def test_few_shot_needs_training_rows(tiny_model_dir: Path, tmp_path: Path):
         "--few-shot",
     )
     assert result.returncode == 2 and "--train" in result.stderr
+
+
+def test_predict_on_chat_rows_gives_the_same_text_with_two_workers(
+    tiny_model_dir: Path, datasets_dir: Path, tmp_path: Path
+):
+    """A chat checkpoint's own template formats the prompts; two copies of the model (Ray
+    Data actors) write exactly what one process writes, in the same order."""
+    from tests.trainer.conftest import read_jsonl
+    from tests.trainer.data.test_chat import viggo_chats
+
+    chats = viggo_chats(read_jsonl(datasets_dir / "viggo" / "viggo-test.jsonl", limit=10), 2)
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps(chat) + "\n" for chat in chats))
+    outputs = []
+    for workers in ("1", "2"):
+        output = tmp_path / f"predictions-{workers}.jsonl"
+        common = ["--checkpoint", str(tiny_model_dir), "--task", "chat", "--data", str(data)]
+        sizes = ["--batch-size", "2", "--max-new-tokens", "6", "--workers", workers]
+        result = kubetune("predict", *common, "--output", str(output), *sizes)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs.append([json.loads(line) for line in output.read_text().splitlines()])
+    assert [row["id"] for row in outputs[0]] == [1, 2, 3, 4, 5]
+    assert outputs[1] == outputs[0]

@@ -32,7 +32,20 @@ ROWS = {
         "correct": "b",
     },
     "custom": {"q": "ping", "a": "pong"},
+    "chat": {
+        "messages": [
+            {"role": "system", "content": "Answer in one word."},
+            {"role": "user", "content": "ping"},
+            {"role": "assistant", "content": "pong"},
+        ]
+    },
 }
+
+
+def render(messages, add_generation_prompt):
+    """The builtin model's chat template, written out (no tokenizer needed)."""
+    text = "".join(f"<|{m['role']}|>{m['content']}<|end|>" for m in messages)
+    return text + ("<|assistant|>" if add_generation_prompt else "")
 
 
 @pytest.mark.parametrize("name", list(TASKS))
@@ -41,7 +54,7 @@ def test_every_registry_task_has_a_module_that_formats_and_scores(name):
     info = TASKS[name]
     assert task(name).info is info
     templates = {"prompt_template": "{q}", "completion_template": "{a}"} if info.templated else {}
-    preset = make_preset(name, **templates)
+    preset = make_preset(name, **templates).with_chat_template(render)
     prompt, completion = preset(ROWS[name])
     assert completion.endswith(info.special_tokens[-1]) and prompt
     answer = completion.removesuffix(info.special_tokens[-1])
@@ -73,7 +86,9 @@ def test_a_headline_must_be_one_of_the_metrics_and_the_table_lists_every_task():
 
 def test_a_task_module_has_a_fields_function_exactly_when_the_task_is_not_templated():
     sql_task = task("sql")
-    with pytest.raises(ValueError, match="templated"):
+    with pytest.raises(ValueError, match="a qa task has a fields function"):
         Task(TASKS["custom"], sql_task.fields, sql_task.score_example, sql_task.aggregate)
-    with pytest.raises(ValueError, match="templated"):
+    with pytest.raises(ValueError, match="a qa task has a fields function"):
+        Task(TASKS["chat"], sql_task.fields, sql_task.score_example, sql_task.aggregate)
+    with pytest.raises(ValueError, match="a qa task has a fields function"):
         Task(TASKS["sql"], None, sql_task.score_example, sql_task.aggregate)

@@ -1,6 +1,10 @@
 """Evaluation of a checkpoint: batched greedy generation that stops at the stop token, then
 the task's scorer (`kubetune_trainer.tasks.<task>`, through `evaluation.scoring`).
 
+Generation runs in one process (`generate_for_model`), or spread over several copies of the
+model as Ray Data actors (`generate_sharded`, one per worker the job has) that take whole
+generation batches: the same batches, so the same greedy text in the same order.
+
 The baseline (evaluation.baseline) evaluates the base model with a few-shot prompt of worked
 examples from the training rows in plain text ("Question: ... Answer: ..."), and stops it at a
 blank line: an untuned model has never seen the special tokens, so it would neither read that
@@ -13,7 +17,8 @@ checkpoint's generation_config.json (a repetition penalty there would change eve
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,14 +147,18 @@ def decoded(
 
 
 def score(
-    task: str, predictions: Sequence[str], rows: Sequence[TestRow]
+    task: str,
+    predictions: Sequence[str],
+    rows: Sequence[TestRow],
+    scorer: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Metrics and per-example verdicts for the task (its module's scorer)."""
+    """Metrics and per-example verdicts: the task's own scorer, or the user's (`scorer`, a
+    spec.task.scorer on the wire) for the tasks that take one."""
     from kubetune_trainer.evaluation.scoring import score_predictions
 
     references = [task_of(task).reference(r.fields, r.completion) for r in rows]
     metrics, details = score_predictions(
-        task, list(predictions), references, ids=[r.row for r in rows]
+        task, list(predictions), references, ids=[r.row for r in rows], scorer=scorer
     )
     return dict(metrics), list(details)
 
@@ -160,78 +169,154 @@ def few_shot_prefix(examples: Sequence[tuple[str, str]]) -> str:
     return "".join(prompt + completion for prompt, completion in examples)
 
 
-def evaluate_model(
-    model_path: str,
-    task: str,
-    rows: Sequence[TestRow],
-    stop_token: str,
-    **options: Any,
-) -> dict[str, Any]:
-    """Load a checkpoint (a local path, s3://, gs://, pvc:// or file:// URI, or a hub id for the baseline),
-    generate for every row and score. Runs as a Ray task, possibly on another node, so remote
-    checkpoints are fetched here, not by the driver. `options` are `_evaluate_loaded`'s:
-    batch_size, max_new_tokens, revision, few_shot, special_tokens, prompts, stop_text,
-    devices, counter."""
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How one model generates: everything but the prompts (picklable: it travels to Ray)."""
+
+    stop_token: str
+    batch_size: int
+    max_new_tokens: int
+    revision: str | None = None
+    few_shot: tuple[tuple[str, str], ...] = ()
+    special_tokens: tuple[str, ...] = ()
+    stop_text: str | None = None
+    devices: int = 1  # GPUs one copy of the model is split over
+
+
+def load_for_generation(model_path: str, options: GenerationOptions) -> tuple[Any, Any]:
+    """(model, tokenizer) from a local path, s3://, gs://, pvc://, file:// or a hub id. A
+    remote checkpoint is staged on the pod's scratch volume only while it loads (a 13B
+    checkpoint is 26 GB)."""
     from kubetune_trainer import storage
     from kubetune_trainer.data.loaders import resolve_local
 
     if storage.is_storage_uri(model_path) and not storage.is_remote(model_path):
         model_path = resolve_local(model_path)  # pvc:// and file:// are mounted folders
     if not storage.is_remote(model_path):
-        return _evaluate_loaded(model_path, task, rows, stop_token, **options)
-    # Staged on the pod's scratch volume and removed afterwards (a 13B checkpoint is 26 GB).
+        return _load(model_path, options)
     with storage.staging_dir("ckpt-") as tmp:
-        local = storage.download_dir(model_path, Path(tmp))
-        return _evaluate_loaded(str(local), task, rows, stop_token, **options)
+        return _load(str(storage.download_dir(model_path, Path(tmp))), options)
 
 
-def _evaluate_loaded(
-    model_path: str,
-    task: str,
-    rows: Sequence[TestRow],
-    stop_token: str,
-    *,
-    batch_size: int,
-    max_new_tokens: int,
-    revision: str | None = None,
-    few_shot: Sequence[tuple[str, str]] = (),
-    special_tokens: Sequence[str] = (),
-    prompts: Sequence[str] | None = None,
-    stop_text: str | None = None,
-    devices: int = 1,
-    counter: Any = None,
-) -> dict[str, Any]:
-    from kubetune_trainer.model import add_special_tokens, load_model, load_tokenizer
+def _load(model_path: str, options: GenerationOptions) -> tuple[Any, Any]:
+    from kubetune_trainer.model import (
+        add_special_tokens,
+        load_model,
+        load_tokenizer,
+        resize_for_tokenizer,
+    )
 
-    tokenizer = load_tokenizer(model_path, revision)
-    add_special_tokens(tokenizer, special_tokens)
-    # A model larger than one GPU is split by layers over the `devices` GPUs Ray gave this
-    # task (the plan's count: kubetune.planning.generation_devices).
-    split = torch.cuda.is_available() and devices > 1
+    tokenizer = load_tokenizer(model_path, options.revision)
+    add_special_tokens(tokenizer, options.special_tokens)
+    # A model larger than one GPU is split by layers over the GPUs Ray gave this copy (the
+    # plan's count: kubetune.planning.generation_devices).
+    split = torch.cuda.is_available() and options.devices > 1
     model = load_model(
         model_path,
-        revision,
+        options.revision,
         torch.float32 if not torch.cuda.is_available() else torch.bfloat16,
         device_map="auto" if split else None,
     )
-    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
+    resize_for_tokenizer(model, tokenizer)
     if torch.cuda.is_available() and not split:
         model = model.cuda()
-    endings = Endings()
-    predictions = generate(
+    return model, tokenizer
+
+
+def generate_with(
+    loaded: tuple[Any, Any],
+    prompts: Sequence[str],
+    options: GenerationOptions,
+    endings: Endings,
+    on_batch: Callable[[int, int], Any] | None = None,
+) -> list[str]:
+    model, tokenizer = loaded
+    return generate(
         model,
         tokenizer,
-        list(prompts) if prompts is not None else [r.prompt for r in rows],
-        stop_token,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        prefix=few_shot_prefix(few_shot),
+        prompts,
+        options.stop_token,
+        batch_size=options.batch_size,
+        max_new_tokens=options.max_new_tokens,
+        prefix=few_shot_prefix(options.few_shot),
         endings=endings,
-        stop_text=stop_text,
-        # A Ray actor (runner.BatchCounter): the driver turns its count into heartbeats.
-        on_batch=None if counter is None else lambda done, total: counter.batch.remote(done, total),
+        stop_text=options.stop_text,
+        on_batch=on_batch,
     )
-    metrics, details = score(task, predictions, rows)
-    metrics = {**metrics, **endings.metrics()}
-    return {"metrics": metrics, "details": details, "predictions": predictions}
+
+
+def generate_for_model(
+    model_path: str, prompts: Sequence[str], options: GenerationOptions, counter: Any = None
+) -> dict[str, Any]:
+    """Load a model and generate for every prompt in this process: {"predictions",
+    "endings"}. Runs as one Ray task, possibly on another node (remote checkpoints are
+    fetched here, not by the driver); `counter` (runner.BatchCounter) hears of each batch."""
+    endings = Endings()
+    predictions = generate_with(
+        load_for_generation(model_path, options),
+        prompts,
+        options,
+        endings,
+        None if counter is None else lambda done, total: counter.batch.remote(done, total),
+    )
+    return {"predictions": predictions, "endings": endings}
+
+
+class ShardGenerator:
+    """A Ray Data actor: one copy of the model, generating whole batches of prompts (the same
+    batches as one process would, so the greedy text is the same)."""
+
+    def __init__(self, model_path: str, options: GenerationOptions, counter: Any, total: int):
+        self.loaded = load_for_generation(model_path, options)
+        self.options, self.counter, self.total = options, counter, total
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, list[Any]] = {"index": [], "predictions": [], "endings": []}
+        for index, prompts in zip(batch["index"], batch["prompts"], strict=True):
+            endings = Endings()
+            predictions = generate_with(self.loaded, json.loads(prompts), self.options, endings)
+            out["index"].append(int(index))
+            out["predictions"].append(json.dumps(predictions))
+            out["endings"].append(json.dumps([endings.stopped, endings.truncated, endings.total]))
+            if self.counter is not None:
+                self.counter.add.remote(len(predictions), self.total)
+        return out
+
+
+def generate_sharded(
+    model_path: str,
+    prompts: Sequence[str],
+    options: GenerationOptions,
+    *,
+    actors: int,
+    gpus: bool,
+    counter: Any = None,
+) -> dict[str, Any]:
+    """`generate_for_model`'s result from `actors` copies of the model (Ray Data actors, each
+    on `options.devices` GPUs when `gpus`, else one CPU). Work is handed out a generation
+    batch at a time, so a slow copy takes fewer; results come back in prompt order."""
+    import ray.data
+
+    size = options.batch_size
+    batches = [
+        {"index": i, "prompts": json.dumps(list(prompts[start : start + size]))}
+        for i, start in enumerate(range(0, len(prompts), size))
+    ]
+    dataset = ray.data.from_items(batches, override_num_blocks=len(batches))
+    generated = dataset.map_batches(
+        ShardGenerator,
+        fn_constructor_args=(model_path, options, counter, len(prompts)),
+        batch_size=1,
+        concurrency=actors,
+        num_cpus=1,
+        num_gpus=options.devices if gpus else 0,
+    ).take_all()
+    predictions: list[str] = []
+    endings = Endings()
+    for row in sorted(generated, key=lambda r: int(r["index"])):
+        predictions += json.loads(row["predictions"])
+        stopped, truncated, total = json.loads(row["endings"])
+        endings.stopped += stopped
+        endings.truncated += truncated
+        endings.total += total
+    return {"predictions": predictions, "endings": endings}

@@ -18,9 +18,18 @@ from kubetune.api.models import (
     TINY_LLAMA,
     TINY_VOCAB,
 )
+from kubetune.api.tasks import CHAT_TOKENS
 
 TOKEN_ENV = "HF_TOKEN"
+RESIZE_SEED = 0
 BASE_SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+# The builtin model's chat template: BOS, then each turn as <|role|>content<|end|> (the chat
+# task's default special tokens).
+BUILTIN_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>"
+    "{{ message['content'] }}" + CHAT_TOKENS[-1] + "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = TINY_VOCAB) -> Any:
@@ -37,7 +46,9 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = TINY_VOCAB) -> A
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     backend.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, **BASE_SPECIAL)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **BASE_SPECIAL)
+    tokenizer.chat_template = BUILTIN_CHAT_TEMPLATE
+    return tokenizer
 
 
 def build_builtin_model(
@@ -96,6 +107,34 @@ def add_special_tokens(tokenizer: Any, tokens: Sequence[str]) -> int:
     return int(tokenizer.add_special_tokens({"additional_special_tokens": existing + missing}))
 
 
+def chat_renderer(tokenizer: Any, stop_token: str, model: str) -> Any:
+    """The tokenizer's chat template as a (messages, add_generation_prompt) -> text function,
+    checked once on a probe conversation: it must exist, and end an assistant turn with the
+    stop token generation stops at (the chat task's last special token)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"task chat: model {model} has no chat template (tokenizer_config.json"
+            " chat_template); use an instruct/chat model or the builtin one"
+        )
+
+    def render(messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> str:
+        return str(
+            tokenizer.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        )
+
+    probe = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    turn = render(probe, False)[len(render(probe[:1], True)) :]
+    if stop_token not in turn:
+        raise ValueError(
+            f"task.specialTokens: model {model}'s chat template ends an assistant turn as"
+            f" {turn!r}, without the stop token {stop_token!r}; name its end-of-turn token"
+            " last in task.specialTokens (e.g. ['<|im_end|>'] or ['<|eot_id|>'])"
+        )
+    return render
+
+
 def load_model(
     path: str,
     revision: str | None = None,
@@ -140,7 +179,13 @@ def require_flash_attention() -> None:
 
 
 def resize_for_tokenizer(model: Any, tokenizer: Any) -> None:
-    """New rows of the embedding for the added tokens (mean-initialised by transformers)."""
+    """New rows of the embedding for the added tokens. transformers draws them at random
+    (around the mean of the others); the draw is seeded here, so every copy of a model (each
+    worker, each generating actor, each retry) gets the same rows and writes the same text."""
+    import torch
+
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RESIZE_SEED)
+            model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -26,7 +26,6 @@ from typing import Any
 
 from kubetune.api.models import BUILTIN_PREFIX
 from kubetune.api.report import TrainerErrorReason, TrainerReport, downsample
-from kubetune.api.tasks import TASKS
 from kubetune.api.v1alpha1 import (
     MAX_RESUMES,
     BestCheckpoint,
@@ -46,7 +45,13 @@ from kubetune_trainer import durable, storage
 from kubetune_trainer.checkpoints import CheckpointRecord, select_best_checkpoint
 from kubetune_trainer.data import DataError
 from kubetune_trainer.data.loaders import LoadedRows, resolve_local
-from kubetune_trainer.data.prepare import PreparedData, load_texts, prepare_data
+from kubetune_trainer.data.prepare import (
+    DropLog,
+    PreparedData,
+    load_texts,
+    prepare_data,
+    test_rows,
+)
 from kubetune_trainer.data.presets import PLAIN_STOP, Preset, preset_for_task
 from kubetune_trainer.reporting import (
     ThrottledReporter,
@@ -55,6 +60,7 @@ from kubetune_trainer.reporting import (
     now_rfc3339,
     redact,
 )
+from kubetune_trainer.tasks.scorers import ScorerError, headline
 from kubetune_trainer.train_loop import (
     StageConfig,
     StageState,
@@ -143,7 +149,7 @@ def training_texts(loaded: dict[str, LoadedRows], preset: Preset) -> list[str]:
     texts = []
     for _, row in loaded["train"].rows:
         try:
-            texts.append("".join(preset(row)))
+            texts.append(preset.training_text(row))
         except ValueError:
             continue
     return texts
@@ -336,78 +342,106 @@ def evaluate(
     preset: Preset,
     prepared: PreparedData,
     options: RunOptions,
+    scorer: dict[str, Any] | None = None,
 ) -> EvaluationResult:
-    import ray
-
-    from kubetune_trainer.generation import evaluate_model
+    from kubetune_trainer.generation import GenerationOptions
 
     ev = spec.evaluation
     rows = prepared.test
     devices = generation_devices(spec, shape_of(spec.model.name)) if use_gpus(spec) else {}
-    decorator: Any = ray.remote
-    remote = decorator(evaluate_model)
-
-    def on(phase: str) -> Any:
-        count = devices.get(phase, 0)
-        return remote.options(num_cpus=1, num_gpus=count)
-
     assert job.report.best_checkpoint is not None
-    best_uri = job.report.best_checkpoint.uri
-    counter: Any = ray.remote(num_cpus=0)(BatchCounter)
-    kwargs = {"batch_size": ev.batch_size, "max_new_tokens": ev.max_new_tokens}
-    box = counter.remote()
-    tuned = wait_beating(
-        on("evaluation").remote(
-            best_uri,
-            preset.name,
-            rows,
-            preset.stop_token,
-            devices=devices.get("evaluation", 1),
-            counter=box,
-            **kwargs,
-        ),
-        box,
-        job.report,
+    common: dict[str, Any] = {"batch_size": ev.batch_size, "max_new_tokens": ev.max_new_tokens}
+    tuned = generate_rows(
+        spec,
+        job.report.best_checkpoint.uri,
+        [r.prompt for r in rows],
+        GenerationOptions(preset.stop_token, devices=devices.get("evaluation", 1), **common),
+        job,
         options,
         "the best checkpoint",
     )
-    save_eval_outputs(options, "checkpoint", rows, tuned)
+    metrics, details = scored(preset.name, tuned, rows, scorer)
+    save_eval_outputs(options, "checkpoint", rows, tuned["predictions"], details)
     baseline = None
     if ev.baseline:
         few_shot = [preset.plain(row) for row in _few_shot_rows(prepared, ev.few_shot_examples)]
-        box = counter.remote()
-        base = wait_beating(
-            on("baseline").remote(
-                job.base_model,
-                preset.name,
-                rows,
+        base = generate_rows(
+            spec,
+            job.base_model,
+            [preset.plain(r.fields)[0] for r in rows],
+            GenerationOptions(
                 preset.stop_token,
                 revision=spec.model.revision if job.base_model == spec.model.name else None,
-                few_shot=few_shot,
+                few_shot=tuple(few_shot),
                 special_tokens=preset.special_tokens,
-                prompts=[preset.plain(r.fields)[0] for r in rows],
                 stop_text=PLAIN_STOP,
                 devices=devices.get("baseline", 1),
-                counter=box,
-                **kwargs,
+                **common,
             ),
-            box,
-            job.report,
+            job,
             options,
             "the base model",
         )
-        save_eval_outputs(options, "baseline", rows, base)
-        baseline = base["metrics"]
-    primary = TASKS[preset.name].headline
-    metrics = {k: float(v) for k, v in tuned["metrics"].items()}
+        baseline, base_details = scored(preset.name, base, rows, scorer)
+        save_eval_outputs(options, "baseline", rows, base["predictions"], base_details)
+    primary = headline(preset.name, scorer, metrics)
     return EvaluationResult(
         task=preset.name,
         samples=len(rows),
         primary_metric=primary,
         score=metrics.get(primary, 0.0),
         metrics=metrics,
-        baseline={k: float(v) for k, v in baseline.items()} if baseline else None,
+        baseline=baseline,
     )
+
+
+def scored(
+    task: str, generated: dict[str, Any], rows: list[Any], scorer: dict[str, Any] | None
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Metrics (the scorer's, then how generations ended) and per-row verdicts. Scored here,
+    in the driver, where the scorer was checked at start."""
+    from kubetune_trainer.generation import score
+
+    metrics, details = score(task, generated["predictions"], rows, scorer)
+    metrics = {**metrics, **generated["endings"].metrics()}
+    return {k: float(v) for k, v in metrics.items()}, details
+
+
+def generation_actors(workers: int, devices: int, batches: int) -> int:
+    """Copies of the model that generate side by side: one per worker's GPU share (a copy
+    spans `devices` GPUs), never more than there are batches to hand out."""
+    return max(1, min(workers // max(1, devices), batches))
+
+
+def generate_rows(
+    spec: FineTuneJobSpec,
+    model: str,
+    prompts: list[str],
+    how: Any,
+    job: JobState,
+    options: RunOptions,
+    what: str,
+) -> dict[str, Any]:
+    """Greedy completions of `prompts` by `model`: one Ray task, or Ray Data actors (one per
+    worker) when the job has more than one; progress is published as heartbeats."""
+    import ray
+
+    from kubetune_trainer.generation import generate_for_model, generate_sharded
+
+    gpus = use_gpus(spec)
+    batches = -(-len(prompts) // how.batch_size)
+    actors = generation_actors(spec.compute.workers, how.devices if gpus else 1, batches)
+    box = ray.remote(num_cpus=0)(BatchCounter).remote()
+    task: Any
+    if actors > 1:
+        task = ray.remote(generate_sharded).options(num_cpus=0)  # type: ignore[arg-type]
+        ref = task.remote(model, prompts, how, actors=actors, gpus=gpus, counter=box)
+    else:
+        task = ray.remote(generate_for_model).options(
+            num_cpus=1, num_gpus=how.devices if gpus else 0
+        )
+        ref = task.remote(model, prompts, how, box)
+    return dict(wait_beating(ref, box, job.report, options, what))
 
 
 HEARTBEAT_POLL_S = 5.0
@@ -422,6 +456,10 @@ class BatchCounter:
 
     def batch(self, done: int, total: int) -> None:
         self.done, self.total, self.at = done, total, now_rfc3339()
+
+    def add(self, rows: int, total: int) -> None:
+        """`rows` more done (from one of several generating actors)."""
+        self.batch(self.done + rows, total)
 
     def last(self) -> tuple[int, int, str]:
         return self.done, self.total, self.at
@@ -449,15 +487,17 @@ def _few_shot_rows(prepared: PreparedData, count: int) -> list[dict[str, Any]]:
 
 
 def save_eval_outputs(
-    options: RunOptions, name: str, rows: list[Any], result: dict[str, Any]
+    options: RunOptions,
+    name: str,
+    rows: list[Any],
+    predictions: list[str],
+    details: list[dict[str, Any]],
 ) -> None:
     if options.eval_outputs is None:
         return
     options.eval_outputs.mkdir(parents=True, exist_ok=True)
     with (options.eval_outputs / f"predictions-{name}.jsonl").open("w") as handle:
-        for row, prediction, detail in zip(
-            rows, result["predictions"], result["details"], strict=False
-        ):
+        for row, prediction, detail in zip(rows, predictions, details, strict=False):
             handle.write(
                 json.dumps(
                     {
@@ -508,7 +548,7 @@ def data_errors() -> Iterator[None]:
     """Reading and preparing the job's data: what fails here is the data's fault."""
     try:
         yield
-    except DataError:
+    except (DataError, ScorerError):
         raise
     except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
         # Not every OSError: an object store timing out or a full disk is not the data's fault.
@@ -542,6 +582,11 @@ def _run(
     ]
     job.model_source, job.tokenizer = initial_model(spec, texts, options.workdir)
     job.base_model = _base_model_path(spec, job)
+    with data_errors():
+        presets = [bound(preset, job.tokenizer, spec.model.name) for preset in presets]
+    scorer = scorer_of(stages[-1].task or spec.task)
+    if spec.evaluation.enabled:
+        check_scorer(presets[-1], scorer, loaded[-1])  # before training, not after it
     init_ray(options.local)  # after the data loaded: a bad path fails in seconds, not after Ray
     prepared: PreparedData | None = None
     for index, (stage, preset) in enumerate(zip(stages, presets, strict=True)):
@@ -567,9 +612,36 @@ def _run(
         job.report.phase = "Evaluating"
         beat(job.report, "evaluation starting")
         publish(options, job.report)
-        job.report.evaluation = evaluate(spec, job, presets[-1], prepared, options)
+        job.report.evaluation = evaluate(spec, job, presets[-1], prepared, options, scorer)
     job.report.phase = "Succeeded"
     publish(options, job.report)
+
+
+def bound(preset: Preset, tokenizer: Any, model: str) -> Preset:
+    """A chat preset rendering with the tokenizer's chat template; others as they are."""
+    from kubetune_trainer.model import chat_renderer
+
+    if preset.layout != "chat":
+        return preset
+    return preset.with_chat_template(chat_renderer(tokenizer, preset.stop_token, model))
+
+
+def scorer_of(task: Any) -> dict[str, Any] | None:
+    return None if task.scorer is None else dict(task.scorer.to_wire())
+
+
+def check_scorer(
+    preset: Preset, scorer: dict[str, Any] | None, loaded: dict[str, LoadedRows]
+) -> None:
+    """Import the user's scorer and score the first test row's reference answer against
+    itself, so a scorer that cannot work fails the job now (ScorerError), not after training."""
+    from kubetune_trainer.generation import score
+
+    if scorer is None or "test" not in loaded:
+        return
+    rows = test_rows(loaded["test"].rows[:20], preset, DropLog())
+    if rows:
+        score(preset.name, [rows[0].completion], rows[:1], scorer)
 
 
 def _base_model_path(spec: FineTuneJobSpec, job: JobState) -> str:

@@ -51,7 +51,7 @@ T = TypeVar("T")
 TrainerPhase = Literal["Preparing", "Training", "Evaluating", "Succeeded", "Failed"]
 # What the trainer can tell about its own failure (kubetune.diagnosis classifies the text of
 # an older trainer's error the same way).
-TrainerErrorReason = Literal["OOMKilled", "DataError", "CollectiveTimeout"]
+TrainerErrorReason = Literal["OOMKilled", "DataError", "ScorerError", "CollectiveTimeout"]
 
 
 class Heartbeat(KubeModel):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic.alias_generators import to_snake
 
 from kubetune.api.base import KubeModel, Rule, immutable, nested
@@ -21,7 +21,14 @@ from kubetune.api.credentials import (
     has_embedded_credentials,
 )
 from kubetune.api.instance_types import INSTANCE_TYPES, lookup_instance_type
-from kubetune.api.tasks import TaskPreset, preset_description
+from kubetune.api.tasks import (
+    SCORERS,
+    ScorerKind,
+    TaskPreset,
+    preset_description,
+    scorer_description,
+    scoring_tasks,
+)
 
 GROUP = "kubetune.dev"
 VERSION = "v1alpha1"
@@ -209,6 +216,72 @@ class ModelSpec(KubeModel):
     )
 
 
+ENTRY_POINT = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def _option_rule(kind: str, option: str) -> Rule:
+    """`option` is set exactly when the scorer is `kind` (no option silently ignored)."""
+    return Rule(
+        cel=f"(self.kind == '{kind}') == has(self.{option})",
+        message=f"scorer {kind} needs {option}, and only {kind} takes it",
+        field=option,
+        check=lambda s: (s.kind == kind) == (getattr(s, to_snake(option)) is not None),
+    )
+
+
+class ScorerSpec(KubeModel):
+    """How a chat or custom task's answers are scored (the other tasks have their own)."""
+
+    rules = (
+        *(
+            _option_rule(scorer.name, scorer.option)
+            for scorer in SCORERS.values()
+            if scorer.option is not None
+        ),
+        Rule(
+            cel="self.kind == 'numeric' || !has(self.tolerance)",
+            message="tolerance is only used with scorer numeric",
+            field="tolerance",
+            check=lambda s: s.kind == "numeric" or s.tolerance is None,
+        ),
+    )
+
+    kind: ScorerKind = Field(description=scorer_description())
+    pattern: str | None = Field(
+        None,
+        min_length=1,
+        max_length=SHORT,
+        description="regex: a Python regular expression, searched in both texts.",
+    )
+    fields: list[Annotated[str, Field(min_length=1, max_length=SHORT)]] | None = Field(
+        None, min_length=1, max_length=64, description="json_fields: the fields compared."
+    )
+    tolerance: float | None = Field(
+        None, ge=0, description="numeric: the largest absolute difference that counts as equal."
+    )
+    entry_point: str | None = Field(
+        None,
+        max_length=SHORT,
+        pattern=ENTRY_POINT,
+        description=(
+            "python: `package.module:function`, importable in the trainer image; called as"
+            " function(prediction: str, reference: dict) and returns {metric: number or bool}"
+            " (reference holds the row's fields and `completion`, the reference answer). It is"
+            " imported and called once on a reference answer at job start, before training."
+        ),
+    )
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"not a valid regular expression: {error}") from None
+        return pattern
+
+
 class TaskSpec(KubeModel):
     """What the model learns: a preset (prompt format, special tokens, evaluator) or custom
     templates over named fields of the data rows."""
@@ -230,6 +303,15 @@ class TaskSpec(KubeModel):
                 t.preset == "custom"
                 or (t.prompt_template is None and t.completion_template is None)
             ),
+        ),
+        Rule(
+            cel="!has(self.scorer) || self.preset in ["
+            + ", ".join(f"'{name}'" for name in scoring_tasks())
+            + "]",
+            message=f"scorer is only used with preset {' or '.join(scoring_tasks())} (the other"
+            " tasks have their own scorer)",
+            field="scorer",
+            check=lambda t: t.scorer is None or t.preset in scoring_tasks(),
         ),
     )
 
@@ -253,6 +335,13 @@ class TaskSpec(KubeModel):
         min_length=1,
         max_length=TEMPLATE,
         description="custom only: format string for the target text, e.g. '{answer}'.",
+    )
+    scorer: ScorerSpec | None = Field(
+        None,
+        description=(
+            "chat and custom only: how answers are scored (default exact_match). Its metrics"
+            " are the ones in .status.evaluation."
+        ),
     )
 
 

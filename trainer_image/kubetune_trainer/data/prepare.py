@@ -19,7 +19,7 @@ from kubetune.api.report import DroppedRows, SplitReport
 from kubetune_trainer.data.formatters import RowError
 from kubetune_trainer.data.loaders import LoadedRows, load_rows
 from kubetune_trainer.data.presets import Preset
-from kubetune_trainer.data.tokenization import Example, encode_pair
+from kubetune_trainer.data.tokenization import Example, encode_segments
 
 DEFAULT_VALIDATION_FRACTION = 0.1
 MAX_EXAMPLE_ROWS = 20
@@ -109,15 +109,26 @@ def tokenize_rows(
     """Format and tokenize; rows that fail or do not fit go to `drops` with the reason."""
     stop_id = tokenizer.convert_tokens_to_ids(preset.stop_token)
     examples = []
-    for number, _, prompt, completion in formatted(rows, preset, drops):
-        ids, labels = encode_pair(tokenizer, prompt, completion, loss_on_prompt)
-        if ids[-1] != stop_id:
+    for number, row in rows:
+        try:
+            segments = preset.segments(row)
+        except RowError as exc:
+            drops.add(number, exc.reason)
+            continue
+        ids, labels = encode_segments(tokenizer, segments, loss_on_prompt)
+        if stop_id not in _last_trained(segments, tokenizer):
             drops.add(number, f"stop token {preset.stop_token} not kept by the tokenizer")
         elif len(ids) > context_length:
             drops.add(number, f"longer than contextLength {context_length} tokens")
         else:
             examples.append(Example(number, tuple(ids), tuple(labels)))
     return examples
+
+
+def _last_trained(segments: list[tuple[str, bool]], tokenizer: Any) -> list[int]:
+    """Token ids of the last piece in the loss: the answer, which must end with the stop."""
+    text = next((text for text, trained in reversed(segments) if trained), "")
+    return list(tokenizer.encode(text, add_special_tokens=False))
 
 
 def test_rows(rows: Rows, preset: Preset, drops: DropLog) -> list[TestRow]:

@@ -5,17 +5,20 @@ The layout follows the case study: `<START_Q>question<END_Q><START_A>` is the pr
 stop token for generation. Tokens given in `task.specialTokens` replace the preset's: with four
 or more, the first three mark question start, question end and answer start; with fewer, the
 prompt is plain text ending in a newline. The last one is always the stop token.
+
+A chat task's rows are rendered by the model's chat template instead (`with_chat_template`,
+bound once the tokenizer is loaded); its stop token is the template's end of turn.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kubetune.api.tasks import TASKS, task_info
 from kubetune_trainer.data.formatters import render_template
-from kubetune_trainer.tasks import task
+from kubetune_trainer.tasks import chat, task
 
 # The few-shot baseline's layout: plain text a base model can read, ending in a blank line
 # (its stop sequence), instead of special tokens it has never seen and so never emits.
@@ -56,10 +59,24 @@ class Preset:
     special_tokens: tuple[str, ...]
     prompt_template: str | None = None
     completion_template: str | None = None
+    render: chat.Render | None = None  # the chat template, for a chat task
 
     @property
     def stop_token(self) -> str:
         return self.special_tokens[-1]
+
+    @property
+    def layout(self) -> str:
+        return task_info(self.name).layout
+
+    def with_chat_template(self, render: chat.Render) -> Preset:
+        """This preset rendering chat rows with `render` (the tokenizer's chat template)."""
+        return replace(self, render=render)
+
+    def _chat_render(self) -> chat.Render:
+        if self.render is None:
+            raise ValueError(f"task {self.name}: no chat template bound (with_chat_template)")
+        return self.render
 
     def _fields(self, row: Row) -> tuple[str, str]:
         """(question, answer) of the row: the task's own, or the user's templates."""
@@ -72,24 +89,34 @@ class Preset:
         )
 
     def __call__(self, row: Row) -> tuple[str, str]:
-        if task_info(self.name).templated:
+        if self.layout == "chat":
+            prompt, answer = chat.prompt_and_answer(chat.messages(row), self._chat_render())
+            return prompt, answer + self.stop_token
+        if self.layout == "template":
             prompt, answer = self._fields(row)
             return prompt, answer + self.stop_token
         question, answer = self._fields(row)
         return Frame.from_tokens(self.special_tokens).pair(question, answer)
 
+    def segments(self, row: Row) -> list[tuple[str, bool]]:
+        """The training text as (piece, in the loss) pieces: the prompt and the completion,
+        or for a chat row every turn (assistant turns in the loss)."""
+        if self.layout == "chat":
+            return chat.segments(chat.messages(row), self._chat_render())
+        prompt, completion = self(row)
+        return [(prompt, False), (completion, True)]
+
+    def training_text(self, row: Row) -> str:
+        """The row's text for training the builtin model's tokenizer."""
+        if self.layout == "chat":
+            return chat.training_text(row)
+        return "".join(self(row))
+
     def plain(self, row: Row) -> tuple[str, str]:
         """(prompt, completion) as plain text for a base model: "Question: ...\\nAnswer: "
         and the answer ending in `PLAIN_STOP`."""
-        question, answer = self._fields(row)
+        question, answer = chat.plain_fields(row) if self.layout == "chat" else self._fields(row)
         return PLAIN_FRAME.pair(question.strip(), answer.strip())
-
-    def prompt_only(self, row: Row) -> str:
-        """The prompt alone (for generation); works on rows without the target field."""
-        if task_info(self.name).templated:
-            assert self.prompt_template is not None
-            return render_template(self.prompt_template, row)
-        return self(row)[0]
 
 
 def default_special_tokens(preset: str) -> tuple[str, ...]:

@@ -42,19 +42,36 @@ class Example:
         return sum(label != IGNORE_INDEX for label in self.labels[1:])
 
 
+def _bos(tokenizer: Any, text: str) -> list[int]:
+    """The BOS id to put first, unless there is none or the text writes it itself (chat
+    templates do: a second one would give the model a prefix it never saw)."""
+    if tokenizer.bos_token_id is None:
+        return []
+    if tokenizer.bos_token and text.startswith(tokenizer.bos_token):
+        return []
+    return [tokenizer.bos_token_id]
+
+
+def encode_segments(
+    tokenizer: Any, segments: Sequence[tuple[str, bool]], loss_on_prompt: bool = False
+) -> tuple[list[int], list[int]]:
+    """Token ids of BOS + the segments, and labels that cover the segments marked for the
+    loss (all of them with `loss_on_prompt`; never BOS). Segments are encoded separately so
+    that generation, which sees BOS + the prompt, gets exactly the prefix trained on."""
+    ids = _bos(tokenizer, segments[0][0] if segments else "")
+    labels = [IGNORE_INDEX] * len(ids)
+    for text, trained in segments:
+        piece = tokenizer.encode(text, add_special_tokens=False)
+        ids += piece
+        labels += piece if trained or loss_on_prompt else [IGNORE_INDEX] * len(piece)
+    return ids, labels
+
+
 def encode_pair(
     tokenizer: Any, prompt: str, completion: str, loss_on_prompt: bool = False
 ) -> tuple[list[int], list[int]]:
-    """Token ids of BOS + prompt + completion, and labels that cover the completion (and the
-    prompt when asked). Prompt and completion are encoded separately so that generation,
-    which sees only BOS + prompt, gets exactly the prefix the model was trained on."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    prompt_ids = bos + tokenizer.encode(prompt, add_special_tokens=False)
-    completion_ids = tokenizer.encode(completion, add_special_tokens=False)
-    prompt_labels = list(prompt_ids) if loss_on_prompt else [IGNORE_INDEX] * len(prompt_ids)
-    if bos and loss_on_prompt:
-        prompt_labels[0] = IGNORE_INDEX
-    return prompt_ids + completion_ids, prompt_labels + completion_ids
+    """`encode_segments` of a prompt (not in the loss) and its completion (in the loss)."""
+    return encode_segments(tokenizer, [(prompt, False), (completion, True)], loss_on_prompt)
 
 
 def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:

@@ -2,6 +2,7 @@
 
     kubetune eval --task TASK --predictions P.jsonl --references R.jsonl
                   [--output M.json] [--details D.jsonl] [--strict] [--workers N]
+                  [--scorer '{"kind": "regex", "pattern": "..."}']
 
 Exit status: 0 when scored, 1 when an input file is unusable (the message names the file and
 line), 2 for bad arguments (argparse). Only argparse is imported at module level: the top-level
@@ -57,14 +58,21 @@ def add_eval(subparsers: Any) -> None:
         help="processes used to score (default: one per CPU, at most 8; results do not depend"
         " on it)",
     )
+    parser.add_argument(
+        "--scorer",
+        help='chat and custom: a spec.task.scorer as JSON, e.g. \'{"kind": "numeric"}\''
+        " (default exact_match)",
+    )
     parser.set_defaults(handler=run_eval)
 
 
-def _summary(task: str, samples: int, metrics: dict[str, float], counts: dict[str, int]) -> str:
+def _summary(
+    task: str, samples: int, metrics: dict[str, float], counts: dict[str, int], headline: str
+) -> str:
     lines = [f"kubetune eval: {task}, {samples} examples"]
     width = max(len(name) for name in metrics)
     for name, value in metrics.items():
-        marker = "*" if name == TASKS[task].headline else " "
+        marker = "*" if name == headline else " "
         note = f"  ({_NOTES[name]})" if name in _NOTES else ""
         lines.append(f" {marker}{name:<{width}}  {value:.4f}{note}")
     if counts:
@@ -83,15 +91,39 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
+def _scorer(task: str, text: str | None) -> dict[str, Any] | None:
+    """The --scorer JSON checked as the spec checks it (ValueError naming the problem)."""
+    if text is None:
+        return None
+    from pydantic import ValidationError
+
+    from kubetune.api.tasks import scoring_tasks
+    from kubetune.api.v1alpha1 import ScorerSpec
+
+    if task not in scoring_tasks():
+        raise ValueError(f"--scorer is only used with --task {' or '.join(scoring_tasks())}")
+    try:
+        return ScorerSpec.model_validate(json.loads(text)).to_wire()
+    except (ValueError, ValidationError) as error:
+        raise ValueError(f"--scorer: {error}") from None
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from kubetune_trainer.evaluation.scoring import InputError, default_workers, score_files
+    from kubetune_trainer.tasks.scorers import ScorerError, headline
 
     workers = args.workers if args.workers is not None else default_workers()
     try:
+        scorer = _scorer(args.task, args.scorer)
         metrics, details = score_files(
-            args.task, args.predictions, args.references, strict=args.strict, workers=workers
+            args.task,
+            args.predictions,
+            args.references,
+            strict=args.strict,
+            workers=workers,
+            scorer=scorer,
         )
-    except InputError as error:
+    except (InputError, ScorerError, ValueError) as error:
         print(f"kubetune eval: error: {error}", file=sys.stderr)
         return 1
     counts = _counts(args.task, details)
@@ -106,5 +138,5 @@ def run_eval(args: argparse.Namespace) -> int:
         _write(args.output, json.dumps(report, indent=2) + "\n")
     if args.details:
         _write(args.details, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in details))
-    print(_summary(args.task, len(details), metrics, counts))
+    print(_summary(args.task, len(details), metrics, counts, headline(args.task, scorer, metrics)))
     return 0

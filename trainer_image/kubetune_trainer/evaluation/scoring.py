@@ -7,10 +7,12 @@ a user who passes the wrong file should not have to guess which one.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from kubetune.api.tasks import task_info
 from kubetune_trainer.data.jsonl import iter_jsonl
 from kubetune_trainer.evaluation import InvalidReference
 from kubetune_trainer.tasks import task as task_of
+from kubetune_trainer.tasks.scorers import UserScorer, mean_metrics
 
 _PARALLEL_MINIMUM = 200  # below this, starting worker processes costs more than it saves
 
@@ -52,15 +55,29 @@ class Example:
 # --------------------------------------------------------------------------- scoring
 
 
-def _score_one(task: str, prediction: str, reference: Mapping[str, Any], strict: bool) -> dict:
+Scorer = Mapping[str, Any] | None  # a spec.task.scorer on the wire; None: the task's own
+
+
+@cache
+def _user_scorer(scorer: str) -> Callable[[str, Mapping[str, Any]], dict]:
+    return UserScorer(json.loads(scorer)).function()
+
+
+def _score_one(
+    task: str, prediction: str, reference: Mapping[str, Any], strict: bool, scorer: Scorer
+) -> dict:
+    if scorer is not None:
+        return dict(_user_scorer(json.dumps(scorer, sort_keys=True))(prediction, reference))
     return dict(task_of(task).score_example(prediction, reference, strict))
 
 
-def _score_chunk(task: str, chunk: list[tuple[int, str, dict]], strict: bool) -> list[dict]:
+def _score_chunk(
+    task: str, chunk: list[tuple[int, str, dict]], strict: bool, scorer: Scorer = None
+) -> list[dict]:
     details = []
     for index, prediction, reference in chunk:
         try:
-            details.append(_score_one(task, prediction, reference, strict))
+            details.append(_score_one(task, prediction, reference, strict, scorer))
         except InvalidReference as error:
             raise ReferenceRowError(index, str(error)) from None
     return details
@@ -72,16 +89,16 @@ def _chunks(items: list, count: int) -> list[list]:
 
 
 def _score_all(
-    task: str, items: list[tuple[int, str, dict]], strict: bool, workers: int
+    task: str, items: list[tuple[int, str, dict]], strict: bool, workers: int, scorer: Scorer
 ) -> list[dict]:
     if workers <= 1 or len(items) < _PARALLEL_MINIMUM:
-        return _score_chunk(task, items, strict)
+        return _score_chunk(task, items, strict, scorer)
     # spawn, not fork: the trainer calls this from a process that may hold threads (Ray, torch)
     context = get_context("spawn")
     chunks = _chunks(items, workers * 4)
     count = len(chunks)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        parts = pool.map(_score_chunk, [task] * count, chunks, [strict] * count)
+        parts = pool.map(_score_chunk, [task] * count, chunks, [strict] * count, [scorer] * count)
         return [detail for part in parts for detail in part]
 
 
@@ -92,15 +109,20 @@ def score_predictions(
     strict: bool = False,
     ids: Sequence[Any] | None = None,
     workers: int = 1,
+    scorer: Scorer = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Metrics (fractions in [0, 1]) and one detail row per example, in input order.
+    """Metrics (fractions in [0, 1] for the built-in scorers) and one detail row per example,
+    in input order.
 
     `references` hold the task's reference fields (the registry's); `ids` default to the row
-    index. `strict` only affects GSM8k (outputs without `####` count as wrong). `workers` > 1
-    scores in that many processes; results do not depend on it. Raises ReferenceRowError for a
-    reference that cannot be scored against.
+    index. `strict` only affects GSM8k (outputs without `####` count as wrong). `scorer` is a
+    spec.task.scorer (wire form) for the tasks that take one. `workers` > 1 scores in that many
+    processes; results do not depend on it. Raises ReferenceRowError for a reference that cannot
+    be scored against, ScorerError for a user scorer that cannot be used.
     """
-    scorer = task_of(task)  # ValueError for an unknown task
+    own = task_of(task)  # ValueError for an unknown task
+    if scorer is not None:
+        UserScorer(scorer).function()  # a bad entry point fails here, not in a worker
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     row_ids = list(ids) if ids is not None else list(range(len(predictions)))
@@ -109,9 +131,11 @@ def score_predictions(
     ]
     details = [
         {"id": row_id, **detail}
-        for row_id, detail in zip(row_ids, _score_all(task, items, strict, workers), strict=True)
+        for row_id, detail in zip(
+            row_ids, _score_all(task, items, strict, workers, scorer), strict=True
+        )
     ]
-    return scorer.aggregate(details), details
+    return (own.aggregate if scorer is None else mean_metrics)(details), details
 
 
 def default_workers() -> int:
@@ -228,6 +252,7 @@ def score_files(
     reference_path: Path,
     strict: bool = False,
     workers: int = 1,
+    scorer: Scorer = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """`score_predictions` on two JSONL files; every input problem is an InputError."""
     examples = load_examples(task, prediction_path, reference_path)
@@ -239,6 +264,7 @@ def score_files(
             strict=strict,
             ids=[example.id for example in examples],
             workers=workers,
+            scorer=scorer,
         )
     except ReferenceRowError as error:
         line = examples[error.index].reference_line

@@ -2,7 +2,7 @@
 name: `kubetune_trainer.tasks.<name>` defines `TASK`, a `Task`.
 
 A task module holds what is particular to it: how a data row becomes (question, answer) for
-the preset's layout (None for a templated task), how one prediction is scored against its
+the preset's layout (None for a templated or chat task), how one prediction is scored against its
 reference row, how verdicts add up to the registry's metrics, and the counts `kubetune eval`
 prints. Task modules are pure Python (no torch, ray or transformers): they run in the
 trainer, in `kubetune eval` on a laptop and in the unit tests.
@@ -38,9 +38,10 @@ class Task:
     counts: Callable[[Sequence[Detail]], dict[str, int]] = _no_counts
 
     def __post_init__(self) -> None:
-        if (self.fields is None) != self.info.templated:
+        if (self.fields is None) != (self.info.layout != "qa"):
             raise ValueError(
-                f"task {self.info.name}: a templated task has no fields function, any other one"
+                f"task {self.info.name}: a qa task has a fields function, a templated or chat"
+                " one none"
             )
 
     def reference(self, fields: Row, completion: str) -> dict[str, Any]:
