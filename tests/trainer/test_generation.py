@@ -103,3 +103,29 @@ def test_greedy_decoding_ignores_the_checkpoints_generation_config(
         )
     assert answers[0] == answers[1]
     assert len(answers[0][0]) > 0 and answers[0][0] == answers[0][1]
+
+
+def test_vllm_is_chosen_only_with_a_gpu_vllm_installed_and_no_new_tokens(monkeypatch):
+    """This machine has neither, so every CPU test runs transformers; the GPU path picks vLLM
+    for a fine-tuned checkpoint and keeps transformers where embeddings must grow."""
+    import importlib.util
+
+    import torch
+
+    from kubetune_trainer import generation
+    from kubetune_trainer.generation import GenerationOptions, backend_for
+
+    tuned = GenerationOptions("<END_A>", batch_size=2, max_new_tokens=4)
+    baseline = GenerationOptions("<END_A>", 2, 4, special_tokens=("<END_A>",))
+    assert backend_for(tuned) == "transformers"  # no GPU here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        generation.importlib.util,
+        "find_spec",
+        lambda name: object() if name == "vllm" else real_find_spec(name),
+    )
+    assert backend_for(tuned) == "vllm"
+    assert backend_for(baseline) == "transformers"
+    monkeypatch.setattr(generation.importlib.util, "find_spec", lambda name: None)
+    assert backend_for(tuned) == "transformers"

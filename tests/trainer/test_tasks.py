@@ -92,3 +92,11 @@ def test_a_task_module_has_a_fields_function_exactly_when_the_task_is_not_templa
         Task(TASKS["chat"], sql_task.fields, sql_task.score_example, sql_task.aggregate)
     with pytest.raises(ValueError, match="a qa task has a fields function"):
         Task(TASKS["sql"], None, sql_task.score_example, sql_task.aggregate)
+
+
+def test_a_mathqa_row_as_distributed_is_its_own_reference():
+    """`kubetune eval --task mathqa` takes MathQA rows as they come (Rationale and correct
+    letter), without the formatted completion a job adds."""
+    row = ROWS["mathqa"]
+    metrics, _ = score_predictions("mathqa", ["2 + 2 = 4\nAnswer: b", "Answer: a"], [row, row])
+    assert metrics == {"accuracy": 0.5, "exact_match": 0.5}

@@ -17,6 +17,7 @@ checkpoint's generation_config.json (a repetition penalty there would change eve
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -183,66 +184,128 @@ class GenerationOptions:
     devices: int = 1  # GPUs one copy of the model is split over
 
 
-def load_for_generation(model_path: str, options: GenerationOptions) -> tuple[Any, Any]:
-    """(model, tokenizer) from a local path, s3://, gs://, pvc://, file:// or a hub id. A
-    remote checkpoint is staged on the pod's scratch volume only while it loads (a 13B
-    checkpoint is 26 GB)."""
+def backend_for(options: GenerationOptions) -> str:
+    """ "vllm" when vLLM is installed and there is a GPU, for a model that needs no new tokens
+    (a fine-tuned checkpoint already has them; vLLM cannot grow a base model's embeddings);
+    "transformers" otherwise (always on CPU)."""
+    if options.special_tokens or not torch.cuda.is_available():
+        return "transformers"
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
+
+
+Generator = Callable[[Sequence[str], Endings, Callable[[int, int], Any] | None], list[str]]
+
+
+def load_generator(model_path: str, options: GenerationOptions) -> Generator:
+    """A loaded model as a function (prompts, endings, on_batch) -> texts, from a local path,
+    s3://, gs://, pvc://, file:// or a hub id. A remote checkpoint is staged on the pod's
+    scratch volume only while it loads (a 13B checkpoint is 26 GB)."""
     from kubetune_trainer import storage
     from kubetune_trainer.data.loaders import resolve_local
 
+    backend = VllmGenerator if backend_for(options) == "vllm" else TransformersGenerator
     if storage.is_storage_uri(model_path) and not storage.is_remote(model_path):
         model_path = resolve_local(model_path)  # pvc:// and file:// are mounted folders
     if not storage.is_remote(model_path):
-        return _load(model_path, options)
+        return backend(model_path, options)
     with storage.staging_dir("ckpt-") as tmp:
-        return _load(str(storage.download_dir(model_path, Path(tmp))), options)
+        return backend(str(storage.download_dir(model_path, Path(tmp))), options)
 
 
-def _load(model_path: str, options: GenerationOptions) -> tuple[Any, Any]:
-    from kubetune_trainer.model import (
-        add_special_tokens,
-        load_model,
-        load_tokenizer,
-        resize_for_tokenizer,
-    )
+class TransformersGenerator:
+    def __init__(self, model_path: str, options: GenerationOptions):
+        from kubetune_trainer.model import (
+            add_special_tokens,
+            load_model,
+            load_tokenizer,
+            resize_for_tokenizer,
+        )
 
-    tokenizer = load_tokenizer(model_path, options.revision)
-    add_special_tokens(tokenizer, options.special_tokens)
-    # A model larger than one GPU is split by layers over the GPUs Ray gave this copy (the
-    # plan's count: kubetune.planning.generation_devices).
-    split = torch.cuda.is_available() and options.devices > 1
-    model = load_model(
-        model_path,
-        options.revision,
-        torch.float32 if not torch.cuda.is_available() else torch.bfloat16,
-        device_map="auto" if split else None,
-    )
-    resize_for_tokenizer(model, tokenizer)
-    if torch.cuda.is_available() and not split:
-        model = model.cuda()
-    return model, tokenizer
+        self.options = options
+        self.tokenizer = load_tokenizer(model_path, options.revision)
+        add_special_tokens(self.tokenizer, options.special_tokens)
+        # A model larger than one GPU is split by layers over the GPUs Ray gave this copy
+        # (the plan's count: kubetune.planning.generation_devices).
+        split = torch.cuda.is_available() and options.devices > 1
+        model = load_model(
+            model_path,
+            options.revision,
+            torch.float32 if not torch.cuda.is_available() else torch.bfloat16,
+            device_map="auto" if split else None,
+        )
+        resize_for_tokenizer(model, self.tokenizer)
+        self.model = model.cuda() if torch.cuda.is_available() and not split else model
+
+    def __call__(
+        self,
+        prompts: Sequence[str],
+        endings: Endings,
+        on_batch: Callable[[int, int], Any] | None = None,
+    ) -> list[str]:
+        return generate(
+            self.model,
+            self.tokenizer,
+            prompts,
+            self.options.stop_token,
+            batch_size=self.options.batch_size,
+            max_new_tokens=self.options.max_new_tokens,
+            prefix=few_shot_prefix(self.options.few_shot),
+            endings=endings,
+            stop_text=self.options.stop_text,
+            on_batch=on_batch,
+        )
 
 
-def generate_with(
-    loaded: tuple[Any, Any],
-    prompts: Sequence[str],
-    options: GenerationOptions,
-    endings: Endings,
-    on_batch: Callable[[int, int], Any] | None = None,
-) -> list[str]:
-    model, tokenizer = loaded
-    return generate(
-        model,
-        tokenizer,
-        prompts,
-        options.stop_token,
-        batch_size=options.batch_size,
-        max_new_tokens=options.max_new_tokens,
-        prefix=few_shot_prefix(options.few_shot),
-        endings=endings,
-        stop_text=options.stop_text,
-        on_batch=on_batch,
-    )
+class VllmGenerator:
+    """The same greedy generation on vLLM (GPU only): fed the same token ids (BOS + prompt)
+    and stopped at the same tokens or text."""
+
+    def __init__(self, model_path: str, options: GenerationOptions):
+        from vllm import LLM
+
+        from kubetune_trainer.model import load_tokenizer
+
+        self.options = options
+        self.tokenizer = load_tokenizer(model_path, options.revision)
+        self.llm = LLM(
+            model=model_path,
+            revision=options.revision,
+            tensor_parallel_size=options.devices,
+            dtype="bfloat16",
+            seed=0,
+        )
+
+    def __call__(
+        self,
+        prompts: Sequence[str],
+        endings: Endings,
+        on_batch: Callable[[int, int], Any] | None = None,
+    ) -> list[str]:
+        from vllm import SamplingParams
+
+        how, tokenizer = self.options, self.tokenizer
+        stop_ids = [] if how.stop_text else [tokenizer.convert_tokens_to_ids(how.stop_token)]
+        if tokenizer.eos_token_id is not None:
+            stop_ids.append(tokenizer.eos_token_id)
+        params = SamplingParams(
+            temperature=0.0,
+            max_tokens=how.max_new_tokens,
+            stop=[how.stop_text] if how.stop_text else None,
+            stop_token_ids=stop_ids,
+            skip_special_tokens=True,
+        )
+        prefix = few_shot_prefix(how.few_shot)
+        outputs: list[str] = []
+        for start in range(0, len(prompts), how.batch_size):
+            chunk = prompts[start : start + how.batch_size]
+            inputs = [{"prompt_token_ids": prompt_ids(tokenizer, prefix + p)} for p in chunk]
+            for result in self.llm.generate(inputs, params, use_tqdm=False):
+                out = result.outputs[0]
+                endings.record(out.finish_reason == "stop", len(out.token_ids), how.max_new_tokens)
+                outputs.append(str(out.text).strip())
+            if on_batch is not None:
+                on_batch(len(outputs), len(prompts))
+        return outputs
 
 
 def generate_for_model(
@@ -252,10 +315,8 @@ def generate_for_model(
     "endings"}. Runs as one Ray task, possibly on another node (remote checkpoints are
     fetched here, not by the driver); `counter` (runner.BatchCounter) hears of each batch."""
     endings = Endings()
-    predictions = generate_with(
-        load_for_generation(model_path, options),
+    predictions = load_generator(model_path, options)(
         prompts,
-        options,
         endings,
         None if counter is None else lambda done, total: counter.batch.remote(done, total),
     )
@@ -267,14 +328,14 @@ class ShardGenerator:
     batches as one process would, so the greedy text is the same)."""
 
     def __init__(self, model_path: str, options: GenerationOptions, counter: Any, total: int):
-        self.loaded = load_for_generation(model_path, options)
-        self.options, self.counter, self.total = options, counter, total
+        self.generate = load_generator(model_path, options)
+        self.counter, self.total = counter, total
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, list[Any]] = {"index": [], "predictions": [], "endings": []}
         for index, prompts in zip(batch["index"], batch["prompts"], strict=True):
             endings = Endings()
-            predictions = generate_with(self.loaded, json.loads(prompts), self.options, endings)
+            predictions = self.generate(json.loads(prompts), endings, None)
             out["index"].append(int(index))
             out["predictions"].append(json.dumps(predictions))
             out["endings"].append(json.dumps([endings.stopped, endings.truncated, endings.total]))

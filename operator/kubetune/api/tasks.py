@@ -91,7 +91,7 @@ TASKS: dict[str, TaskInfo] = {
             "problem + options -> rationale and 'Answer: letter'",
             "accuracy",
             ("accuracy", "exact_match"),
-            ("completion",),
+            ("Rationale", "correct"),
         ),
         TaskInfo(
             "custom",

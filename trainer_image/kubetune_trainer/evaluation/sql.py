@@ -399,12 +399,27 @@ WHOLE_TABLE = "the gold result is the whole table on every synthetic table"
 def _qualified_gold(query: exp.Query, kinds: SchemaKinds) -> exp.Expr:
     """The gold query with every column bound to a declared table column. A column the context
     does not declare makes the row unscorable: tables made up for it would test a guess."""
+    undeclared = _undeclared_columns(query, kinds)  # before qualify edits the tree in place
     try:
         return qualify_query(query, mapping_schema(kinds), copy=False)
     except SqlError as error:
-        if "could not be resolved" in str(error) or "Unknown" in str(error):
-            raise Unscorable(f"{UNDECLARED}: {error}") from None
+        if undeclared:
+            raise Unscorable(f"{UNDECLARED}: {', '.join(undeclared)}") from None
         raise Unscorable(f"gold query does not resolve: {error}") from None
+
+
+def _undeclared_columns(query: exp.Expr, kinds: SchemaKinds) -> list[str]:
+    """Column names the query uses that no declared table has and the query does not define
+    itself (an alias of a select expression, a derived table or a CTE column)."""
+    declared = {column for columns in kinds.values() for column in columns}
+    defined = {alias.alias.lower() for alias in query.find_all(exp.Alias)}
+    defined |= {
+        column.name.lower()
+        for table_alias in query.find_all(exp.TableAlias)
+        for column in table_alias.columns
+    }
+    used = {column.name.lower() for column in query.find_all(exp.Column) if column.name}
+    return sorted(used - declared - defined)
 
 
 class _GoldQueries:

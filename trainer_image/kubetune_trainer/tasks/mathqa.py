@@ -20,7 +20,9 @@ def fields(row: Row) -> tuple[str, str]:
 
 
 def score_example(prediction: str, reference: Row, strict: bool) -> Detail:
-    completion = str(reference["completion"])
+    # In a job the reference carries the formatted answer; a MathQA file as distributed
+    # (what `kubetune eval` is given) has its Rationale and correct letter instead.
+    completion = str(reference.get("completion") or fields(reference)[1])
     gold = mathqa_letter(completion)
     return {
         "answer_correct": gold is not None and mathqa_letter(prediction) == gold,
