@@ -13,6 +13,7 @@ import yaml
 from kubernetes import client
 
 from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION, FineTuneJobStatus
+from tests.support import transcripts
 from tests.support.local_kuberay import LocalKubeRay
 
 pytestmark = pytest.mark.e2e
@@ -79,6 +80,8 @@ def test_finetunejob_runs_end_to_end(
         logs = "\n".join(kuberay.logs.values())
     status = FineTuneJobStatus.model_validate(job["status"])
     assert status.phase == "Succeeded", f"{status.message}\n{logs[-3000:]}"
+    (history,) = kuberay.history.values()  # this double too writes what real KubeRay wrote
+    assert transcripts.differences(history, transcripts.SUCCESS) == []
     assert [e.epoch for e in status.epochs] == [1, 2]
     best = min(status.epochs, key=lambda e: e.validation_perplexity)
     assert status.best_checkpoint is not None and status.best_checkpoint.epoch == best.epoch

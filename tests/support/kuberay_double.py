@@ -1,7 +1,10 @@
 """A stand-in for KubeRay (and the trainer) in control-plane tests: no kubelets run here.
 
-It polls the RayJobs of one namespace and writes their status the way KubeRay v1.2+ does:
-"" -> Initializing -> Running (PENDING, then RUNNING) -> Complete/SUCCEEDED, or Failed with
+It polls the RayJobs of one namespace and writes their status the way KubeRay v1.6.2 does
+on real pods (the transcripts in tests/fixtures/kuberay, recorded by the cluster tier, are the
+reference; `history` keeps every state written so a test holds the two together):
+"" -> Initializing -> Running (no job status, PENDING, RUNNING, then the job's end: SUCCEEDED
+or FAILED while still Running) -> Complete/SUCCEEDED, or Failed with
 KubeRay's reasons (AppFailed, DeadlineExceeded with a stale RUNNING jobStatus,
 SubmissionFailed, PreRunningDeadlineExceeded for pods that never start), Retrying with `status.failed` and a fresh cluster, Suspending/Suspended
 when spec.suspend is set. While "running" it plays the trainer: it writes the report into
@@ -84,6 +87,9 @@ class _Run:
     pulses: int = 0  # progress reports still to write while held (`pulse`)
     log: list[str] = field(default_factory=list)
     job: dict[str, Any] | None = None  # the FineTuneJob, as the trainer read it
+    # The terminal status written on the next tick, after the Ray job's own end was shown
+    # with the RayJob still Running (as KubeRay does).
+    ending: dict[str, Any] | None = None
 
     @property
     def storage(self) -> str:
@@ -168,6 +174,8 @@ class KubeRayDouble:
         self.runs: dict[str, _Run] = {}
         self.default = Script()
         self.errors: list[str] = []
+        # every (jobDeploymentStatus, jobStatus) written, per RayJob, in order
+        self.history: dict[str, list[tuple[str, str]]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kuberay-double", daemon=True)
         self._lock = threading.Lock()
@@ -245,7 +253,7 @@ class KubeRayDouble:
         elif deployment == "Initializing" and run.script.outcome == "never-starts":
             self._past_pre_running_deadline(rayjob, status)
         elif deployment == "Initializing":
-            self._patch(rayjob, {"jobDeploymentStatus": "Running", "jobStatus": "PENDING"})
+            self._patch(rayjob, {"jobDeploymentStatus": "Running", "jobStatus": None})
         elif deployment == "Running":
             self._running(rayjob, run, status)
 
@@ -298,6 +306,13 @@ class KubeRayDouble:
 
     def _running(self, rayjob: dict[str, Any], run: _Run, status: dict[str, Any]) -> None:
         script = run.script
+        if run.ending is not None:
+            ending, run.ending = run.ending, None
+            self._patch(rayjob, ending)
+            return
+        if status.get("jobStatus") in (None, "") and script.outcome != "submission-fails":
+            self._patch(rayjob, {"jobDeploymentStatus": "Running", "jobStatus": "PENDING"})
+            return
         if status.get("jobStatus") in (None, "", "PENDING"):
             if script.outcome == "submission-fails":
                 self._fail(
@@ -345,10 +360,10 @@ class KubeRayDouble:
                     run.epoch, total, "Failed", run.storage, error=script.error, **reason
                 ),
             )
-            self._fail(rayjob, "AppFailed", "Job exited with code 1", "FAILED")
+            self._fail(rayjob, "AppFailed", "Job exited with code 1", "FAILED", run=run)
             return
         if script.outcome == "worker-dies" and run.epoch >= 1:
-            self._fail(rayjob, "AppFailed", "Job exited with code 1", "FAILED")
+            self._fail(rayjob, "AppFailed", "Job exited with code 1", "FAILED", run=run)
             return
         if script.outcome == "diverges" and run.epoch >= 1:
             # The real trainer writes json.dumps floats: NaN and Infinity literals.
@@ -371,8 +386,9 @@ class KubeRayDouble:
                 rayjob,
                 report_document(total, total, "Succeeded", run.storage, evaluation=SCORES),
             )
-        self._patch(
+        self._end(
             rayjob,
+            run,
             {
                 "jobDeploymentStatus": "Complete",
                 "jobStatus": "SUCCEEDED",
@@ -380,6 +396,11 @@ class KubeRayDouble:
                 "succeeded": 1,
             },
         )
+
+    def _end(self, rayjob: dict[str, Any], run: _Run, final: dict[str, Any]) -> None:
+        """The Ray job's end, first with the RayJob still Running, then `final`."""
+        self._patch(rayjob, {"jobDeploymentStatus": "Running", "jobStatus": final["jobStatus"]})
+        run.ending = final
 
     def _retry_or_fail(self, rayjob: dict[str, Any], run: _Run, status: dict[str, Any]) -> None:
         failed = int(status.get("failed") or 0) + 1
@@ -398,7 +419,7 @@ class KubeRayDouble:
                 },
             )
         else:
-            self._fail(rayjob, "AppFailed", "Job exited with code 1", "FAILED", failed)
+            self._fail(rayjob, "AppFailed", "Job exited with code 1", "FAILED", failed, run)
 
     def _fail(
         self,
@@ -407,7 +428,10 @@ class KubeRayDouble:
         message: str,
         job_status: str,
         failed: int | None = None,
+        run: _Run | None = None,
     ) -> None:
+        """Fail the RayJob; with `run`, the way an application failure ends (the Ray job
+        FAILED while the RayJob is Running, then Failed)."""
         status = {
             "jobDeploymentStatus": "Failed",
             "jobStatus": job_status,
@@ -417,7 +441,10 @@ class KubeRayDouble:
         }
         previous = int((rayjob.get("status") or {}).get("failed") or 0)
         status["failed"] = failed if failed is not None else previous + 1
-        self._patch(rayjob, status)
+        if run is not None:
+            self._end(rayjob, run, status)
+        else:
+            self._patch(rayjob, status)
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -426,7 +453,13 @@ class KubeRayDouble:
         self.custom.patch_namespaced_custom_object_status(
             *RAY, self.namespace, RAYJOBS, name, {"status": status}
         )
-        rayjob.setdefault("status", {}).update(status)
+        merged = rayjob.setdefault("status", {})
+        merged.update(status)
+        state = (merged.get("jobDeploymentStatus") or "", merged.get("jobStatus") or "")
+        with self._lock:
+            states = self.history.setdefault(name, [])
+            if not states or states[-1] != state:
+                states.append(state)
 
     def trainer_client(self, rayjob: dict[str, Any]) -> client.ApiClient:
         """An API client authenticated as the Ray pods' ServiceAccount (a fresh token)."""

@@ -6,7 +6,8 @@ the environment KubeRay would give the driver: the head container's plain env va
 secret values: those stay references), pvc:// volumes mapped to a local folder, and the
 trainer ServiceAccount's own token as its credentials (TokenRequest), so the report reaches
 the FineTuneJobReport through the RBAC the operator created. Status is written the way KubeRay
-does: Initializing -> Running/RUNNING -> Complete/SUCCEEDED or Failed/FAILED (AppFailed).
+v1.6.2 does on real pods (tests/fixtures/kuberay): Initializing -> Running (no job status,
+PENDING, RUNNING, then SUCCEEDED or FAILED) -> Complete/SUCCEEDED or Failed/FAILED (AppFailed).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class LocalKubeRay:
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.logs: dict[str, str] = {}
+        # every (jobDeploymentStatus, jobStatus) written, per RayJob, in order
+        self.history: dict[str, list[tuple[str, str]]] = {}
         self._started: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -81,6 +84,9 @@ class LocalKubeRay:
                     threading.Thread(target=self._run, args=(rayjob,), daemon=True).start()
 
     def _set_status(self, name: str, **status: Any) -> None:
+        self.history.setdefault(name, []).append(
+            (status.get("jobDeploymentStatus", ""), status.get("jobStatus") or "")
+        )
         # KubeRay's reconciler retries a failed status write; so does the double, for as long
         # as a test's API server outage may last.
         deadline = time.monotonic() + STATUS_WRITE_WAIT_S
@@ -110,17 +116,14 @@ class LocalKubeRay:
             rayClusterName=f"{name}-raycluster-local",
         )
         job_id = f"{name}-{uuid.uuid4().hex[:8]}"
-        self._set_status(
-            name,
-            jobDeploymentStatus="Running",
-            jobStatus="RUNNING",
-            jobId=job_id,
-            dashboardURL="127.0.0.1:8265",
-        )
+        self._set_status(name, jobDeploymentStatus="Running", dashboardURL="127.0.0.1:8265")
+        self._set_status(name, jobDeploymentStatus="Running", jobStatus="PENDING", jobId=job_id)
+        self._set_status(name, jobDeploymentStatus="Running", jobStatus="RUNNING")
         try:
             result = self._execute(rayjob)
         except Exception as error:  # the test should see why, not hang
             self.logs[name] = repr(error)
+            self._set_status(name, jobDeploymentStatus="Running", jobStatus="FAILED")
             self._set_status(
                 name,
                 jobDeploymentStatus="Failed",
@@ -132,6 +135,8 @@ class LocalKubeRay:
             )
             return
         self.logs[name] = result.stdout + result.stderr
+        ended = "SUCCEEDED" if result.returncode == 0 else "FAILED"
+        self._set_status(name, jobDeploymentStatus="Running", jobStatus=ended)
         if result.returncode == 0:
             self._set_status(
                 name,
