@@ -11,7 +11,6 @@ to) a committed transcript, which keeps the fast tiers' KubeRay double honest.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import yaml
 
 from kubetune.api.pods import SCRATCH_VOLUME
 from kubetune.api.v1alpha1 import FineTuneJobStatus
+from tests.support import transcripts
 from tests.support.cluster import CHECKPOINTS_CLAIM, OPERATOR_NAMESPACE, LocalCluster
 
 # The first test of the package pays for bringing the cluster up, which on a cold machine
@@ -29,7 +29,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(5400)]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO_ROOT / "examples" / "local-cluster.yaml"
-TRANSCRIPT = REPO_ROOT / "tests" / "fixtures" / "kuberay" / "rayjob-success-v1.6.2.json"
 RUN_TIMEOUT = 900
 RAY_GONE_WITHIN = 60
 
@@ -173,43 +172,6 @@ def _follow(
     )
 
 
-def _merged(known: list[Any], seen: list[Any]) -> list[Any]:
-    """The recorded states plus any newly seen one, each after the state it followed."""
-    merged = list(known)
-    for i, state in enumerate(seen):
-        if state not in merged:
-            merged.insert(merged.index(seen[i - 1]) + 1 if i else 0, state)
-    return merged
-
-
-def _check_transcript(states: list[list[str]], phases: list[str]) -> None:
-    recorded = (
-        json.loads(TRANSCRIPT.read_text())
-        if TRANSCRIPT.exists()
-        else {"rayjob_states": [], "finetunejob_phases": []}
-    )
-    if os.environ.get("KUBETUNE_RECORD_TRANSCRIPTS") == "1":
-        TRANSCRIPT.parent.mkdir(parents=True, exist_ok=True)
-        TRANSCRIPT.write_text(
-            json.dumps(
-                {
-                    "kuberay": "v1.6.2",
-                    "example": "examples/local-cluster.yaml",
-                    "rayjob_states": _merged(recorded["rayjob_states"], states),
-                    "finetunejob_phases": _merged(recorded["finetunejob_phases"], phases),
-                }
-            )
-            + "\n"
-        )
-        return
-    known = [tuple(s) for s in recorded["rayjob_states"]]
-    # Polling can miss a short state, never invent one: what we saw is in the recording, in order.
-    positions = [known.index(tuple(s)) for s in states if tuple(s) in known]
-    assert len(positions) == len(states), f"states {states} not all in the transcript {known}"
-    assert positions == sorted(positions), f"states {states} out of the recorded order {known}"
-    assert states[-1] == ["Complete", "SUCCEEDED"]
-
-
 def test_local_cluster_example_succeeds_on_real_pods(local_cluster: LocalCluster) -> None:
     cluster = local_cluster
     manifest = yaml.safe_load(EXAMPLE.read_text())
@@ -296,4 +258,10 @@ def test_local_cluster_example_succeeds_on_real_pods(local_cluster: LocalCluster
     described = cluster.kubectl("describe", "finetunejob", name).stdout
     assert "Succeeded" in described
 
-    _check_transcript(states, phases)
+    transcripts.check_polled(
+        transcripts.SUCCESS,
+        [(d, j) for d, j in states],
+        phases,
+        "examples/local-cluster.yaml",
+        ("Complete", "SUCCEEDED"),
+    )

@@ -248,7 +248,12 @@ class KubeRayDouble:
         if rayjob["spec"].get("suspend"):
             self._suspend(rayjob, deployment)
             return
-        if deployment in ("", "Suspended", "New") or deployment == "Retrying":
+        if deployment == "Retrying":  # the old cluster deleted, KubeRay starts over from New
+            self._patch(
+                rayjob,
+                {"jobDeploymentStatus": "New", "jobStatus": None, "rayClusterName": None},
+            )
+        elif deployment in ("", "Suspended", "New"):
             self._initialize(rayjob, run)
         elif deployment == "Initializing" and run.script.outcome == "never-starts":
             self._past_pre_running_deadline(rayjob, status)
@@ -408,8 +413,9 @@ class KubeRayDouble:
         if failed <= limit:
             run.attempt += 1
             run.epoch = 0
-            self._patch(
+            self._end(
                 rayjob,
+                run,
                 {
                     "jobDeploymentStatus": "Retrying",
                     "jobStatus": "FAILED",

@@ -21,23 +21,25 @@ def _operator(operator_process: OperatorProcess) -> OperatorProcess:
 
 
 @pytest.mark.parametrize(
-    ("outcome", "phase", "recording"),
+    ("script", "phase", "recording"),
     [
-        ("succeed", "Succeeded", transcripts.SUCCESS),
-        ("trainer-fails", "Failed", transcripts.APP_FAILED),
+        (Script(), "Succeeded", transcripts.SUCCESS),
+        (Script(outcome="trainer-fails"), "Failed", transcripts.APP_FAILED),
+        (Script(fail_attempts=1), "Succeeded", transcripts.RETRY),
     ],
+    ids=["succeeds", "trainer-fails", "retried"],
 )
 def test_the_double_writes_the_states_real_kuberay_wrote(
     custom: client.CustomObjectsApi,
     namespace: str,
     kuberay: KubeRayDouble,
-    outcome: str,
+    script: Script,
     phase: str,
     recording: str,
 ) -> None:
-    name = f"honest-{outcome}"
-    kuberay.default = Script(outcome=outcome)
-    create_job(custom, namespace, job_manifest(name))
+    name = f"honest-{script.outcome}-{script.fail_attempts}"
+    kuberay.default = script
+    create_job(custom, namespace, job_manifest(name, runPolicy={"backoffLimit": 1}))
     wait_phase(custom, namespace, name, phase)
     (rayjob,) = rayjobs(custom, namespace)
     history = kuberay.history[rayjob["metadata"]["name"]]
