@@ -41,6 +41,15 @@ def left_padded(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, t
     return ids, mask
 
 
+def stop_token_ids(tokenizer: Any, stop_token: str, stop_text: str | None) -> list[int]:
+    """The tokens generation stops at: the stop token (unless a stop text ends the answers
+    instead) and EOS."""
+    stop_ids = [] if stop_text else [tokenizer.convert_tokens_to_ids(stop_token)]
+    if tokenizer.eos_token_id is not None:
+        stop_ids.append(tokenizer.eos_token_id)
+    return stop_ids
+
+
 def cut_at_stop(ids: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
     out = []
     for token in ids:
@@ -107,9 +116,7 @@ def generate(
     """Greedy completions of `prompts` (same BOS + prompt prefix as in training), each ending
     at `stop_token` or, when `stop_text` is given (the plain-text baseline), at that text;
     `endings`, when given, counts how each one ended."""
-    stop_ids = [] if stop_text else [tokenizer.convert_tokens_to_ids(stop_token)]
-    if tokenizer.eos_token_id is not None:
-        stop_ids.append(tokenizer.eos_token_id)
+    stop_ids = stop_token_ids(tokenizer, stop_token, stop_text)
     device = next(model.parameters()).device
     model.eval()
     model.generation_config = greedy_config(tokenizer, stop_ids, max_new_tokens, stop_text)
@@ -284,14 +291,11 @@ class VllmGenerator:
         from vllm import SamplingParams
 
         how, tokenizer = self.options, self.tokenizer
-        stop_ids = [] if how.stop_text else [tokenizer.convert_tokens_to_ids(how.stop_token)]
-        if tokenizer.eos_token_id is not None:
-            stop_ids.append(tokenizer.eos_token_id)
         params = SamplingParams(
             temperature=0.0,
             max_tokens=how.max_new_tokens,
             stop=[how.stop_text] if how.stop_text else None,
-            stop_token_ids=stop_ids,
+            stop_token_ids=stop_token_ids(tokenizer, how.stop_token, how.stop_text),
             skip_special_tokens=True,
         )
         prefix = few_shot_prefix(how.few_shot)
