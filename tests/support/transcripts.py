@@ -36,7 +36,7 @@ def every_recorded_state() -> set[State]:
     return {state for path in FIXTURES.glob("rayjob-*.json") for state in recorded(path.name)}
 
 
-def is_subsequence(part: list[State], whole: list[State]) -> int:
+def matched_in_order(part: list[State], whole: list[State]) -> int:
     """How many leading states of `part` appear in `whole` in order (len(part): all)."""
     matched = 0
     for state in whole:
@@ -76,7 +76,7 @@ def differences(history: list[State], name: str) -> list[str]:
     recording `name`; empty when it matches."""
     problems = []
     real = recorded(name)
-    matched = is_subsequence(real, history)
+    matched = matched_in_order(real, history)
     if matched < len(real):
         problems.append(
             f"real KubeRay showed {real[matched]} (after {real[:matched]}) and the double"
@@ -107,7 +107,7 @@ def check_polled(name: str, states: list[State], phases: list[str], what: str, l
         path.write_text(json.dumps(doc) + "\n")
         return
     # Polling can miss a short state, never invent one: what we saw is in the recording, in order.
-    assert is_subsequence(states, known) == len(states), (
+    assert matched_in_order(states, known) == len(states), (
         f"states {states} are not the recording's, in its order: {known}"
     )
     assert states[-1] == last, states

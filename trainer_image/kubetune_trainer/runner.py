@@ -348,11 +348,13 @@ def evaluate(
 
     ev = spec.evaluation
     rows = prepared.test
-    devices = generation_devices(spec, shape_of(spec.model.name)) if use_gpus(spec) else {}
+    gpus = use_gpus(spec)
+    devices = generation_devices(spec, shape_of(spec.model.name)) if gpus else {}
     assert job.report.best_checkpoint is not None
     common: dict[str, Any] = {"batch_size": ev.batch_size, "max_new_tokens": ev.max_new_tokens}
     tuned = generate_rows(
         spec,
+        gpus,
         job.report.best_checkpoint.uri,
         [r.prompt for r in rows],
         GenerationOptions(preset.stop_token, devices=devices.get("evaluation", 1), **common),
@@ -367,6 +369,7 @@ def evaluate(
         few_shot = [preset.plain(row) for row in _few_shot_rows(prepared, ev.few_shot_examples)]
         base = generate_rows(
             spec,
+            gpus,
             job.base_model,
             [preset.plain(r.fields)[0] for r in rows],
             GenerationOptions(
@@ -415,6 +418,7 @@ def generation_actors(workers: int, devices: int, batches: int) -> int:
 
 def generate_rows(
     spec: FineTuneJobSpec,
+    gpus: bool,
     model: str,
     prompts: list[str],
     how: Any,
@@ -428,7 +432,6 @@ def generate_rows(
 
     from kubetune_trainer.generation import generate_for_model, generate_sharded
 
-    gpus = use_gpus(spec)
     batches = -(-len(prompts) // how.batch_size)
     actors = generation_actors(spec.compute.workers, how.devices if gpus else 1, batches)
     box = ray.remote(num_cpus=0)(BatchCounter).remote()

@@ -19,7 +19,7 @@ from kubetune.api.report import DroppedRows, SplitReport
 from kubetune_trainer.data.formatters import RowError
 from kubetune_trainer.data.loaders import LoadedRows, load_rows
 from kubetune_trainer.data.presets import Preset
-from kubetune_trainer.data.tokenization import Example, encode_segments
+from kubetune_trainer.data.tokenization import Example, encode_pieces, encode_segments
 
 DEFAULT_VALIDATION_FRACTION = 0.1
 MAX_EXAMPLE_ROWS = 20
@@ -115,8 +115,9 @@ def tokenize_rows(
         except RowError as exc:
             drops.add(number, exc.reason)
             continue
-        ids, labels = encode_segments(tokenizer, segments, loss_on_prompt)
-        if stop_id not in _last_trained(segments, tokenizer):
+        pieces = encode_pieces(tokenizer, segments)
+        ids, labels = encode_segments(tokenizer, segments, loss_on_prompt, pieces)
+        if stop_id not in _last_trained(segments, pieces):
             drops.add(number, f"stop token {preset.stop_token} not kept by the tokenizer")
         elif len(ids) > context_length:
             drops.add(number, f"longer than contextLength {context_length} tokens")
@@ -125,10 +126,10 @@ def tokenize_rows(
     return examples
 
 
-def _last_trained(segments: list[tuple[str, bool]], tokenizer: Any) -> list[int]:
+def _last_trained(segments: list[tuple[str, bool]], pieces: list[list[int]]) -> list[int]:
     """Token ids of the last piece in the loss: the answer, which must end with the stop."""
-    text = next((text for text, trained in reversed(segments) if trained), "")
-    return list(tokenizer.encode(text, add_special_tokens=False))
+    trained = [piece for (_, in_loss), piece in zip(segments, pieces, strict=True) if in_loss]
+    return trained[-1] if trained else []
 
 
 def test_rows(rows: Rows, preset: Preset, drops: DropLog) -> list[TestRow]:

@@ -52,16 +52,26 @@ def _bos(tokenizer: Any, text: str) -> list[int]:
     return [tokenizer.bos_token_id]
 
 
+def encode_pieces(tokenizer: Any, segments: Sequence[tuple[str, bool]]) -> list[list[int]]:
+    """Each segment's token ids, encoded on its own (no special tokens added)."""
+    return [list(tokenizer.encode(text, add_special_tokens=False)) for text, _ in segments]
+
+
 def encode_segments(
-    tokenizer: Any, segments: Sequence[tuple[str, bool]], loss_on_prompt: bool = False
+    tokenizer: Any,
+    segments: Sequence[tuple[str, bool]],
+    loss_on_prompt: bool = False,
+    pieces: Sequence[list[int]] | None = None,
 ) -> tuple[list[int], list[int]]:
     """Token ids of BOS + the segments, and labels that cover the segments marked for the
     loss (all of them with `loss_on_prompt`; never BOS). Segments are encoded separately so
-    that generation, which sees BOS + the prompt, gets exactly the prefix trained on."""
+    that generation, which sees BOS + the prompt, gets exactly the prefix trained on.
+    `pieces`, when the caller has them, are the segments' `encode_pieces`."""
+    if pieces is None:
+        pieces = encode_pieces(tokenizer, segments)
     ids = _bos(tokenizer, segments[0][0] if segments else "")
     labels = [IGNORE_INDEX] * len(ids)
-    for text, trained in segments:
-        piece = tokenizer.encode(text, add_special_tokens=False)
+    for (_, trained), piece in zip(segments, pieces, strict=True):
         ids += piece
         labels += piece if trained or loss_on_prompt else [IGNORE_INDEX] * len(piece)
     return ids, labels

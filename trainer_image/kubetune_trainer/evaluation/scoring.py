@@ -121,8 +121,8 @@ def score_predictions(
     be scored against, ScorerError for a user scorer that cannot be used.
     """
     own = task_of(task)  # ValueError for an unknown task
-    if scorer is not None:
-        UserScorer(scorer).function()  # a bad entry point fails here, not in a worker
+    if scorer is not None:  # a bad entry point fails here, not in a worker (and stays cached)
+        _user_scorer(json.dumps(scorer, sort_keys=True))
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     row_ids = list(ids) if ids is not None else list(range(len(predictions)))
