@@ -249,9 +249,10 @@ class KubeRayDouble:
             self._suspend(rayjob, deployment)
             return
         if deployment == "Retrying":  # the old cluster deleted, KubeRay starts over from New
+            # KubeRay's New is the empty string for both fields (omitted from the object).
             self._patch(
                 rayjob,
-                {"jobDeploymentStatus": "New", "jobStatus": None, "rayClusterName": None},
+                {"jobDeploymentStatus": None, "jobStatus": None, "rayClusterName": None},
             )
         elif deployment in ("", "Suspended", "New"):
             self._initialize(rayjob, run)
