@@ -108,6 +108,8 @@ def check_polled(name: str, states: list[State], phases: list[str], what: str, l
         path.write_text(json.dumps(doc) + "\n")
         return
     # Polling can miss a short state, never invent one: what we saw is in the recording, in order.
+    # A state KubeRay is known to write but no run had polled yet is let through (record it).
+    states = [state for state in states if state not in TOO_SHORT_TO_POLL]
     assert matched_in_order(states, known) == len(states), (
         f"states {states} are not the recording's, in its order: {known}"
     )
