@@ -53,6 +53,33 @@ def _chat_scorer(scorer: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
     return _set("spec.task", {"preset": "chat", "scorer": scorer})
 
 
+def _stages(
+    first_task: dict[str, Any] | None, last_task: dict[str, Any] | None
+) -> Callable[[dict[str, Any]], None]:
+    """The document's data as a two-stage curriculum, each stage with the task given (if any)."""
+
+    def mutate(doc: dict[str, Any]) -> None:
+        data = doc["spec"].pop("data")
+        stages = [{"name": "warm-up", "data": data}, {"name": "main", "data": data}]
+        for stage, task in zip(stages, (first_task, last_task), strict=True):
+            if task is not None:
+                stage["task"] = task
+        doc["spec"]["stages"] = stages
+
+    return mutate
+
+
+def _both(*mutations: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    def mutate(doc: dict[str, Any]) -> None:
+        for mutation in mutations:
+            mutation(doc)
+
+    return mutate
+
+
+CHAT_WITH_SCORER = {"preset": "chat", "scorer": {"kind": "exact_match"}}
+
+
 CASES: list[InvalidCase] = [
     InvalidCase("zero-epochs", _set("spec.training.epochs", 0), "spec.training.epochs"),
     InvalidCase("negative-epochs", _set("spec.training.epochs", -3), "spec.training.epochs"),
@@ -127,6 +154,16 @@ CASES: list[InvalidCase] = [
     InvalidCase(
         "scorer-on-a-task-with-its-own",
         _set("spec.task.scorer", {"kind": "exact_match"}),
+        "spec.task.scorer",
+    ),
+    InvalidCase(
+        "scorer-on-a-stage-never-evaluated",
+        _stages(CHAT_WITH_SCORER, {"preset": "chat"}),
+        "spec.stages",
+    ),
+    InvalidCase(
+        "spec-scorer-hidden-by-the-last-stage-task",
+        _both(_set("spec.task", CHAT_WITH_SCORER), _stages(None, {"preset": "chat"})),
         "spec.task.scorer",
     ),
     InvalidCase(

@@ -899,6 +899,34 @@ class FineTuneJobSpec(KubeModel):
             field="evaluation.enabled",
             check=lambda s: not s.evaluation.enabled or stages_of(s)[-1].data.test is not None,
         ),
+        # Only the last stage's task is evaluated: a scorer anywhere else would be ignored.
+        Rule(
+            cel=(
+                "!has(self.stages) || self.stages.all(s, !has(s.task) || !has(s.task.scorer) || "
+                "s.name == self.stages[size(self.stages) - 1].name)"
+            ),
+            message=(
+                "only the last stage is evaluated: a task.scorer on an earlier stage would never"
+                " be used; move it to the last stage"
+            ),
+            field="stages",
+            check=lambda s: (
+                s.stages is None
+                or all(stage.task is None or stage.task.scorer is None for stage in s.stages[:-1])
+            ),
+        ),
+        Rule(
+            cel=(
+                "!has(self.stages) || !has(self.task.scorer) || "
+                "!has(self.stages[size(self.stages) - 1].task)"
+            ),
+            message=(
+                "task.scorer would never be used: the last stage, the one evaluated, sets its own"
+                " task; put the scorer there"
+            ),
+            field="task.scorer",
+            check=lambda s: s.stages is None or s.task.scorer is None or s.stages[-1].task is None,
+        ),
         *(immutable(f) for f in ("model", "task", "training", "evaluation", "compute", "output")),
         *(immutable(f, optional=True) for f in ("data", "stages")),
     )
