@@ -83,8 +83,8 @@ def kubetune_run(path: Path, output: Path, pythonpath: Path | None = None):
     return result, status
 
 
-def predictions(output: Path) -> list[dict]:
-    return read_jsonl(output / "predictions-checkpoint.jsonl")
+def predictions(output: Path, model: str = "checkpoint") -> list[dict]:
+    return read_jsonl(output / f"predictions-{model}.jsonl")
 
 
 def test_a_chat_task_is_trained_and_scored_with_a_regex_scorer(tmp_path, datasets_dir):
@@ -98,7 +98,11 @@ def test_a_chat_task_is_trained_and_scored_with_a_regex_scorer(tmp_path, dataset
     # The dialogue act (inform, request, ...) of the last answer: what the regex extracts.
     task = {"preset": "chat", "scorer": {"kind": "regex", "pattern": r"^\s*(\w+)\("}}
     output = tmp_path / "out"
-    result, status = kubetune_run(manifest(tmp_path, "chat", task, data), output)
+    path = manifest(tmp_path, "chat", task, data)
+    doc = yaml.safe_load(path.read_text())
+    doc["spec"]["evaluation"].update(baseline=True, fewShotExamples=2)
+    path.write_text(yaml.safe_dump(doc))
+    result, status = kubetune_run(path, output)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert status["phase"] == "Succeeded"
     ev = status["evaluation"]
@@ -113,6 +117,20 @@ def test_a_chat_task_is_trained_and_scored_with_a_regex_scorer(tmp_path, dataset
     assert ev["metrics"]["regex_match"] == pytest.approx(
         sum(row["verdict"]["regex_match"] for row in rows) / 6
     )
+    # The base model is asked in the chat template too: two worked conversations' turns (not
+    # their system lines) before the row's own, its answer ended by the template's end of turn.
+    assert set(ev["baseline"]) == set(ev["metrics"]) and set(ev["gain"]) == set(ev["metrics"])
+    asked = predictions(output, "baseline")
+    assert len(asked) == 6
+    for row, chat in zip(asked, test, strict=True):
+        prompt, turns = row["prompt"], chat["messages"]
+        assert prompt.count("<|system|>") == 1 and prompt.endswith("<|assistant|>")
+        # 2 examples x 3 exchanges, then the row's own 2 user turns and 1 earlier answer
+        assert (prompt.count("<|user|>"), prompt.count("<|assistant|>")) == (8, 8), prompt
+        assert prompt.endswith(
+            "".join(f"<|{m['role']}|>{m['content']}<|end|>" for m in turns[1:-1]) + "<|assistant|>"
+        )
+        assert row["reference"] == turns[-1]["content"]
 
 
 def gsm8k_data(tmp_path: Path, datasets_dir: Path) -> dict:

@@ -108,7 +108,6 @@ def generate(
     *,
     batch_size: int,
     max_new_tokens: int,
-    prefix: str = "",
     endings: Endings | None = None,
     stop_text: str | None = None,
     on_batch: Callable[[int, int], Any] | None = None,
@@ -122,7 +121,7 @@ def generate(
     model.generation_config = greedy_config(tokenizer, stop_ids, max_new_tokens, stop_text)
     outputs: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        chunk = [prompt_ids(tokenizer, prefix + p) for p in prompts[start : start + batch_size]]
+        chunk = [prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
         ids, mask = left_padded(chunk, tokenizer.pad_token_id)
         generated = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), tokenizer=tokenizer
@@ -171,12 +170,6 @@ def score(
     return dict(metrics), list(details)
 
 
-def few_shot_prefix(examples: Sequence[tuple[str, str]]) -> str:
-    """Worked plain-text (prompt, completion) pairs (`Preset.plain`, each completion ending in
-    its blank line) placed before the question for the baseline."""
-    return "".join(prompt + completion for prompt, completion in examples)
-
-
 @dataclass(frozen=True)
 class GenerationOptions:
     """How one model generates: everything but the prompts (picklable: it travels to Ray)."""
@@ -185,7 +178,6 @@ class GenerationOptions:
     batch_size: int
     max_new_tokens: int
     revision: str | None = None
-    few_shot: tuple[tuple[str, str], ...] = ()
     special_tokens: tuple[str, ...] = ()
     stop_text: str | None = None
     devices: int = 1  # GPUs one copy of the model is split over
@@ -256,7 +248,6 @@ class TransformersGenerator:
             self.options.stop_token,
             batch_size=self.options.batch_size,
             max_new_tokens=self.options.max_new_tokens,
-            prefix=few_shot_prefix(self.options.few_shot),
             endings=endings,
             stop_text=self.options.stop_text,
             on_batch=on_batch,
@@ -298,11 +289,10 @@ class VllmGenerator:
             stop_token_ids=stop_token_ids(tokenizer, how.stop_token, how.stop_text),
             skip_special_tokens=True,
         )
-        prefix = few_shot_prefix(how.few_shot)
         outputs: list[str] = []
         for start in range(0, len(prompts), how.batch_size):
             chunk = prompts[start : start + how.batch_size]
-            inputs = [{"prompt_token_ids": prompt_ids(tokenizer, prefix + p)} for p in chunk]
+            inputs = [{"prompt_token_ids": prompt_ids(tokenizer, p)} for p in chunk]
             for result in self.llm.generate(inputs, params, use_tqdm=False):
                 out = result.outputs[0]
                 endings.record(out.finish_reason == "stop", len(out.token_ids), how.max_new_tokens)

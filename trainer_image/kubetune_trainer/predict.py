@@ -129,7 +129,6 @@ def run_predict(args: argparse.Namespace) -> int:
 def generate_predictions(
     args: argparse.Namespace, preset: Any, rows: list[Any], shots: list[Any]
 ) -> list[str]:
-    from kubetune_trainer.data.presets import PLAIN_STOP
     from kubetune_trainer.generation import GenerationOptions
 
     options = GenerationOptions(
@@ -139,13 +138,10 @@ def generate_predictions(
         special_tokens=preset.special_tokens,
     )
     prompts = [r.prompt for r in rows]
-    if shots:  # as the in-run baseline: plain text, stopped at a blank line
-        prompts = [preset.plain(r.fields)[0] for r in rows]
-        options = dataclasses.replace(
-            options,
-            few_shot=tuple(preset.plain(shot.fields) for shot in shots),
-            stop_text=PLAIN_STOP,
-        )
+    if shots:  # as the in-run baseline
+        fields = [shot.fields for shot in shots]
+        prompts = [preset.baseline_prompt(r.fields, fields) for r in rows]
+        options = dataclasses.replace(options, stop_text=preset.baseline_stop_text)
     return list(generated(args.checkpoint, prompts, options, args.workers)["predictions"])
 
 

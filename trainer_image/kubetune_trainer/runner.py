@@ -52,7 +52,7 @@ from kubetune_trainer.data.prepare import (
     prepare_data,
     test_rows,
 )
-from kubetune_trainer.data.presets import PLAIN_STOP, Preset, preset_for_task
+from kubetune_trainer.data.presets import Preset, preset_for_task
 from kubetune_trainer.reporting import (
     ThrottledReporter,
     beat,
@@ -366,18 +366,18 @@ def evaluate(
     save_eval_outputs(options, "checkpoint", rows, tuned["predictions"], details)
     baseline = None
     if ev.baseline:
-        few_shot = [preset.plain(row) for row in _few_shot_rows(prepared, ev.few_shot_examples)]
+        shots = _few_shot_rows(prepared, ev.few_shot_examples)
+        prompts = [preset.baseline_prompt(r.fields, shots) for r in rows]
         base = generate_rows(
             spec,
             gpus,
             job.base_model,
-            [preset.plain(r.fields)[0] for r in rows],
+            prompts,
             GenerationOptions(
                 preset.stop_token,
                 revision=spec.model.revision if job.base_model == spec.model.name else None,
-                few_shot=tuple(few_shot),
                 special_tokens=preset.special_tokens,
-                stop_text=PLAIN_STOP,
+                stop_text=preset.baseline_stop_text,
                 devices=devices.get("baseline", 1),
                 **common,
             ),
@@ -386,7 +386,7 @@ def evaluate(
             "the base model",
         )
         baseline, base_details = scored(preset.name, base, rows, scorer)
-        save_eval_outputs(options, "baseline", rows, base["predictions"], base_details)
+        save_eval_outputs(options, "baseline", rows, base["predictions"], base_details, prompts)
     primary = headline(preset.name, scorer, metrics)
     return EvaluationResult(
         task=preset.name,
@@ -495,17 +495,21 @@ def save_eval_outputs(
     rows: list[Any],
     predictions: list[str],
     details: list[dict[str, Any]],
+    prompts: list[str] | None = None,
 ) -> None:
+    """predictions-<name>.jsonl: each row's prompt (as the model saw it: `prompts` when not
+    the row's own, as for the baseline), prediction, reference and verdict."""
     if options.eval_outputs is None:
         return
     options.eval_outputs.mkdir(parents=True, exist_ok=True)
     with (options.eval_outputs / f"predictions-{name}.jsonl").open("w") as handle:
-        for row, prediction, detail in zip(rows, predictions, details, strict=False):
+        seen = prompts if prompts is not None else [row.prompt for row in rows]
+        for row, prompt, prediction, detail in zip(rows, seen, predictions, details, strict=False):
             handle.write(
                 json.dumps(
                     {
                         "row": row.row,
-                        "prompt": row.prompt,
+                        "prompt": prompt,
                         "prediction": prediction,
                         "reference": row.completion,
                         "verdict": detail,

@@ -119,3 +119,27 @@ def test_a_template_that_rewrites_earlier_turns_is_refused(chat_tokenizer, chats
     drops = DropLog()
     assert tokenize_rows([(1, chats[0])], preset, chat_tokenizer, 2048, False, drops) == []
     assert list(drops.by_reason) == ["chat template is not incremental"]
+
+
+def test_the_baseline_asks_with_worked_examples_as_earlier_turns(chat_preset, chats):
+    """An instruct model is asked in the form it was tuned on: the row's system message, each
+    worked example's user and assistant turns, then the row's own turns, in the chat template,
+    ending where the model writes the answer (no blank-line stop: the template ends the turn)."""
+    row, shots = chats[0], chats[1:3]
+    prompt = chat_preset.baseline_prompt(row, shots)
+    conversation = row["messages"]
+    assert prompt == chat_preset.render(
+        [
+            conversation[0],
+            *(m for shot in shots for m in shot["messages"] if m["role"] != "system"),
+            *conversation[1:-1],
+        ],
+        True,
+    )
+    assert prompt.count(SYSTEM) == 1
+    assert all(m["content"] in prompt for shot in shots for m in shot["messages"][1:])
+    assert prompt.endswith("<|assistant|>")
+    # With no examples it is the prompt the tuned model is evaluated on.
+    assert chat_preset.baseline_prompt(row, []) == chat_preset(row)[0]
+    assert chat_preset.baseline_stop_text is None
+    assert make_preset("gsm8k").baseline_stop_text == "\n\n"

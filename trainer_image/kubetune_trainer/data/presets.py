@@ -115,8 +115,24 @@ class Preset:
     def plain(self, row: Row) -> tuple[str, str]:
         """(prompt, completion) as plain text for a base model: "Question: ...\\nAnswer: "
         and the answer ending in `PLAIN_STOP`."""
-        question, answer = chat.plain_fields(row) if self.layout == "chat" else self._fields(row)
+        question, answer = self._fields(row)
         return PLAIN_FRAME.pair(question.strip(), answer.strip())
+
+    def baseline_prompt(self, row: Row, shots: Sequence[Row]) -> str:
+        """What the base model is asked for `row`, worked examples (`shots`) first: plain
+        text, or for a chat task the examples as earlier turns in the model's chat template."""
+        if self.layout == "chat":
+            conversation = chat.with_worked_examples(
+                chat.messages(row), [chat.messages(shot) for shot in shots]
+            )
+            return self._chat_render()(conversation, True)
+        return "".join("".join(self.plain(shot)) for shot in shots) + self.plain(row)[0]
+
+    @property
+    def baseline_stop_text(self) -> str | None:
+        """Text that ends a baseline answer besides the stop token: the plain layout's blank
+        line; none for chat (an answer may hold blank lines; the template ends the turn)."""
+        return None if self.layout == "chat" else PLAIN_STOP
 
 
 def default_special_tokens(preset: str) -> tuple[str, ...]:

@@ -69,12 +69,18 @@ def prompt_and_answer(conversation: Sequence[Message], render: Render) -> tuple[
     return render(conversation[:-1], True), conversation[-1]["content"]
 
 
-def plain_fields(row: Row) -> tuple[str, str]:
-    """(question, answer) in plain text for the few-shot baseline: the earlier turns as
-    'role: content' lines, and the last answer."""
-    conversation = messages(row)
-    earlier = "\n".join(f"{m['role']}: {m['content']}" for m in conversation[:-1])
-    return earlier, conversation[-1]["content"]
+def with_worked_examples(
+    conversation: Sequence[Message], shots: Sequence[Sequence[Message]]
+) -> list[Message]:
+    """The conversation before its last answer, with each worked example's user and
+    assistant turns as earlier turns of it: the baseline asks an instruct model in the form
+    it was tuned on. The row's leading system messages stay first (templates refuse a system
+    message later on); the examples' own system messages are left out."""
+    system = 0
+    while conversation[system]["role"] == "system":
+        system += 1
+    examples = [m for shot in shots for m in shot if m["role"] != "system"]
+    return [*conversation[:system], *examples, *conversation[system:-1]]
 
 
 def training_text(row: Row) -> str:
