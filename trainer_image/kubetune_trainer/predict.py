@@ -139,8 +139,7 @@ def generate_predictions(
     )
     prompts = [r.prompt for r in rows]
     if shots:  # as the in-run baseline
-        fields = [shot.fields for shot in shots]
-        prompts = [preset.baseline_prompt(r.fields, fields) for r in rows]
+        prompts = preset.baseline_prompts([r.fields for r in rows], [s.fields for s in shots])
         options = dataclasses.replace(options, stop_text=preset.baseline_stop_text)
     return list(generated(args.checkpoint, prompts, options, args.workers)["predictions"])
 

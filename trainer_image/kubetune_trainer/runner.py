@@ -367,7 +367,7 @@ def evaluate(
     baseline = None
     if ev.baseline:
         shots = _few_shot_rows(prepared, ev.few_shot_examples)
-        prompts = [preset.baseline_prompt(r.fields, shots) for r in rows]
+        prompts = preset.baseline_prompts([r.fields for r in rows], shots)
         base = generate_rows(
             spec,
             gpus,

@@ -126,7 +126,7 @@ def test_the_baseline_asks_with_worked_examples_as_earlier_turns(chat_preset, ch
     worked example's user and assistant turns, then the row's own turns, in the chat template,
     ending where the model writes the answer (no blank-line stop: the template ends the turn)."""
     row, shots = chats[0], chats[1:3]
-    prompt = chat_preset.baseline_prompt(row, shots)
+    (prompt,) = chat_preset.baseline_prompts([row], shots)
     conversation = row["messages"]
     assert prompt == chat_preset.render(
         [
@@ -140,6 +140,6 @@ def test_the_baseline_asks_with_worked_examples_as_earlier_turns(chat_preset, ch
     assert all(m["content"] in prompt for shot in shots for m in shot["messages"][1:])
     assert prompt.endswith("<|assistant|>")
     # With no examples it is the prompt the tuned model is evaluated on.
-    assert chat_preset.baseline_prompt(row, []) == chat_preset(row)[0]
+    assert chat_preset.baseline_prompts([row], []) == [chat_preset(row)[0]]
     assert chat_preset.baseline_stop_text is None
     assert make_preset("gsm8k").baseline_stop_text == "\n\n"

@@ -118,15 +118,18 @@ class Preset:
         question, answer = self._fields(row)
         return PLAIN_FRAME.pair(question.strip(), answer.strip())
 
-    def baseline_prompt(self, row: Row, shots: Sequence[Row]) -> str:
-        """What the base model is asked for `row`, worked examples (`shots`) first: plain
-        text, or for a chat task the examples as earlier turns in the model's chat template."""
+    def baseline_prompts(self, rows: Sequence[Row], shots: Sequence[Row]) -> list[str]:
+        """What the base model is asked for each row, worked examples (`shots`, formatted
+        once) first: plain text, or for a chat task the examples as earlier turns in the
+        model's chat template."""
         if self.layout == "chat":
-            conversation = chat.with_worked_examples(
-                chat.messages(row), [chat.messages(shot) for shot in shots]
-            )
-            return self._chat_render()(conversation, True)
-        return "".join("".join(self.plain(shot)) for shot in shots) + self.plain(row)[0]
+            render, examples = self._chat_render(), [chat.messages(shot) for shot in shots]
+            return [
+                render(chat.with_worked_examples(chat.messages(row), examples), True)
+                for row in rows
+            ]
+        prefix = "".join("".join(self.plain(shot)) for shot in shots)
+        return [prefix + self.plain(row)[0] for row in rows]
 
     @property
     def baseline_stop_text(self) -> str | None:
