@@ -79,15 +79,6 @@ def _rayjobs_of(cluster: LocalCluster, uid: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def _head_pod(cluster: LocalCluster) -> str | None:
-    for pod in _json(cluster, "pods").get("items", []):
-        name = str(pod["metadata"]["name"])
-        head = pod["metadata"].get("labels", {}).get("ray.io/node-type") == "head"
-        if head and name.startswith(NAME) and pod.get("status", {}).get("phase") == "Running":
-            return name
-    return None
-
-
 def _restart(cluster: LocalCluster, namespace: str, deployment: str) -> float:
     """Delete the Deployment's pods and wait until it has a ready one again: the seconds."""
     start = time.monotonic()
@@ -124,8 +115,8 @@ class Watch:
         if self.uid:
             self.rayjobs |= set(_rayjobs_of(self.cluster, self.uid))
         phase = str(self.status.get("phase", ""))
-        if phase and (not self.phases or self.phases[-1] != phase):
-            self.phases.append(phase)
+        if phase:
+            transcripts.note_change(self.phases, phase)
         return phase
 
     def until(self, done: Any, what: str, timeout: float = RUN_TIMEOUT) -> None:
@@ -150,11 +141,12 @@ def _probe_inside(cluster: LocalCluster, head: str) -> dict[str, int]:
     return dict(json.loads(line.removeprefix("PROBE ")))
 
 
-def _worker_pods(cluster: LocalCluster, job: str) -> list[str]:
+def _ray_pods(cluster: LocalCluster, job: str, node_type: str) -> list[str]:
+    """The job's running Ray pods of `node_type` (head or worker) that are not being deleted."""
     return [
         str(pod["metadata"]["name"])
         for pod in _json(cluster, "pods").get("items", [])
-        if pod["metadata"].get("labels", {}).get("ray.io/node-type") == "worker"
+        if pod["metadata"].get("labels", {}).get("ray.io/node-type") == node_type
         and pod["metadata"]["name"].startswith(job)
         and pod.get("status", {}).get("phase") == "Running"
         and not pod["metadata"].get("deletionTimestamp")
@@ -181,15 +173,14 @@ def test_a_worker_lost_and_both_operators_restarted_mid_run_and_finished_stays_f
         ),
         "at step 2 of epoch 1",
     )
-    cluster.kubectl("delete", "pod", _worker_pods(cluster, NAME)[0], "--wait=false")
+    cluster.kubectl("delete", "pod", _ray_pods(cluster, NAME, "worker")[0], "--wait=false")
     deleted_at_step = int(watch.status["progress"]["step"])
     seconds = {"worker deleted at step": float(deleted_at_step)}
     start = time.monotonic()
 
     # Permissions, from inside a trainer pod with its own mounted token.
-    watch.until(lambda w: _head_pod(cluster) is not None, "with a running head pod")
-    head = _head_pod(cluster)
-    assert head is not None
+    watch.until(lambda w: bool(_ray_pods(cluster, NAME, "head")), "with a running head pod")
+    (head,) = _ray_pods(cluster, NAME, "head")
     assert _probe_inside(cluster, head) == {
         "read own report": 200,
         "write own report": 200,
@@ -269,13 +260,10 @@ class RayJobStates:
             status = item.get("status", {})
             if item["kind"] == "FineTuneJob":
                 self.status = status
-                phase = status.get("phase", "")
-                if phase and (not self.phases or self.phases[-1] != phase):
-                    self.phases.append(phase)
+                if status.get("phase"):
+                    transcripts.note_change(self.phases, status["phase"])
             else:
-                state = (status.get("jobDeploymentStatus", ""), status.get("jobStatus", ""))
-                if not self.states or self.states[-1] != state:
-                    self.states.append(state)
+                transcripts.note_change(self.states, transcripts.state_of(status))
         return self.status
 
 
@@ -304,12 +292,7 @@ def test_a_lost_driver_is_retried_on_a_fresh_ray_cluster_from_durable_storage(
         assert time.monotonic() < deadline, f"{RETRY_NAME} never finished epoch 1"
         time.sleep(0.3)
     done_before = len(watch.status["epochs"])
-    head = next(
-        str(pod["metadata"]["name"])
-        for pod in _json(cluster, "pods").get("items", [])
-        if pod["metadata"].get("labels", {}).get("ray.io/node-type") == "head"
-        and pod["metadata"]["name"].startswith(RETRY_NAME)
-    )
+    (head,) = _ray_pods(cluster, RETRY_NAME, "head")
     killed = cluster.kubectl("exec", head, "-c", "ray-head", "--", "python", "-c", KILL_DRIVER)
     assert "KILLED" in killed.stdout, killed.stdout + killed.stderr
     killed_at = time.monotonic()

@@ -136,10 +136,10 @@ def _submit_from_outside(cluster: LocalCluster, rayjob: dict[str, Any]) -> str:
 
 def _follow(
     cluster: LocalCluster, name: str
-) -> tuple[dict[str, Any], list[list[str]], list[str], str, Any]:
+) -> tuple[dict[str, Any], list[transcripts.State], list[str], str, Any]:
     """Poll the job and its RayJob until the job is terminal; the distinct states seen, what
     the Jobs API said to an outsider while the job trained, and a worker's scratch volume."""
-    states: list[list[str]] = []
+    states: list[transcripts.State] = []
     phases: list[str] = []
     probe = ""
     scratch = None
@@ -150,15 +150,10 @@ def _follow(
         rayjob_name = (status.get("rayJob") or {}).get("name")
         rayjob = _get(cluster, "rayjob", rayjob_name) if rayjob_name else None
         if rayjob is not None:
-            state = [
-                rayjob.get("status", {}).get("jobDeploymentStatus", ""),
-                rayjob.get("status", {}).get("jobStatus", ""),
-            ]
-            if not states or states[-1] != state:
-                states.append(state)
+            transcripts.note_change(states, transcripts.state_of(rayjob.get("status")))
         phase = status.get("phase")
-        if phase and (not phases or phases[-1] != phase):
-            phases.append(phase)
+        if phase:
+            transcripts.note_change(phases, phase)
         if phase == "Training" and scratch is None:
             scratch = _worker_scratch(cluster, name)
         if phase == "Training" and not probe and rayjob is not None and scratch is not None:
@@ -260,7 +255,7 @@ def test_local_cluster_example_succeeds_on_real_pods(local_cluster: LocalCluster
 
     transcripts.check_polled(
         transcripts.SUCCESS,
-        [(d, j) for d, j in states],
+        states,
         phases,
         "examples/local-cluster.yaml",
         ("Complete", "SUCCEEDED"),

@@ -34,6 +34,7 @@ from kubetune.api.v1alpha1 import run_storage
 from kubetune_trainer.entrypoint import build_parser
 from kubetune_trainer.job_source import JobSourceError, read_own_job
 from kubetune_trainer.reporting import OBJECT_TARGET, ObjectReporter
+from tests.support import transcripts
 
 RAY = ("ray.io", "v1")
 RAYJOBS = "rayjobs"
@@ -254,7 +255,7 @@ class KubeRayDouble:
                 rayjob,
                 {"jobDeploymentStatus": None, "jobStatus": None, "rayClusterName": None},
             )
-        elif deployment in ("", "Suspended", "New"):
+        elif deployment in ("", "Suspended"):
             self._initialize(rayjob, run)
         elif deployment == "Initializing" and run.script.outcome == "never-starts":
             self._past_pre_running_deadline(rayjob, status)
@@ -462,11 +463,8 @@ class KubeRayDouble:
         )
         merged = rayjob.setdefault("status", {})
         merged.update(status)
-        state = (merged.get("jobDeploymentStatus") or "", merged.get("jobStatus") or "")
         with self._lock:
-            states = self.history.setdefault(name, [])
-            if not states or states[-1] != state:
-                states.append(state)
+            transcripts.note_change(self.history.setdefault(name, []), transcripts.state_of(merged))
 
     def trainer_client(self, rayjob: dict[str, Any]) -> client.ApiClient:
         """An API client authenticated as the Ray pods' ServiceAccount (a fresh token)."""

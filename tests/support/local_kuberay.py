@@ -26,6 +26,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from tests.support import transcripts
+
 RAY_GROUP, RAY_VERSION, RAYJOBS = "ray.io", "v1", "rayjobs"
 
 
@@ -84,9 +86,7 @@ class LocalKubeRay:
                     threading.Thread(target=self._run, args=(rayjob,), daemon=True).start()
 
     def _set_status(self, name: str, **status: Any) -> None:
-        self.history.setdefault(name, []).append(
-            (status.get("jobDeploymentStatus", ""), status.get("jobStatus") or "")
-        )
+        self.history.setdefault(name, []).append(transcripts.state_of(status))
         # KubeRay's reconciler retries a failed status write; so does the double, for as long
         # as a test's API server outage may last.
         deadline = time.monotonic() + STATUS_WRITE_WAIT_S

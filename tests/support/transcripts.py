@@ -10,7 +10,10 @@ writes was seen on real pods in some recording (the double invents nothing).
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "kuberay"
 SUCCESS = "rayjob-success-v1.6.2.json"
@@ -18,6 +21,19 @@ APP_FAILED = "rayjob-app-failed-v1.6.2.json"
 RETRY = "rayjob-retry-v1.6.2.json"
 
 State = tuple[str, str]
+T = TypeVar("T")
+
+
+def state_of(status: Mapping[str, Any] | None) -> State:
+    """A RayJob's (jobDeploymentStatus, jobStatus); KubeRay omits an empty one."""
+    status = status or {}
+    return (status.get("jobDeploymentStatus") or "", status.get("jobStatus") or "")
+
+
+def note_change(seen: list[T], current: T) -> None:
+    """Append `current` to what was polled when it differs from the last entry."""
+    if not seen or seen[-1] != current:
+        seen.append(current)
 
 
 def recorded(name: str) -> list[State]:
@@ -93,8 +109,6 @@ def differences(history: list[State], name: str) -> list[str]:
 def check_polled(name: str, states: list[State], phases: list[str], what: str, last: State) -> None:
     """States polled on real pods against the recording `name` (in its order, possibly missing
     some, ending in `last`); with KUBETUNE_RECORD_TRANSCRIPTS=1 they are merged into it."""
-    import os
-
     path = FIXTURES / name
     known = recorded(name) if path.exists() else []
     if os.environ.get("KUBETUNE_RECORD_TRANSCRIPTS") == "1":
